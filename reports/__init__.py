@@ -1,0 +1,1 @@
+"""HTML rendering of stored results (reads results, never runs workloads)."""

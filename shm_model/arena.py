@@ -1,0 +1,297 @@
+"""The arena: one POSIX shared-memory segment per run, plus one named semaphore per lock.
+
+Everything the detectors read lives here, as signed 64-bit words at fixed offsets, so that
+the coordinator can read the state of a worker that is wedged, stopped or dead:
+
+    header | worker slots | op counters | lock-class stats | lock records | class usage |
+    class graph (edges) | interrupt rings | trace rings | model state
+
+Names carry the run id (which embeds the coordinator's pid and a random part) and are
+created mode 0600. :func:`sweep_orphans` unlinks the objects of runs whose coordinator is
+dead; SIGKILL skips ``finally``, so that sweep (at start-up and in ``stress cleanup``) is
+what guarantees that nothing stays in /dev/shm.
+
+Lock ordering: the arena takes no lock itself. The class-graph semaphore (``graph_sem``) is
+taken only by the lockdep slow path, with interrupts soft-masked, and never nests.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import posix_ipc
+
+PREFIX = "stress-"
+SHM_DIR = "/dev/shm"
+MAGIC = 0x5354524553530001  # "STRESS" v1
+
+# ---- header words -----------------------------------------------------------------------
+H_MAGIC, H_PID, H_STOP, H_PARK, H_START_NS, H_NWORKERS, H_NLOCKS, H_NCLASSES = range(8)
+H_EDGES, H_CAP_CLASSES, H_CAP_EDGES, H_CAP_TRACE, H_CHAINS, H_FINDINGS, H_EDGE_SEQ = range(8, 15)
+HEADER_WORDS = 16
+
+# ---- worker slot words (one 128-byte-aligned slot per worker) -----------------------------
+W_PID, W_STATE, W_OP, W_OP_START, W_OPS, W_IN_IRQ, W_IRQS, W_FINDINGS = range(8)
+W_WAIT = 8  # per context c in (0 task, 1 irq): W_WAIT + 4*c + (lock, site, since_ns, seq)
+W_PARK_ACK, W_CHAIN_MISS, W_ACQ, W_HEARTBEAT_NS, W_IRQS_DEFERRED = range(16, 21)
+WSLOT = 32
+WS_INIT, WS_RUNNING, WS_PARKED, WS_EXITED, WS_FAILED = range(5)
+WORKER_STATES = {WS_INIT: "starting", WS_RUNNING: "running", WS_PARKED: "parked",
+                 WS_EXITED: "exited", WS_FAILED: "failed"}
+
+# ---- lock record words (64 bytes each: no false sharing between locks) --------------------
+L_OWNER, L_CLASS, L_SITE, L_SINCE, L_KIND = range(5)
+LSLOT = 8
+NO_OWNER = -1
+
+# ---- per (worker, class) lock statistics --------------------------------------------------
+S_ACQ, S_CONTENDED, S_WAIT_NS, S_WAIT_MAX, S_HOLD_MAX = range(5)
+SSLOT = 5
+
+# ---- class usage (lockdep's usage bits, with the first site and worker of each) ----------
+C_IN_IRQ, C_IN_IRQ_SITE, C_IN_IRQ_WORKER, C_IRQ_ON, C_IRQ_ON_SITE, C_IRQ_ON_WORKER = range(6)
+C_REPORTED = 6
+CSLOT = 8
+
+# ---- class graph edge records (one per ordered class pair) --------------------------------
+E_SEQ, E_FROM_SITE, E_TO_SITE, E_WORKER, E_GUARD, E_CTX = range(6)
+ESLOT = 6
+NO_GUARD_YET = -1
+
+MAX_CLASSES = 62  # guard sets are bitmasks in one signed word
+MAX_OPS = 64
+IRQ_RING = 64  # slots per (sender, target) ring
+TRACE_EVENTS = 2048  # events per worker ring
+EV_WORDS = 5  # (time_ns, kind | ctx << 8 | name << 16, a, b, c)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where each region starts, in words. Computed once from the run's sizes."""
+
+    n_workers: int
+    n_locks: int
+    n_classes: int
+    state_words: int
+    trace_events: int = TRACE_EVENTS
+
+    @property
+    def workers(self) -> int:
+        return HEADER_WORDS
+
+    @property
+    def ops(self) -> int:
+        return self.workers + self.n_workers * WSLOT
+
+    @property
+    def stats(self) -> int:
+        return self.ops + self.n_workers * MAX_OPS
+
+    @property
+    def locks(self) -> int:
+        return self.stats + self.n_workers * MAX_CLASSES * SSLOT
+
+    @property
+    def classes(self) -> int:
+        return self.locks + self.n_locks * LSLOT
+
+    @property
+    def graph(self) -> int:
+        return self.classes + MAX_CLASSES * CSLOT
+
+    @property
+    def irq_rings(self) -> int:
+        return self.graph + MAX_CLASSES * MAX_CLASSES * ESLOT
+
+    @property
+    def ring_words(self) -> int:
+        return 2 + IRQ_RING  # head (written by the sender), tail (by the target), slots
+
+    @property
+    def traces(self) -> int:
+        return self.irq_rings + (self.n_workers + 1) * self.n_workers * self.ring_words
+
+    @property
+    def trace_words(self) -> int:
+        return 1 + self.trace_events * EV_WORDS
+
+    @property
+    def state(self) -> int:
+        return self.traces + self.n_workers * self.trace_words
+
+    @property
+    def total_words(self) -> int:
+        return self.state + self.state_words
+
+    # -- addressing helpers (used off the fast path) --
+    def wslot(self, w: int) -> int:
+        return self.workers + w * WSLOT
+
+    def lslot(self, lock: int) -> int:
+        return self.locks + lock * LSLOT
+
+    def sslot(self, w: int, cls: int) -> int:
+        return self.stats + (w * MAX_CLASSES + cls) * SSLOT
+
+    def cslot(self, cls: int) -> int:
+        return self.classes + cls * CSLOT
+
+    def eslot(self, a: int, b: int) -> int:
+        return self.graph + (a * MAX_CLASSES + b) * ESLOT
+
+    def ring(self, sender: int, target: int) -> int:
+        """Interrupt ring from ``sender`` (a worker, or ``n_workers`` for the coordinator)."""
+        return self.irq_rings + (sender * self.n_workers + target) * self.ring_words
+
+    def trace(self, w: int) -> int:
+        return self.traces + w * self.trace_words
+
+
+def new_run_id() -> str:
+    """``YYYYmmddTHHMMSS-<pid>-<random>``: sortable, names its coordinator, unguessable."""
+    return f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def pid_of_run(run_id: str) -> int | None:
+    parts = run_id.split("-")
+    try:
+        return int(parts[1])
+    except (IndexError, ValueError):
+        return None
+
+
+class Arena:
+    """The run's segment and semaphores. Create in the coordinator; forked workers inherit
+    the mapping and the semaphore objects (named semaphores are mmaps, no descriptors)."""
+
+    def __init__(self, run_id: str, geo: Geometry, create: bool = True) -> None:
+        self.run_id = run_id
+        self.geo = geo
+        self.base_name = f"/{PREFIX}{run_id}"
+        self._owner_pid = os.getpid()
+        self.sems: list[posix_ipc.Semaphore] = []
+        self.graph_sem: posix_ipc.Semaphore | None = None
+        self._shm: posix_ipc.SharedMemory | None = None
+        self._map: mmap.mmap | None = None
+        self.mv: memoryview
+        if create:
+            self._create()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def _create(self) -> None:
+        size = self.geo.total_words * 8
+        try:
+            self._shm = posix_ipc.SharedMemory(self.base_name, posix_ipc.O_CREX, mode=0o600, size=size)
+            self._map = mmap.mmap(self._shm.fd, size)
+            self._shm.close_fd()
+            self.mv = memoryview(self._map).cast("q")
+            self.mv[H_MAGIC] = MAGIC
+            self.mv[H_PID] = os.getpid()
+            self.mv[H_NWORKERS] = self.geo.n_workers
+            self.mv[H_NLOCKS] = self.geo.n_locks
+            self.mv[H_NCLASSES] = self.geo.n_classes
+            for w in range(self.geo.n_workers):  # "not waiting", "no operation"
+                ws = self.geo.wslot(w)
+                self.mv[ws + W_OP] = -1
+                for c in (0, 1):
+                    self.mv[ws + W_WAIT + 4 * c] = -1
+            self.graph_sem = posix_ipc.Semaphore(f"{self.base_name}-g", posix_ipc.O_CREX, mode=0o600, initial_value=1)
+            for i in range(self.geo.n_locks):
+                self.sems.append(
+                    posix_ipc.Semaphore(f"{self.base_name}-l{i}", posix_ipc.O_CREX, mode=0o600, initial_value=1))
+        except BaseException:
+            self.destroy()
+            raise
+
+    def destroy(self) -> None:
+        """Unlink and unmap everything this arena created. Idempotent; only the process
+        that created the arena unlinks (a forked worker exiting must not)."""
+        if os.getpid() != self._owner_pid:
+            return
+        for sem in self.sems + ([self.graph_sem] if self.graph_sem else []):
+            try:
+                sem.unlink()
+            except posix_ipc.ExistentialError:
+                pass
+            try:
+                sem.close()
+            except posix_ipc.Error:
+                pass
+        self.sems = []
+        self.graph_sem = None
+        if self._shm is not None:
+            try:
+                self._shm.unlink()
+            except posix_ipc.ExistentialError:
+                pass
+            self._shm = None
+        if self._map is not None:
+            try:
+                self.mv.release()
+            except (AttributeError, ValueError, BufferError):
+                pass
+            try:
+                self._map.close()
+            except BufferError:
+                pass  # views still exported; the mapping goes with the process
+            self._map = None
+
+    def names(self) -> list[str]:
+        """The /dev/shm entries this arena owns (for tests and cleanup)."""
+        n = self.base_name[1:]
+        return [n, f"sem.{n}-g"] + [f"sem.{n}-l{i}" for i in range(self.geo.n_locks)]
+
+
+def _run_of_entry(entry: str) -> str | None:
+    name = entry[4:] if entry.startswith("sem.") else entry
+    if not name.startswith(PREFIX):
+        return None
+    rest = name[len(PREFIX):]
+    # run id is "<stamp>-<pid>-<rand>"; semaphores add "-l<i>" or "-g"
+    parts = rest.split("-")
+    return "-".join(parts[:3]) if len(parts) >= 3 else None
+
+
+def list_objects(shm_dir: str = SHM_DIR) -> Iterator[tuple[str, str]]:
+    """(entry, run id) of every stress object in /dev/shm."""
+    try:
+        entries = os.listdir(shm_dir)
+    except FileNotFoundError:
+        return
+    for e in entries:
+        run = _run_of_entry(e)
+        if run is not None:
+            yield e, run
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_orphans(shm_dir: str = SHM_DIR, include_live: bool = False) -> list[str]:
+    """Unlink the objects of runs whose coordinator is no longer alive. Returns the entries
+    removed. ``include_live`` also removes those of live coordinators (never the default)."""
+    removed = []
+    for entry, run in list_objects(shm_dir):
+        pid = pid_of_run(run)
+        if pid is not None and pid != os.getpid() and _alive(pid) and not include_live:
+            continue
+        if pid == os.getpid() and not include_live:
+            continue
+        try:
+            os.unlink(os.path.join(shm_dir, entry))
+            removed.append(entry)
+        except FileNotFoundError:
+            pass
+    return removed

@@ -1,0 +1,252 @@
+"""The CPU a worker process runs on: its interrupt state, contexts, held locks and trace.
+
+One :class:`Cpu` exists per worker process (a physical CPU of the model). It owns:
+
+- the **soft interrupt mask** (``masked``): physical interrupts are real signals
+  (``IRQ_SIGNAL``) whose handler runs the model's ISR at once when interrupts are enabled
+  and only records them as pending when masked; ``local_irq_restore`` replays pending
+  ones. A Python flag costs ~40 ns against 1.5-4 us for a ``pthread_sigmask`` pair
+  (FACTS.md), and the lock bookkeeping itself runs masked so an ISR never sees a
+  half-recorded lock;
+- two **contexts**, task (0) and interrupt (1), each with its own held-lock stack and
+  waiting record, so the wait-for graph stays right when an ISR blocks on a lock its own
+  task holds (a one-worker cycle). As in Linux hardirq context, an ISR runs with
+  interrupts masked: interrupts do not nest;
+- the interrupt **rings**: a sender writes the IRQ number to its (sender, target) ring in
+  the arena and then signals the target; signals coalesce, rings do not, and raised and
+  handled interrupts are counted in shm;
+- its **trace ring** and per-worker **chain cache** (lockdep's held-class sequences).
+
+Locking rules: the Cpu takes no lock itself; every mutation of its held stacks happens with
+``masked`` set. Interrupt handlers never raise into the interrupted code (an exception in
+an ISR is reported as a finding: a signal handler's exception is lost inside a blocked
+``sem_wait``, FACTS.md).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+import traceback
+from typing import Any, Callable, Protocol
+
+from . import sites
+from .arena import (H_STOP, IRQ_RING, W_FINDINGS, W_IN_IRQ, W_IRQS, W_IRQS_DEFERRED, EV_WORDS,
+                    Geometry)
+from .trace import EV_IRQ_ENTER, EV_IRQ_EXIT, EV_IRQ_RAISE, EV_USER
+
+IRQ_SIGNAL = signal.SIGUSR1
+TASK, IRQ = 0, 1
+
+sites.internal(__file__)
+
+
+class Stop(BaseException):
+    """Raised inside a worker when the coordinator asks every worker to stop (even one
+    blocked in a lock wait, e.g. a member of a deadlock)."""
+
+
+class Hooks(Protocol):
+    """What the engine plugs into a Cpu (shm_model knows nothing more of the engine)."""
+
+    def new_chain(self, cpu: "Cpu", lock: Any, key: int, held: list, irqs_on: bool, trylock: bool) -> int:
+        """Validate a held-class sequence not seen before by this worker; return its site."""
+
+    def finding(self, cpu: "Cpu", outcome: str, title: str, details: dict) -> None:
+        """Record a finding raised inside the model (assertion, bad unlock, ISR crash)."""
+
+    def irqs_enabled_holding(self, cpu: "Cpu") -> None:
+        """Interrupts are being enabled while task-context locks are held."""
+
+
+class Cpu:
+    """Execution context of one worker process. Attributes are read on the lock fast path:
+    keep them plain attributes of a slotted object."""
+
+    __slots__ = ("mv", "geo", "wid", "ws", "ctx", "masked", "irq_pending", "held", "oid", "chains",
+                 "hooks", "isr", "noise", "rng", "trace_locks", "_th", "_tmask", "_rings_in", "_pids",
+                 "user_events", "_stop_i", "now", "stats_base")
+
+    def __init__(self, mv: memoryview, geo: Geometry, wid: int, hooks: Hooks, *, seed: int = 0,
+                 noise: float = 0.0, trace_locks: bool = False) -> None:
+        self.mv = mv
+        self.geo = geo
+        self.wid = wid
+        self.ws = geo.wslot(wid)
+        self.ctx = TASK
+        self.masked = False
+        self.irq_pending = False
+        self.held: tuple[list, list] = ([], [])
+        self.oid = (wid * 2, wid * 2 + 1)  # owner ids of the task and irq contexts
+        self.chains: dict[int, int] = {}
+        self.hooks = hooks
+        self.isr: Callable[[int], None] | None = None
+        self.noise = noise
+        self.rng = random.Random(seed)
+        self.trace_locks = trace_locks
+        self._th = geo.trace(wid)
+        self._tmask = geo.trace_events
+        self._rings_in = [geo.ring(s, wid) for s in range(geo.n_workers + 1)]
+        self._pids: list[int] = []
+        self.user_events: dict[str, int] = {}
+        self._stop_i = H_STOP
+        self.now = time.monotonic_ns
+        self.stats_base = geo.sslot(wid, 0)
+
+    # -- interrupt mask ---------------------------------------------------------------------
+    def local_irq_save(self) -> bool:
+        """Disable interrupts on this CPU; return the previous state (Xen's ``flags``)."""
+        flags = self.masked
+        self.masked = True
+        return flags
+
+    def local_irq_restore(self, flags: bool) -> None:
+        """Restore the state saved by :meth:`local_irq_save`; run interrupts that arrived
+        while masked."""
+        if not flags and self.masked and self.held[TASK] and self.ctx == TASK:
+            self.hooks.irqs_enabled_holding(self)
+        self.masked = flags
+        if not flags and self.irq_pending:
+            self.run_irqs()
+
+    def local_irq_disable(self) -> None:
+        self.masked = True
+
+    def local_irq_enable(self) -> None:
+        self.local_irq_restore(False)
+
+    def in_irq(self) -> bool:
+        return self.ctx == IRQ
+
+    # -- interrupts -------------------------------------------------------------------------
+    def install_irq_handler(self, pids: list[int]) -> None:
+        """Route ``IRQ_SIGNAL`` to this CPU. ``pids`` maps worker ids to processes (for
+        :meth:`raise_irq`). Interrupted system calls are *not* restarted: a blocked lock
+        wait must take interrupts (FACTS.md: never ``siginterrupt(sig, False)``)."""
+        self._pids = pids
+        signal.signal(IRQ_SIGNAL, self._on_signal)
+        signal.siginterrupt(IRQ_SIGNAL, True)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.masked:
+            self.irq_pending = True
+            self.mv[self.ws + W_IRQS_DEFERRED] += 1
+            return
+        self.run_irqs()
+
+    def irqs_waiting(self) -> bool:
+        mv = self.mv
+        for r in self._rings_in:
+            if mv[r] != mv[r + 1]:
+                return True
+        return False
+
+    def run_irqs(self) -> None:
+        """Handle every interrupt in this CPU's rings, in interrupt context, masked."""
+        mv = self.mv
+        while True:
+            self.irq_pending = False
+            if self.ctx == IRQ or self.isr is None:
+                return
+            self.masked = True
+            self.ctx = IRQ
+            mv[self.ws + W_IN_IRQ] = 1
+            try:
+                for r in self._rings_in:
+                    while mv[r + 1] != mv[r]:
+                        tail = mv[r + 1]
+                        irq = mv[r + 2 + tail % IRQ_RING]
+                        mv[r + 1] = tail + 1
+                        self._handle(irq)
+            finally:
+                held = self.held[IRQ]
+                if held:
+                    self.hooks.finding(self, "invariant:irq-returned-with-locks", "BUG: ISR returned with locks held",
+                                       {"locks": [lk.path for lk, _ in held]})
+                    for lk, _ in reversed(held):
+                        lk._force_release(self)
+                    held.clear()
+                mv[self.ws + W_IN_IRQ] = 0
+                self.ctx = TASK
+                self.masked = False
+            if not self.irq_pending:
+                return
+
+    def _handle(self, irq: int) -> None:
+        self.trace(EV_IRQ_ENTER, 0, irq)
+        self.mv[self.ws + W_IRQS] += 1
+        try:
+            self.isr(irq)  # type: ignore[misc]
+        except Stop:
+            raise
+        except Exception as e:  # an ISR bug: a finding, never a lost exception
+            self.hooks.finding(self, "crash", f"BUG: exception in interrupt handler: {type(e).__name__}: {e}",
+                               {"traceback": traceback.format_exc(), "irq": irq})
+        self.trace(EV_IRQ_EXIT, 0, irq)
+
+    def raise_irq(self, target: int, irq: int) -> bool:
+        """Raise physical interrupt ``irq`` on CPU ``target``: ring entry, then a signal.
+        Returns False when the ring is full (counted as dropped by the reader)."""
+        mv = self.mv
+        r = self.geo.ring(self.wid, target)
+        head = mv[r]
+        if head - mv[r + 1] >= IRQ_RING:
+            return False
+        mv[r + 2 + head % IRQ_RING] = irq
+        mv[r] = head + 1
+        self.trace(EV_IRQ_RAISE, 0, irq, target)
+        try:
+            os.kill(self._pids[target], IRQ_SIGNAL)
+        except ProcessLookupError:
+            pass
+        return True
+
+    # -- stop, noise ------------------------------------------------------------------------
+    def check_stop(self) -> None:
+        if self.mv[self._stop_i]:
+            raise Stop()
+
+    def jitter(self) -> None:
+        """Seeded scheduling noise at a lock operation: widen race windows."""
+        r = self.rng.random()
+        if r < self.noise:
+            if r < self.noise * 0.7:
+                os.sched_yield()
+            else:
+                time.sleep(self.rng.random() * 50e-6)
+
+    # -- trace ------------------------------------------------------------------------------
+    def trace(self, kind: int, name: int, a: int = 0, b: int = 0, c: int = 0) -> None:
+        """Append an event to this CPU's ring (masked: an ISR never interleaves)."""
+        m = self.masked
+        self.masked = True
+        mv = self.mv
+        th = self._th
+        h = mv[th]
+        i = th + 1 + (h % self._tmask) * EV_WORDS
+        mv[i] = self.now()
+        mv[i + 1] = kind | (self.ctx << 8) | (name << 16)
+        mv[i + 2] = a
+        mv[i + 3] = b
+        mv[i + 4] = c
+        mv[th] = h + 1
+        self.masked = m
+        if self.irq_pending and not m:
+            self.run_irqs()
+
+    def event(self, name: str, a: int = 0, b: int = 0, c: int = 0) -> None:
+        """A model event for the trace, e.g. ``cpu.event("migrate", irq, old, new)``."""
+        nid = self.user_events.get(name)
+        if nid is None:
+            raise KeyError(f"trace event {name!r} is not declared by the workload")
+        self.trace(EV_USER, nid, a, b, c)
+
+    # -- findings ---------------------------------------------------------------------------
+    def finding(self, outcome: str, title: str, **details: Any) -> None:
+        self.mv[self.ws + W_FINDINGS] += 1
+        self.hooks.finding(self, outcome, title, details)
+
+    def held_locks(self) -> list:
+        return [lk for ctx_held in self.held for lk, _ in ctx_held]

@@ -1,0 +1,390 @@
+"""The coordinator: one run from configuration to verdict.
+
+Order of work: validate (done by the caller, before this) -> sweep orphans of killed runs
+-> write the run directory's config -> create the arena -> fork the workers -> start them
+together -> loop (collect findings, watchdog scans, stop-the-world invariant checks,
+metrics, console) until the duration, a finding that ends the run, Ctrl-C, SIGTERM or a
+worker's death -> stop the workers (they leave even a lock wait when asked) -> kill
+stragglers -> write results -> unlink every IPC object. The teardown runs on every path.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import multiprocess
+
+from shm_model.arena import (H_PARK, H_START_NS, H_STOP, W_PARK_ACK, W_PID, WS_EXITED, WS_FAILED, W_STATE,
+                             sweep_orphans)
+
+from .console import Console
+from .evidence import full_trace, snapshot_traces
+from .findings import Finding, now_ns
+from .loader import Found
+from .metrics import Snapshot, snapshot
+from .results import RunDir
+from .splat import render
+from .verdict import EXIT_HARNESS, EXIT_SIGINT, EXIT_SIGTERM, Verdict, judge
+from .watchdog import Watchdog
+from .workload import Counts
+from .world import RunConfig, World, make_workload_instance
+from .worker import worker_main
+
+TICK_S = 0.01
+WATCH_EVERY_S = 0.05
+METRICS_EVERY_S = 1.0
+UI_EVERY_S = 0.25
+PARK_TIMEOUT_S = 0.5
+START_TIMEOUT_S = 20.0
+STOP_GRACE_S = 3.0
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    run_dir: str
+    verdict: Verdict | None
+    exit_code: int
+    stop_reason: str
+    findings: list[Finding] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+
+
+class Run:
+    def __init__(self, found: Found, cfg: RunConfig, counts: Counts, console: Console) -> None:
+        self.found = found
+        self.cfg = cfg
+        self.counts = counts
+        self.console = console
+        self.world = World(found, cfg, counts)  # validates sizes; creates nothing yet
+        self.variant = found.cls.variant_named(cfg.variant)
+        self.findings: list[Finding] = []
+        self._signatures: set[str] = set()
+        self._seen_files: set[str] = set()
+        self.stop_reason = ""
+        self.message = ""
+        self.procs: list[Any] = []
+        self.dead: dict[int, int] = {}
+        self.t0 = 0.0
+        self.t0_ns = 0
+        self.checks = 0
+        self.checks_skipped = 0
+        self.startup_s = 0.0
+        self.rundir: RunDir | None = None
+        self.roster: dict[int, str] = {}
+
+    # -- public -----------------------------------------------------------------------------------
+    def execute(self) -> RunResult:
+        sweep_orphans()
+        cfg = self.cfg
+        self.rundir = RunDir(cfg.out, cfg.run_id)
+        self.rundir.write_json("config.json", {
+            **cfg.as_dict(), "workload_source": self.found.source, "variant_provenance": self.variant.provenance,
+            "expected": list(self.variant.outcomes), "python": os.sys.version.split()[0]})
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        last: Snapshot | None = None
+        try:
+            self.world.create()
+            self._start()
+            if not self.stop_reason:
+                last = self._loop()
+        except Exception as e:  # a harness bug: say so, keep what we have
+            self.stop_reason = self.stop_reason or "harness-error"
+            self.message = f"harness error: {type(e).__name__}: {e}"
+            self.rundir.text("harness-error.txt", traceback.format_exc())
+        finally:
+            last = self._teardown(last)
+            for s, h in old.items():
+                signal.signal(s, h)
+        return self._finish(last)
+
+    # -- signals ----------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stop_reason = "interrupted" if signum == signal.SIGINT else "terminated"
+
+    # -- start ------------------------------------------------------------------------------------
+    def _start(self) -> None:
+        world = self.world
+        wl = make_workload_instance(world.cls, self.cfg.variant, world.opts)
+        world.workload = wl  # type: ignore[attr-defined]
+        wl.setup(world.state)
+        ctx = multiprocess.get_context("fork")
+        world.resolver.resolve(1 << 16)  # index the model's code once, before fork: workers inherit it
+        gc.collect()
+        gc.freeze()  # forked workers then do not copy pages the collector would touch
+        t = time.monotonic()
+        for w in range(world.geo.n_workers):
+            p = ctx.Process(target=worker_main, args=(world, w, self.rundir.findings_dir), daemon=True,
+                            name=f"stress-worker-{w}")
+            p.start()
+            self.procs.append(p)
+        mv = world.mv
+        deadline = t + START_TIMEOUT_S
+        while any(mv[world.geo.wslot(w) + W_PID] == 0 for w in range(world.geo.n_workers)):
+            if time.monotonic() > deadline or self.stop_reason:
+                self.stop_reason = self.stop_reason or "harness-error"
+                self.message = self.message or "workers did not start in time"
+                return
+            if any(p.exitcode is not None for p in self.procs):
+                self.stop_reason = "harness-error"
+                self.message = "a worker exited during start-up"
+                return
+            time.sleep(0.001)
+        self.startup_s = time.monotonic() - t
+        for w, info in enumerate(world.workers):
+            info.pid = self.procs[w].pid
+            self.roster[w] = info.label()
+        self.t0 = time.monotonic()
+        self.t0_ns = time.monotonic_ns()
+        mv[H_START_NS] = self.t0_ns
+        self.console.begin(self._header())
+
+    def _header(self) -> str:
+        c = self.cfg
+        roles = ", ".join(f"{r}×{n}" for r, n in c.counts.items())
+        return (f"stress: {c.workload} --variant {c.variant} (expect {' or '.join(self.variant.outcomes)}) "
+                f"seed {c.seed}, {c.duration:g}s, {roles}; started {self.world.geo.n_workers} workers "
+                f"in {self.startup_s * 1e3:.0f} ms; run {c.run_id}")
+
+    # -- main loop --------------------------------------------------------------------------------
+    def _loop(self) -> Snapshot:
+        world, mv = self.world, self.world.mv
+        watchdog = Watchdog(world, self.cfg.hung_timeout)
+        self.watchdog = watchdog
+        invariants = world.cls.invariants()
+        interval = world.cls.check_interval
+        next_watch = next_metrics = next_ui = time.monotonic()
+        next_check = self.t0 + interval if invariants and interval > 0 else float("inf")
+        snap = snapshot(world, 0.0)
+        while True:
+            now = time.monotonic()
+            elapsed = now - self.t0
+            if self.stop_reason:
+                break
+            if elapsed >= self.cfg.duration:
+                self.stop_reason = "duration"
+                break
+            self._collect()
+            alive = [p.exitcode is None for p in self.procs]
+            died = [w for w, a in enumerate(alive) if not a and w not in self.dead]
+            if died or now >= next_watch:
+                next_watch = now + WATCH_EVERY_S
+                for f in watchdog.scan(alive):
+                    self._add(f, world_traces=True)
+            for w in died:
+                self._on_death(w)
+            if self.stop_reason:
+                break
+            if now >= next_check:
+                self._check(invariants)
+                next_check = time.monotonic() + interval
+            if now >= next_metrics:
+                next_metrics = now + METRICS_EVERY_S
+                snap = snapshot(world, elapsed)
+                self.rundir.metrics(snap.as_dict())
+            if now >= next_ui:
+                next_ui = now + UI_EVERY_S
+                snap = snapshot(world, elapsed)
+                self.console.update(snap, elapsed, self.cfg.duration, len(self._decisive()))
+            time.sleep(TICK_S)
+        return snap
+
+    def _decisive(self) -> list[Finding]:
+        return [f for f in self.findings if not f.info]
+
+    def _on_death(self, w: int) -> None:
+        code = self.procs[w].exitcode
+        self.dead[w] = code
+        if code in (0, 1) and self.world.mv[self.world.geo.wslot(w) + W_STATE] in (WS_EXITED, WS_FAILED):
+            return  # a crash the worker reported itself, or an orderly exit
+        how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit status {code}"
+        for f in self.findings:
+            if f.outcome == "held-by-dead-worker" and f.details.get("dead") == w:
+                f.details["exit"] = how
+                return  # reported with its locks: that is the finding
+        self.stop_reason = "worker-died"
+        self.message = (f"{self.roster.get(w, f'worker {w}')} was {how} holding no lock; "
+                        f"run stopped, partial results kept")
+
+    # -- findings ---------------------------------------------------------------------------------
+    def _collect(self) -> None:
+        d = self.rundir.findings_dir
+        try:
+            names = sorted(n for n in os.listdir(d) if n.endswith(".json") and n not in self._seen_files)
+        except FileNotFoundError:
+            return
+        import json
+        for n in names:
+            self._seen_files.add(n)
+            try:
+                with open(os.path.join(d, n)) as fh:
+                    f = Finding.from_dict(json.load(fh))
+            except (OSError, ValueError, TypeError) as e:
+                self.message = f"unreadable finding file {n}: {e}"
+                continue
+            self._add(f)
+
+    def _add(self, f: Finding, world_traces: bool = False) -> None:
+        if f.signature and f.signature in self._signatures:
+            return
+        self._signatures.add(f.signature)
+        if world_traces:
+            f.traces = snapshot_traces(self.world)
+        f.since_start_s = max(0.0, (f.t_ns - self.t0_ns) / 1e9) if self.t0_ns else 0.0
+        f.text = render(f, self.roster)
+        self.findings.append(f)
+        self.console.finding(f.text + f"(found {f.since_start_s:.3f} s after start)\n", info=f.info)
+        self.rundir.finding(f.as_dict())
+        self.rundir.text("report.txt", f.text + "\n")
+        if f.ends_run and not self.stop_reason:
+            self.stop_reason = "finding"
+
+    # -- stop-the-world checks --------------------------------------------------------------------
+    def _check(self, invariants: dict) -> None:
+        world, mv, geo = self.world, self.world.mv, self.world.geo
+        seq = mv[H_PARK] + 1
+        if seq % 2 == 0:
+            seq += 1
+        mv[H_PARK] = seq
+        deadline = time.monotonic() + PARK_TIMEOUT_S
+        try:
+            while True:
+                pending = [w for w in range(geo.n_workers)
+                           if self.procs[w].exitcode is None and mv[geo.wslot(w) + W_PARK_ACK] != seq]
+                if not pending:
+                    break
+                if time.monotonic() > deadline or self.stop_reason:
+                    self.checks_skipped += 1  # someone is blocked: the watchdog speaks to that
+                    return
+                time.sleep(0.0002)
+            self.checks += 1
+            for name, fn in invariants.items():
+                try:
+                    res = fn(world.workload, world.state)
+                except Exception as e:
+                    res = f"the check raised {type(e).__name__}: {e}"
+                if res is None or res is True:
+                    continue
+                msg = res if isinstance(res, str) else "violated"
+                self._add(Finding(f"invariant:{name}", f"BUG: invariant {name} violated", -1,
+                                  {"message": msg, "check": self.checks,
+                                   "how": "checked with every worker parked at a safe point"},
+                                  t_ns=now_ns(), signature=f"invariant:{name}"), world_traces=True)
+        finally:
+            mv[H_PARK] = seq + 1
+
+    # -- teardown ---------------------------------------------------------------------------------
+    def _teardown(self, last: Snapshot | None) -> Snapshot | None:
+        world = self.world
+        self.console.end()
+        try:
+            if world.arena is not None:
+                mv = world.mv
+                mv[H_STOP] = 1
+                mv[H_PARK] = mv[H_PARK] + (mv[H_PARK] & 1)
+                deadline = time.monotonic() + STOP_GRACE_S
+                for p in self.procs:
+                    p.join(max(0.0, deadline - time.monotonic()))
+                for p in self.procs:
+                    if p.exitcode is None:
+                        p.kill()
+                        p.join(1.0)
+                if self.rundir is not None:
+                    self._save_results()
+        except Exception as e:  # results are best effort; the unlink below is not
+            self.message = self.message or f"harness error while saving results: {type(e).__name__}: {e}"
+            if self.rundir is not None:
+                self.rundir.text("harness-error.txt", traceback.format_exc())
+        finally:
+            world.destroy()
+            gc.unfreeze()
+        return getattr(self, "_last", last)
+
+    def _save_results(self) -> None:
+        world = self.world
+        self._collect()
+        elapsed = time.monotonic() - self.t0 if self.t0 else 0.0
+        self._last = snapshot(world, elapsed)
+        self.rundir.metrics(self._last.as_dict())
+        self.model_summary = self._model_summary()
+        self.overruns = 0
+        for w, info in enumerate(world.workers):
+            events, overrun = full_trace(world, w)
+            self.overruns += overrun
+            self.rundir.trace(w, info.label(), events, overrun)
+
+    def _model_summary(self) -> dict:
+        try:
+            return dict(self.world.workload.summary(self.world.state))
+        except Exception as e:
+            return {"summary error": f"{type(e).__name__}: {e}"}
+
+    # -- verdict ----------------------------------------------------------------------------------
+    def _finish(self, last: Snapshot | None) -> RunResult:
+        cfg = self.cfg
+        elapsed = (time.monotonic() - self.t0) if self.t0 else 0.0
+        incomplete = ""
+        if last is not None and last.capacity_hits:
+            incomplete = f"a detector capacity was hit {last.capacity_hits} times"
+        verdict: Verdict | None = None
+        code = EXIT_HARNESS
+        if self.stop_reason in ("duration", "finding"):
+            verdict = judge(self.variant.outcomes, self.findings, incomplete)
+            code = verdict.exit_code
+        elif self.stop_reason == "worker-died" and self._decisive():
+            verdict = judge(self.variant.outcomes, self.findings, incomplete)
+            code = verdict.exit_code
+        elif self.stop_reason == "interrupted":
+            code = EXIT_SIGINT
+            self.message = self.message or "interrupted (Ctrl-C): run stopped, partial results kept"
+        elif self.stop_reason == "terminated":
+            code = EXIT_SIGTERM
+            self.message = self.message or "terminated (SIGTERM): run stopped, partial results kept"
+        summary = self._summary(last, elapsed, verdict, code)
+        if self.rundir is not None:
+            self.rundir.write_json("summary.json", summary)
+            self.rundir.close()
+        return RunResult(cfg.run_id, self.rundir.path if self.rundir else "", verdict, code, self.stop_reason,
+                         self.findings, summary, self.message)
+
+    def _summary(self, last: Snapshot | None, elapsed: float, verdict: Verdict | None, code: int) -> dict:
+        s: dict[str, Any] = {
+            "run_id": self.cfg.run_id, "workload": self.cfg.workload, "variant": self.cfg.variant,
+            "provenance": self.variant.provenance, "expected": list(self.variant.outcomes),
+            "seed": self.cfg.seed, "stop_reason": self.stop_reason, "message": self.message,
+            "elapsed_s": round(elapsed, 3), "startup_s": round(self.startup_s, 4), "exit_code": code,
+            "verdict": None if verdict is None else {"status": verdict.status, "text": verdict.text,
+                                                     "found": list(verdict.found)},
+            "command": self.cfg.command, "run_dir": self.rundir.path if self.rundir else "",
+            "findings": [{"outcome": f.outcome, "title": f.title, "since_start_s": round(f.since_start_s, 4),
+                          "info": f.info, "signature": f.signature} for f in self.findings],
+            "invariant_checks": self.checks, "invariant_checks_skipped": self.checks_skipped,
+            "model": getattr(self, "model_summary", {}), "workers": dict(self.cfg.counts),
+        }
+        if last is not None:
+            dur = max(elapsed, 1e-9)
+            s["ops"] = last.ops
+            s["ops_per_s"] = {k: round(v / dur, 1) for k, v in last.ops.items()}
+            s["total_ops_per_s"] = round(last.total_ops / dur, 1)
+            s["irqs_handled"] = last.irqs
+            s["locks"] = [{"class": c.cls, "acquisitions": c.acquisitions, "contended": c.contended,
+                           "contended_pct": round(c.contended_pct, 2), "wait_max_us": round(c.wait_max_ns / 1e3, 1),
+                           "hold_max_us": round(c.hold_max_ns / 1e3, 1),
+                           "wait_avg_us": round(c.wait_ns / c.contended / 1e3, 1) if c.contended else 0.0}
+                          for c in last.classes]
+            s["detectors"] = {"classes": len(self.world.class_names), "edges": last.edges,
+                              "chains_checked": last.chain_misses, "acquisitions": last.acquisitions,
+                              "chain_cache_hit_rate": round(last.cache_hit_rate, 5),
+                              "watchdog_scans": getattr(getattr(self, "watchdog", None), "scans", 0),
+                              "capacity_hits": last.capacity_hits,
+                              "trace_overruns": getattr(self, "overruns", 0)}
+        return s

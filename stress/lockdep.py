@@ -1,0 +1,296 @@
+"""Lockdep for the model: the lock-class dependency graph and the interrupt-usage rules.
+
+Runs inside each worker, on the slow path of an acquisition: the first time this worker
+forms a held-class chain (lockdep's chain cache, the per-worker ``Cpu.chains``), the chain
+is validated here. The graph and the usage bits are shared by all workers in the arena:
+
+- edge ``H -> C`` for every lock ``H`` held in the same context when ``C`` is taken (not
+  for a trylock of ``C``), with the first site and worker of each and its *guard*: the set
+  of classes that were held outside ``H`` every time the edge was seen;
+- a new or narrowed edge that closes a cycle is a **circular locking dependency**, reported
+  with the shortest cycle. A cycle whose edges were all taken under one common outer class
+  is reported as **guarded** by it: informational (it cannot deadlock while the outer lock
+  serialises it), and re-reported as a plain inversion once an unguarded path appears;
+- usage bits per class: taken in interrupt context, taken with interrupts enabled. Both on
+  one class is an **inconsistent lock state**; a path from an irq-safe class to an
+  irq-unsafe one is an **irq-safe -> irq-unsafe lock order**;
+- taking a class already held in this context is **recursive locking** (same instance: a
+  certain self-deadlock).
+
+Locking: every graph update happens under the arena's graph semaphore, taken with
+interrupts soft-masked (the caller masks); nothing else is taken inside. A capacity that
+is hit is counted in the arena header and makes the run's verdict incomplete: the
+detector never switches itself off.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable
+
+import posix_ipc
+
+from shm_model import sites
+from shm_model.arena import (C_IN_IRQ, C_IN_IRQ_SITE, C_IN_IRQ_WORKER, C_IRQ_ON, C_IRQ_ON_SITE,
+                             C_IRQ_ON_WORKER, C_REPORTED, E_FROM_SITE, E_GUARD, E_SEQ, E_TO_SITE,
+                             E_WORKER, H_CAP_EDGES, H_EDGE_SEQ, H_EDGES, W_CHAIN_MISS)
+from shm_model.cpu import IRQ, Cpu
+
+from .findings import Finding, now_ns
+
+sites.internal(__file__)
+
+GRAPH_LOCK_TIMEOUT_S = 2.0
+
+
+class Lockdep:
+    def __init__(self, world: Any, report: Callable[[Finding], None]) -> None:
+        self.world = world
+        self.mv = world.mv
+        self.geo = world.geo
+        self.sem: posix_ipc.Semaphore = world.arena.graph_sem
+        self.n = world.geo.n_classes
+        self.names = world.class_names
+        self.report = report
+        self.reported: set[str] = set()
+
+    # -- entry point (Hooks.new_chain) ----------------------------------------------------------
+    def new_chain(self, cpu: Cpu, lock: Any, key: int, held: list, irqs_on: bool, trylock: bool) -> int:
+        site = sites.capture(1)
+        mv = self.mv
+        mv[cpu.ws + W_CHAIN_MISS] += 1
+        findings: list[Finding] = []
+        try:
+            self.sem.acquire(GRAPH_LOCK_TIMEOUT_S)
+        except posix_ipc.BusyError:
+            mv[H_CAP_EDGES] += 1  # could not validate: the verdict says incomplete
+            return site
+        try:
+            c = lock.cls
+            for h, _ in held:
+                if h.cls == c:
+                    findings.append(self._recursive(cpu, lock, h, site, held))
+                    break
+            if cpu.ctx == IRQ:
+                if self._mark(c, C_IN_IRQ, site, cpu):
+                    self._usage_changed(cpu, c, C_IN_IRQ, lock, site, findings)
+            elif irqs_on:
+                if self._mark(c, C_IRQ_ON, site, cpu):
+                    self._usage_changed(cpu, c, C_IRQ_ON, lock, site, findings)
+            if not trylock:
+                outer = 0
+                for h, _ in held:
+                    if h.cls != c:
+                        self._edge(cpu, h, lock, site, outer, held, findings)
+                    outer |= 1 << h.cls
+        finally:
+            self.sem.release()
+        self._emit(findings)
+        return site
+
+    def _emit(self, findings: list[Finding]) -> None:
+        """Resolve site ints to text (outside the graph lock: it can be slow) and report."""
+        for f in findings:
+            if f.signature not in self.reported:
+                self.reported.add(f.signature)
+                f.details = self._resolve(f.details)
+                self.report(f)
+
+    def _resolve(self, obj: Any, key: str = "") -> Any:
+        if isinstance(obj, dict):
+            return {k: self._resolve(v, k) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [self._resolve(v, key) for v in obj]
+        if key.endswith("site") and isinstance(obj, int):
+            return self.world.site(obj)
+        return obj
+
+    def irqs_enabled_holding(self, cpu: Cpu) -> None:
+        """Interrupts were enabled while task-context locks are held: each such class is
+        now used with interrupts enabled (lockdep's mark_held_locks)."""
+        for h, _ in cpu.held[0]:
+            if not self.mv[self.geo.cslot(h.cls) + C_IRQ_ON]:
+                findings: list[Finding] = []
+                self.sem.acquire(GRAPH_LOCK_TIMEOUT_S)
+                try:
+                    if self._mark(h.cls, C_IRQ_ON, self.mv[h.o_site], cpu):
+                        self._usage_changed(cpu, h.cls, C_IRQ_ON, h, self.mv[h.o_site], findings)
+                finally:
+                    self.sem.release()
+                self._emit(findings)
+
+    # -- graph ----------------------------------------------------------------------------------
+    def _edge(self, cpu: Cpu, h: Any, lock: Any, site: int, outer: int, held: list,
+              findings: list[Finding]) -> None:
+        mv = self.mv
+        e = self.geo.eslot(h.cls, lock.cls)
+        if mv[e + E_SEQ] == 0:
+            seq = mv[H_EDGE_SEQ] + 1
+            mv[H_EDGE_SEQ] = seq
+            mv[e + E_FROM_SITE] = mv[h.o_site]
+            mv[e + E_TO_SITE] = site
+            mv[e + E_WORKER] = cpu.oid[cpu.ctx]
+            mv[e + E_GUARD] = outer
+            mv[e + E_SEQ] = seq
+            mv[H_EDGES] += 1
+            self._edge_irq_check(cpu, h.cls, lock.cls, lock, site, findings)
+        else:
+            g = mv[e + E_GUARD]
+            if g & outer == g:
+                return  # seen before with at least these guards: nothing new
+            mv[e + E_GUARD] = g & outer
+        path = self._path(lock.cls, h.cls)
+        if path is None:
+            return
+        cycle = path + [lock.cls]  # C -> ... -> H -> C
+        guard = mv[e + E_GUARD]
+        for a, b in zip(path, path[1:]):
+            guard &= mv[self.geo.eslot(a, b) + E_GUARD]
+        for x in cycle:
+            guard &= ~(1 << x)
+        findings.append(self._circular(cpu, lock, h, site, path, guard, held))
+
+    def _path(self, src: int, dst: int) -> list[int] | None:
+        """Shortest path src -> ... -> dst in the class graph (BFS), or None."""
+        mv, geo, n = self.mv, self.geo, self.n
+        prev = {src: -1}
+        q = deque([src])
+        while q:
+            x = q.popleft()
+            if x == dst:
+                out = [x]
+                while prev[out[-1]] != -1:
+                    out.append(prev[out[-1]])
+                return out[::-1]
+            for y in range(n):
+                if y not in prev and mv[geo.eslot(x, y) + E_SEQ]:
+                    prev[y] = x
+                    q.append(y)
+        return None
+
+    def _reach(self, start: int, forward: bool) -> dict[int, int]:
+        """Classes reachable from ``start`` (forward) or reaching it (backward), with the
+        predecessor of each on a shortest path."""
+        mv, geo, n = self.mv, self.geo, self.n
+        prev = {start: -1}
+        q = deque([start])
+        while q:
+            x = q.popleft()
+            for y in range(n):
+                e = geo.eslot(x, y) if forward else geo.eslot(y, x)
+                if y not in prev and mv[e + E_SEQ]:
+                    prev[y] = x
+                    q.append(y)
+        return prev
+
+    # -- usage ----------------------------------------------------------------------------------
+    def _mark(self, c: int, bit: int, site: int, cpu: Cpu) -> bool:
+        mv = self.mv
+        s = self.geo.cslot(c)
+        if mv[s + bit]:
+            return False
+        mv[s + bit + 1] = site
+        mv[s + bit + 2] = cpu.oid[cpu.ctx]
+        mv[s + bit] = 1
+        return True
+
+    def _usage_changed(self, cpu: Cpu, c: int, bit: int, lock: Any, site: int, findings: list[Finding]) -> None:
+        mv, geo = self.mv, self.geo
+        s = geo.cslot(c)
+        if mv[s + C_IN_IRQ] and mv[s + C_IRQ_ON] and not mv[s + C_REPORTED]:
+            mv[s + C_REPORTED] = 1
+            findings.append(self._inconsistent(cpu, c, bit, lock, site))
+        if bit == C_IN_IRQ:  # c is irq-safe now: does it lead to an irq-unsafe class?
+            reach = self._reach(c, forward=True)
+            for u in reach:
+                if u != c and mv[geo.cslot(u) + C_IRQ_ON]:
+                    findings.append(self._irq_order(cpu, c, u, reach, None, lock, site))
+                    return
+        else:  # c is irq-unsafe now: is it reached from an irq-safe class?
+            reach = self._reach(c, forward=False)
+            for sfe in reach:
+                if sfe != c and mv[geo.cslot(sfe) + C_IN_IRQ]:
+                    findings.append(self._irq_order(cpu, sfe, c, None, reach, lock, site))
+                    return
+
+    def _edge_irq_check(self, cpu: Cpu, a: int, b: int, lock: Any, site: int, findings: list[Finding]) -> None:
+        """New edge a -> b: an irq-safe class behind ``a`` now reaches an irq-unsafe one
+        beyond ``b``?"""
+        mv, geo = self.mv, self.geo
+        back = self._reach(a, forward=False)
+        safe = [x for x in back if mv[geo.cslot(x) + C_IN_IRQ]]
+        if not safe:
+            return
+        fwd = self._reach(b, forward=True)
+        unsafe = [x for x in fwd if mv[geo.cslot(x) + C_IRQ_ON]]
+        if unsafe:
+            findings.append(self._irq_order(cpu, safe[0], unsafe[0], fwd, back, lock, site, via=(a, b)))
+
+    # -- findings -------------------------------------------------------------------------------
+    def _lock_info(self, lk: Any, site: int | None = None) -> dict:
+        return {"lock": lk.path, "cls": lk.cls_name,
+                "site": site if site is not None else self.mv[lk.o_site]}
+
+    def _held_info(self, held: list) -> list[dict]:
+        return [self._lock_info(h) for h, _ in held]
+
+    def _edge_info(self, a: int, b: int) -> dict:
+        mv = self.mv
+        e = self.geo.eslot(a, b)
+        g = mv[e + E_GUARD]
+        return {"from": self.names[a], "to": self.names[b], "from_site": mv[e + E_FROM_SITE],
+                "to_site": mv[e + E_TO_SITE], "owner": mv[e + E_WORKER],
+                "guards": [self.names[i] for i in range(self.n) if g & (1 << i)]}
+
+    def _new(self, cpu: Cpu, outcome: str, title: str, signature: str, details: dict, info: bool = False) -> Finding:
+        details.setdefault("owner", cpu.oid[cpu.ctx])
+        return Finding(outcome, title, cpu.wid, details, t_ns=now_ns(), signature=signature, info=info)
+
+    def _circular(self, cpu: Cpu, lock: Any, h: Any, site: int, path: list[int], guard: int, held: list) -> Finding:
+        chain = [self._edge_info(a, b) for a, b in zip(path, path[1:])]
+        names = [self.names[x] for x in path]
+        guarded = [self.names[i] for i in range(self.n) if guard & (1 << i)]
+        details = {
+            "acquiring": self._lock_info(lock, site),
+            "holding": self._lock_info(h),
+            "chain": chain,  # existing C -> ... -> H, in order
+            "new_edge": {"from": h.cls_name, "to": lock.cls_name, "from_site": self.mv[h.o_site],
+                         "to_site": site, "owner": cpu.oid[cpu.ctx]},
+            "cycle": names + [names[0]],
+            "guarded_by": guarded,
+            "held": self._held_info(held),
+        }
+        sig = "circular:" + "->".join(sorted(set(names))) + (":guarded" if guarded else "")
+        title = "WARNING: possible circular locking dependency detected"
+        return self._new(cpu, "lock-order-inversion", title, sig, details, info=bool(guarded))
+
+    def _recursive(self, cpu: Cpu, lock: Any, h: Any, site: int, held: list) -> Finding:
+        same = h is lock
+        details = {"acquiring": self._lock_info(lock, site), "holding": self._lock_info(h),
+                   "same_instance": same, "held": self._held_info(held)}
+        outcome = "deadlock" if same else "lock-order-inversion"
+        return self._new(cpu, outcome, "WARNING: possible recursive locking detected",
+                         f"recursive:{lock.cls_name}:{same}", details)
+
+    def _usage(self, c: int, bit: int) -> dict:
+        s = self.geo.cslot(c)
+        return {"site": self.mv[s + bit + 1], "owner": self.mv[s + bit + 2]}
+
+    def _inconsistent(self, cpu: Cpu, c: int, bit: int, lock: Any, site: int) -> Finding:
+        new, old = ("IN-HARDIRQ-W", "HARDIRQ-ON-W") if bit == C_IN_IRQ else ("HARDIRQ-ON-W", "IN-HARDIRQ-W")
+        details = {"cls": self.names[c], "lock": lock.path, "usage_new": new, "usage_old": old,
+                   "site": site,
+                   "in_irq": self._usage(c, C_IN_IRQ), "irq_on": self._usage(c, C_IRQ_ON),
+                   "held": self._held_info(cpu.held[cpu.ctx])}
+        return self._new(cpu, "lock-order-inversion", "WARNING: inconsistent lock state",
+                         f"inconsistent:{self.names[c]}", details)
+
+    def _irq_order(self, cpu: Cpu, safe: int, unsafe: int, fwd: dict | None, back: dict | None,
+                   lock: Any, site: int, via: tuple[int, int] | None = None) -> Finding:
+        path = self._path(safe, unsafe) or [safe, unsafe]
+        details = {"safe": self.names[safe], "unsafe": self.names[unsafe],
+                   "chain": [self._edge_info(a, b) for a, b in zip(path, path[1:])],
+                   "in_irq": self._usage(safe, C_IN_IRQ), "irq_on": self._usage(unsafe, C_IRQ_ON),
+                   "acquiring": self._lock_info(lock, site)}
+        return self._new(cpu, "lock-order-inversion", "WARNING: HARDIRQ-safe -> HARDIRQ-unsafe lock order detected",
+                         f"irq-order:{self.names[safe]}:{self.names[unsafe]}", details)

@@ -1,0 +1,109 @@
+"""Reading counters out of the arena: per worker, per operation, per lock class, and the
+detectors' own counters. Plain data, for the console, metrics.jsonl and the summary."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from shm_model.arena import (H_CAP_CLASSES, H_CAP_EDGES, H_EDGES, MAX_OPS, S_ACQ, S_CONTENDED, S_HOLD_MAX,
+                             S_WAIT_MAX, S_WAIT_NS, W_CHAIN_MISS, W_IRQS, W_IRQS_DEFERRED, W_OP, W_OPS, W_PID,
+                             W_STATE, W_WAIT, WORKER_STATES, L_OWNER)
+
+
+@dataclass
+class ClassStats:
+    cls: str
+    acquisitions: int = 0
+    contended: int = 0
+    wait_ns: int = 0
+    wait_max_ns: int = 0
+    hold_max_ns: int = 0
+
+    @property
+    def contended_pct(self) -> float:
+        return 100.0 * self.contended / self.acquisitions if self.acquisitions else 0.0
+
+
+@dataclass
+class WorkerRow:
+    wid: int
+    role: str
+    pid: int
+    state: str
+    op: str
+    ops: int
+    irqs: int
+    irqs_deferred: int
+    held: list[str]
+    waiting: str
+
+
+@dataclass
+class Snapshot:
+    t_s: float
+    ops: dict[str, int]
+    workers: list[WorkerRow]
+    classes: list[ClassStats]
+    edges: int
+    chain_misses: int
+    acquisitions: int
+    capacity_hits: int
+    irqs: int
+    extra: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_ops(self) -> int:
+        return sum(self.ops.values())
+
+    @property
+    def cache_hit_rate(self) -> float:
+        return 1.0 - self.chain_misses / self.acquisitions if self.acquisitions else 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["total_ops"] = self.total_ops
+        return d
+
+
+def snapshot(world: Any, t_s: float) -> Snapshot:
+    mv, geo = world.mv, world.geo
+    ops = {o.spec.name: 0 for o in world.ops}
+    for w in range(geo.n_workers):
+        base = geo.ops + w * MAX_OPS
+        for o in world.ops:
+            ops[o.spec.name] += mv[base + o.oid]
+    owners: dict[int, list[str]] = {}
+    for lk in range(geo.n_locks):
+        ow = mv[geo.lslot(lk) + L_OWNER]
+        if ow >= 0:
+            owners.setdefault(ow // 2, []).append(world.plan.locks[lk].path)
+    rows = []
+    irqs = 0
+    misses = 0
+    for w, info in enumerate(world.workers):
+        s = geo.wslot(w)
+        op = mv[s + W_OP]
+        wt = mv[s + W_WAIT]
+        wi = mv[s + W_WAIT + 4]
+        waiting = world.plan.locks[wt].path if wt >= 0 else (world.plan.locks[wi].path + " [irq]" if wi >= 0 else "")
+        irqs += mv[s + W_IRQS]
+        misses += mv[s + W_CHAIN_MISS]
+        rows.append(WorkerRow(w, info.role, mv[s + W_PID], WORKER_STATES.get(mv[s + W_STATE], "?"),
+                              world.ops[op].spec.name if 0 <= op < len(world.ops) else "",
+                              mv[s + W_OPS], mv[s + W_IRQS], mv[s + W_IRQS_DEFERRED], owners.get(w, []), waiting))
+    classes = []
+    acq_total = 0
+    for c, name in enumerate(world.class_names):
+        cs = ClassStats(name)
+        for w in range(geo.n_workers):
+            b = geo.sslot(w, c)
+            cs.acquisitions += mv[b + S_ACQ]
+            cs.contended += mv[b + S_CONTENDED]
+            cs.wait_ns += mv[b + S_WAIT_NS]
+            cs.wait_max_ns = max(cs.wait_max_ns, mv[b + S_WAIT_MAX])
+            cs.hold_max_ns = max(cs.hold_max_ns, mv[b + S_HOLD_MAX])
+        acq_total += cs.acquisitions
+        classes.append(cs)
+    return Snapshot(t_s, ops, rows, classes, mv[H_EDGES], misses, acq_total,
+                    mv[H_CAP_EDGES] + mv[H_CAP_CLASSES], irqs)

@@ -1,0 +1,349 @@
+"""Findings as text, in the shape and words of the kernel's lockdep and KASAN reports.
+
+Workers stand where the kernel names tasks ("worker 1 (backward, pid 4242)"), contexts
+where it names hardirq state ("[irq]"), ``function() file:line`` where it prints stacks.
+Rendering reads only the finding's data and a roster of worker labels, so a stored finding
+renders the same way later (``stress show``, the HTML report).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .findings import Finding
+
+Roster = dict[int, str]  # worker id -> "worker 1 (backward, pid 4242)"
+
+
+def _who(roster: Roster, owner: int) -> str:
+    w, c = divmod(owner, 2)
+    return roster.get(w, f"worker {w}") + (" [irq]" if c else "")
+
+
+def _short(roster: Roster, owner: int) -> str:
+    w, c = divmod(owner, 2)
+    label = roster.get(w, f"worker {w}")
+    # "worker 1 (backward, pid 4242)" -> "worker 1 (backward)"
+    if "," in label:
+        label = label.split(",")[0] + ")"
+    return label + (" irq" if c else "")
+
+
+def _banner(title: str) -> list[str]:
+    bar = "=" * max(len(title), 20)
+    return [bar, title, "-" * len(bar)]
+
+
+def _lock(d: dict) -> str:
+    name = f"({d['cls']})"
+    if d.get("lock") and d["lock"] != d["cls"]:
+        name += f" {d['lock']}"
+    return name
+
+
+def _held_block(roster: Roster, owner: int, holds: list[dict], op: str | None = None) -> list[str]:
+    n = len(holds)
+    head = f"{n} lock{'s' if n != 1 else ''} held by {_who(roster, owner)}"
+    if op:
+        head += f", in {op}"
+    out = [head + ":"]
+    for i, h in enumerate(holds):
+        out.append(f" #{i}: {_lock(h)}, at: {h['site']}")
+    return out
+
+
+def _scenario(columns: list[str], steps: list[tuple[int, str]], width: int = 32) -> list[str]:
+    """Lockdep's "Possible unsafe locking scenario": one column per context."""
+    width = max([width] + [len(c) + 4 for c in columns] + [len(s) + 4 for _, s in steps])
+    out = ["", " Possible unsafe locking scenario:", ""]
+    out.append("       " + "".join(c.ljust(width) for c in columns).rstrip())
+    out.append("       " + "".join("----".ljust(width) for _ in columns).rstrip())
+    for col, text in steps:
+        out.append("  " + " " * (width * col) + text)
+    return out
+
+
+def render_circular(f: Finding, roster: Roster) -> list[str]:
+    d = f.details
+    acq, hold = d["acquiring"], d["holding"]
+    lines = _banner(f.title)
+    lines += [f"{_who(roster, d['owner'])} is trying to acquire lock:",
+              f"  {_lock(acq)}, at: {acq['site']}", "",
+              "but task is already holding lock:",
+              f"  {_lock(hold)}, at: {hold['site']}", "",
+              "which lock already depends on the new lock.", "", "",
+              "the existing dependency chain (in reverse order) is:", ""]
+    chain = d["chain"]  # C -> X1 -> ... -> H
+    for i, e in enumerate(reversed(chain)):
+        lines.append(f"-> #{len(chain) - i} ({e['to']}):")
+        lines.append(f"       {e['to_site']}")
+        lines.append(f"       (taken while holding ({e['from']}), acquired at {e['from_site']};")
+        lines.append(f"        first seen in {_who(roster, e['owner'])})")
+        lines.append("")
+    lines.append(f"-> #0 ({acq['cls']}):")
+    lines.append(f"       {acq['site']}")
+    lines.append(f"       (taken while holding ({hold['cls']}), acquired at {hold['site']}; {_who(roster, d['owner'])})")
+    lines += ["", "other info that might help us debug this:", ""]
+    if len(chain) > 1:
+        lines.append("Chain exists of:")
+        lines.append("  " + " --> ".join(f"({c})" for c in d["cycle"][:-1]) + f" --> ({d['cycle'][0]})")
+    # columns: the current context takes H then C; each existing edge a -> b: a then b
+    edges = [(d["owner"], hold["cls"], acq["cls"])] + [(e["owner"], e["from"], e["to"]) for e in chain]
+    cols = [_short(roster, o) for o, _, _ in edges]
+    steps = [(i, f"lock({a});") for i, (_, a, _) in enumerate(edges)]
+    steps += [(i, f"lock({b});") for i, (_, _, b) in reversed(list(enumerate(edges)))]
+    lines += _scenario(cols, steps)
+    if d.get("guarded_by"):
+        g = ", ".join(f"({c})" for c in d["guarded_by"])
+        lines += ["", f" Every edge of this cycle was taken while holding {g}:",
+                  " the outer lock serialises the paths, so this cycle cannot deadlock as long",
+                  " as that stays true. Reported for information (lockdep would call it a",
+                  " plain inversion)."]
+    else:
+        lines += ["", " *** DEADLOCK ***"]
+    lines.append("")
+    lines += _held_block(roster, d["owner"], d.get("held", []))
+    return lines
+
+
+def render_recursive(f: Finding, roster: Roster) -> list[str]:
+    d = f.details
+    acq, hold = d["acquiring"], d["holding"]
+    lines = _banner(f.title)
+    lines += [f"{_who(roster, d['owner'])} is trying to acquire lock:",
+              f"  {_lock(acq)}, at: {acq['site']}", "",
+              "but task is already holding lock:",
+              f"  {_lock(hold)}, at: {hold['site']}", "",
+              "other info that might help us debug this:"]
+    if d.get("same_instance"):
+        lines.append(" the same lock instance: this context will wait for itself.")
+    else:
+        lines.append(" two instances of one class, nested without an order between them.")
+    cols = [_short(roster, d["owner"])]
+    lines += _scenario(cols, [(0, f"lock({hold['cls']});"), (0, f"lock({acq['cls']});")])
+    lines += ["", " *** DEADLOCK ***", "", " May be due to missing lock nesting notation", ""]
+    lines += _held_block(roster, d["owner"], d.get("held", []))
+    return lines
+
+
+def render_inconsistent(f: Finding, roster: Roster) -> list[str]:
+    d = f.details
+    lines = _banner(f.title)
+    lines += [f"inconsistent {{{d['usage_old']}}} -> {{{d['usage_new']}}} usage.",
+              f"{_who(roster, d['owner'])} takes:",
+              f"  ({d['cls']}) {d['lock']}, at: {d['site']}",
+              f"{{{d['usage_old']}}} state was registered at:"]
+    old = d["in_irq"] if d["usage_old"] == "IN-HARDIRQ-W" else d["irq_on"]
+    lines.append(f"  {old['site']} ({_who(roster, old['owner'])})")
+    lines += ["", "other info that might help us debug this:"]
+    lines += _scenario(["CPU0"], [(0, f"lock({d['cls']});"), (0, "<Interrupt>"), (0, f"  lock({d['cls']});")])
+    lines += ["", " *** DEADLOCK ***", ""]
+    lines += _held_block(roster, d["owner"], d.get("held", []))
+    return lines
+
+
+def render_irq_order(f: Finding, roster: Roster) -> list[str]:
+    d = f.details
+    lines = _banner(f.title)
+    lines += [f"{_who(roster, d['owner'])} is trying to acquire:",
+              f"  {_lock(d['acquiring'])}, at: {d['acquiring']['site']}", "",
+              f"({d['safe']}) is HARDIRQ-safe: taken in interrupt context at {d['in_irq']['site']}"
+              f" ({_who(roster, d['in_irq']['owner'])})",
+              f"({d['unsafe']}) is HARDIRQ-unsafe: taken with interrupts enabled at {d['irq_on']['site']}"
+              f" ({_who(roster, d['irq_on']['owner'])})", "",
+              "and the chain between them is:"]
+    for e in d["chain"]:
+        lines.append(f"  ({e['from']}) --> ({e['to']}) at {e['to_site']} (first seen in {_who(roster, e['owner'])})")
+    lines += _scenario(["CPU0", "CPU1"], [
+        (0, f"lock({d['unsafe']});"), (1, "local_irq_disable();"), (1, f"lock({d['safe']});"),
+        (1, f"lock({d['unsafe']});"), (0, "<Interrupt>"), (0, f"  lock({d['safe']});")])
+    lines += ["", " *** DEADLOCK ***"]
+    return lines
+
+
+def _member_lines(roster: Roster, m: dict) -> list[str]:
+    who = _who(roster, m["owner"])
+    out = []
+    if "waiting" in m:
+        wt = m["waiting"]
+        out.append(f"{who} is waiting for lock:")
+        out.append(f"  {_lock(wt)}, at: {wt['site']}  (for {wt['for_ms']:.0f} ms)")
+        if wt.get("owner", -1) >= 0:
+            out.append(f"which is held by {_who(roster, wt['owner'])}.")
+    elif m.get("interrupted"):
+        out.append(f"{who} is interrupted: it runs again only when its interrupt handler returns.")
+    out.append("")
+    return out
+
+
+def render_deadlock(f: Finding, roster: Roster) -> list[str]:
+    members = f.details["members"]
+    lines = _banner(f.title)
+    for m in members:
+        lines += _member_lines(roster, m)
+    lines.append("other info that might help us debug this:")
+    # scenario: each member takes the lock the previous member waits for, then waits
+    if len({m["worker"] for m in members}) == 1 and len(members) == 2:
+        task = next(m for m in members if m["ctx"] == "task")
+        irq = next(m for m in members if m["ctx"] == "irq")
+        wanted = irq.get("waiting", {}).get("cls", "?")
+        lines += _scenario([_short(roster, task["owner"])],
+                           [(0, f"lock({wanted});"), (0, "<Interrupt>"), (0, f"  lock({wanted});")])
+    else:
+        cols = [_short(roster, m["owner"]) for m in members]
+        steps = []
+        for i, m in enumerate(members):
+            want = [x for x in members if x.get("waiting", {}).get("owner") == m["owner"]]
+            held = want[0]["waiting"]["cls"] if want else "?"
+            steps.append((i, f"lock({held});"))
+        for i, m in enumerate(members):
+            if "waiting" in m:
+                steps.append((i, f"lock({m['waiting']['cls']});"))
+        lines += _scenario(cols, steps)
+    lines += ["", " *** DEADLOCK ***", ""]
+    for m in members:
+        op = f"operation {m['op']}" if m.get("op") else None
+        lines += _held_block(roster, m["owner"], m["holds"], op)
+    return lines
+
+
+def render_dead_holder(f: Finding, roster: Roster) -> list[str]:
+    d = f.details
+    lines = _banner(f.title)
+    holds = d["holds"]
+    lines.append(f"{roster.get(d['dead'], 'worker ' + str(d['dead']))} died holding "
+                 f"{len(holds)} lock{'s' if len(holds) != 1 else ''}:")
+    for i, h in enumerate(holds):
+        lines.append(f" #{i}: {_lock(h)}, at: {h['site']}")
+    lines.append("")
+    if d.get("exit"):
+        lines.append(f"it exited with {d['exit']}.")
+    if d["waiters"]:
+        lines.append("waiting for them:")
+        for m in d["waiters"]:
+            lines += _member_lines(roster, m)
+    else:
+        lines.append("nobody is waiting for them yet; the next context to take one will wait forever.")
+    return lines
+
+
+def render_hung(f: Finding, roster: Roster) -> list[str]:
+    d = f.details
+    lines = _banner(f.title)
+    for m in d["blocked"]:
+        lines += _member_lines(roster, m)
+    h = d["holder"]
+    proc = h.get("process", {})
+    lines.append(f"{_who(roster, h['owner'])} is not waiting for any lock; its process is "
+                 f"'{proc.get('status', '?')}' (cpu {proc.get('cpu_s', '?')} s)"
+                 + (f", in operation {h['op']} for {h['op_age_ms']:.0f} ms." if h.get("op") else "."))
+    lines.append("")
+    lines += _held_block(roster, h["owner"], h["holds"])
+    return lines
+
+
+def render_assert(f: Finding, roster: Roster) -> list[str]:
+    d = f.details
+    lines = _banner(f.title)
+    who = _who(roster, d.get("owner_of_report", f.worker * 2))
+    lines.append(f"{who}" + (f" in operation {d['op']}" if d.get("op") else "") + ":")
+    if "lock" in d:
+        owner = d.get("owner", -1)
+        lines.append(f"  ASSERT(spin_is_locked({d['lock']})) at: {d.get('site', '?')}")
+        lines.append(f"  ({d.get('cls', '?')}) is " + ("not held by anyone." if owner < 0 else
+                                                      f"held by {_who(roster, owner)}, not by this CPU."))
+    if d.get("stack"):
+        lines.append("call trace:")
+        lines += [f"  {s}" for s in d["stack"]]
+    if d.get("held") is not None:
+        lines.append(f"locks held by this CPU: {', '.join(d['held']) or 'none'}")
+    return lines
+
+
+def render_generic(f: Finding, roster: Roster) -> list[str]:
+    d = dict(f.details)
+    lines = _banner(f.title)
+    who = f.worker
+    if who >= 0:
+        lines.append(f"{roster.get(who, f'worker {who}')}" + (f" in operation {d.get('op')}" if d.get("op") else ""))
+    tb = d.pop("traceback", None)
+    msg = d.pop("message", None)
+    if msg:
+        lines.append(str(msg))
+    for k, v in d.items():
+        if k in ("op", "owner_of_report", "owner"):
+            continue
+        if isinstance(v, list) and v and isinstance(v[0], str):
+            lines.append(f"{k}:")
+            lines += [f"  {x}" for x in v]
+        else:
+            lines.append(f"{k}: {v}")
+    if tb:
+        lines.append("")
+        lines += tb.rstrip().splitlines()
+    return lines
+
+
+RENDERERS: dict[str, Callable[[Finding, Roster], list[str]]] = {
+    "WARNING: possible circular locking dependency detected": render_circular,
+    "WARNING: possible recursive locking detected": render_recursive,
+    "WARNING: inconsistent lock state": render_inconsistent,
+    "WARNING: HARDIRQ-safe -> HARDIRQ-unsafe lock order detected": render_irq_order,
+    "BUG: lock held by a dead worker": render_dead_holder,
+}
+
+
+def render(f: Finding, roster: Roster, trace_tail: int = 12) -> str:
+    if f.outcome == "deadlock" and "members" in f.details:
+        fn = render_deadlock
+    elif f.outcome == "hung":
+        fn = render_hung
+    elif f.outcome == "invariant:assert-held":
+        fn = render_assert
+    else:
+        fn = RENDERERS.get(f.title, render_generic)
+    try:
+        lines = fn(f, roster)
+    except (KeyError, TypeError, IndexError, StopIteration) as e:  # never lose a finding to its renderer
+        lines = render_generic(f, roster) + [f"(report shape incomplete: {type(e).__name__} {e})"]
+    lines += render_traces(f, roster, trace_tail)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def parties(f: Finding) -> list[int]:
+    """Workers the finding is about (their traces come first)."""
+    d = f.details
+    ws: list[int] = []
+
+    def add(owner: int | None) -> None:
+        if owner is not None and owner >= 0 and owner // 2 not in ws:
+            ws.append(owner // 2)
+
+    add(d.get("owner"))
+    for e in d.get("chain", []):
+        add(e.get("owner"))
+    for m in d.get("members", []) + d.get("blocked", []) + d.get("waiters", []):
+        add(m.get("owner"))
+    if "holder" in d:
+        add(d["holder"].get("owner"))
+    if "dead" in d:
+        add(2 * d["dead"])
+    if f.worker >= 0:
+        add(2 * f.worker)
+    return ws
+
+
+def render_traces(f: Finding, roster: Roster, tail: int) -> list[str]:
+    if not f.traces:
+        return []
+    who = parties(f) or [int(w) for w in f.traces if w.isdigit()]
+    lines = ["", "last events (most recent last; times relative to the report):"]
+    for w in who:
+        evs = f.traces.get(str(w), [])[-tail:]
+        if not evs:
+            continue
+        lines.append(f"  {roster.get(w, f'worker {w}')}:")
+        for e in evs:
+            dt = (e["t_ns"] - f.t_ns) / 1e6 if f.t_ns else 0.0
+            lines.append(f"    {dt:+10.3f} ms  {e['ctx']:<4} {e['kind']:<12} {e['text']}")
+    return lines

@@ -1,0 +1,202 @@
+"""A worker process: one CPU of the model running one role's operations.
+
+Forked from the coordinator (``multiprocess``, fork context) after the arena exists. It
+binds the locks to its :class:`Cpu`, installs the interrupt handler, waits for the start
+signal, then runs operations (weighted mix, paced ones at their rates) until asked to
+stop. Between operations it is at a *safe point*: no lock held, task context; it parks
+there when the coordinator stops the world to check invariants.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import os
+import random
+import signal
+import time
+import traceback
+from typing import Any
+
+from shm_model.arena import (H_PARK, H_START_NS, H_STOP, MAX_OPS, W_OP, W_OP_START, W_OPS, W_PARK_ACK, W_PID,
+                             W_STATE, WS_EXITED, WS_FAILED, WS_PARKED, WS_RUNNING)
+from shm_model import sites
+from shm_model.cpu import Cpu, Stop
+from shm_model.trace import EV_OP_START
+
+from .evidence import snapshot_traces
+from .findings import Finding, now_ns, write_finding
+from .lockdep import Lockdep
+from .world import World
+
+PR_SET_PDEATHSIG = 1
+
+sites.internal(__file__)  # the hooks below run inside lock operations: sites are their callers'
+
+
+class WorkerHooks:
+    """What the engine plugs into this worker's Cpu: lockdep and the finding writer."""
+
+    def __init__(self, world: World, wid: int, findings_dir: str) -> None:
+        self.world = world
+        self.wid = wid
+        self.dir = findings_dir
+        self.count = 0
+        self.lockdep = Lockdep(world, self.write)
+
+    def new_chain(self, cpu: Cpu, lock: Any, key: int, held: list, irqs_on: bool, trylock: bool) -> int:
+        return self.lockdep.new_chain(cpu, lock, key, held, irqs_on, trylock)
+
+    def irqs_enabled_holding(self, cpu: Cpu) -> None:
+        self.lockdep.irqs_enabled_holding(cpu)
+
+    def finding(self, cpu: Cpu, outcome: str, title: str, details: dict) -> None:
+        d = dict(details)
+        for k in ("site",):
+            if isinstance(d.get(k), int):
+                d[k] = self.world.site(d[k])
+        if isinstance(d.get("stack"), list):
+            d["stack"] = [self.world.site(s) for s in d["stack"]]
+        d.setdefault("owner_of_report", cpu.oid[cpu.ctx])
+        op = self.world.mv[cpu.ws + W_OP]
+        d.setdefault("op", self.world.ops[op].spec.name if 0 <= op < len(self.world.ops) else None)
+        sig = f"{outcome}:{d.get('lock', '')}:{d.get('site', '')}"
+        self.write(Finding(outcome, title, self.wid, d, t_ns=now_ns(), signature=sig))
+
+    def write(self, f: Finding) -> None:
+        """Attach every worker's last trace events and write the finding file."""
+        try:
+            f.traces = snapshot_traces(self.world)
+        except Exception as e:  # evidence is best effort; the finding itself is not
+            f.traces = {"error": [{"text": f"trace snapshot failed: {e}"}]}
+        self.count += 1
+        write_finding(self.dir, f"w{self.wid}-{self.count}", f)
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def worker_main(world: World, wid: int, findings_dir: str) -> None:
+    """Entry point of a forked worker process."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    mv = world.mv
+    geo = world.geo
+    cfg = world.cfg
+    ws = geo.wslot(wid)
+    mv[ws + W_PID] = os.getpid()
+    info = world.workers[wid]
+    hooks = WorkerHooks(world, wid, findings_dir)
+    cpu = Cpu(mv, geo, wid, hooks, seed=cfg.seed * 1_000_003 + wid, noise=cfg.noise, trace_locks=cfg.trace_locks)
+    cpu.user_events = {n: i for i, n in enumerate(world.event_names)}
+    for lk in world.locks:
+        lk.bind(cpu)
+    role_cls = world.cls.roles()[info.role]
+    role = role_cls()
+    role.workload = world.workload
+    role.cpu = cpu
+    role.index = info.index
+    role.wid = wid
+    role.random = random.Random(cfg.seed * 7_919 + wid)
+    role.variant = cfg.variant
+    role.options = world.opts
+    state = world.state
+    isr = role_cls.isr_fn()
+    if isr is not None:
+        cpu.isr = lambda irq: isr(role, state, irq)
+    status = 0
+    try:
+        while not mv[H_START_NS]:
+            if mv[H_STOP]:
+                raise Stop()
+            time.sleep(0.0005)
+        cpu.install_irq_handler([mv[geo.wslot(w) + W_PID] for w in range(geo.n_workers)])
+        mv[ws + W_STATE] = WS_RUNNING
+        role.setup(state)
+        _loop(world, wid, cpu, role, state)
+    except Stop:
+        pass
+    except Exception as e:
+        status = 1
+        hooks.finding(cpu, "crash", f"BUG: exception in {info.role}: {type(e).__name__}: {e}",
+                      {"traceback": traceback.format_exc()})
+    finally:
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        mv[ws + W_STATE] = WS_FAILED if status else WS_EXITED
+    os._exit(status)
+
+
+def _loop(world: World, wid: int, cpu: Cpu, role: Any, state: Any) -> None:
+    mv = world.mv
+    geo = world.geo
+    ws = geo.wslot(wid)
+    n_role = world.cfg.counts[world.workers[wid].role]
+    mine = [o for o in world.ops if o.role == world.workers[wid].role]
+    mixed = [o for o in mine if o.rate is None and o.spec.weight > 0]
+    paced = [o for o in mine if o.rate is not None]
+    cum = []
+    total = 0.0
+    for o in mixed:
+        total += o.spec.weight
+        cum.append(total)
+    fns = [o.spec.fn for o in mixed]
+    oids = [o.oid for o in mixed]
+    intervals = [n_role / o.rate for o in paced]
+    due = [time.monotonic() + role.random.random() * iv for iv in intervals]
+    ops_base = geo.ops + wid * MAX_OPS
+    rnd = role.random.random
+    trace = cpu.trace
+    mono = time.monotonic
+    mono_ns = time.monotonic_ns
+    parked_seq = 0
+    while True:
+        if mv[H_STOP]:
+            return
+        park = mv[H_PARK]
+        if park & 1 and park != parked_seq:
+            parked_seq = park
+            _park(mv, ws, cpu, park)
+            continue
+        fn = None
+        if paced:
+            now = mono()
+            i = min(range(len(due)), key=due.__getitem__)
+            if due[i] <= now:
+                o = paced[i]
+                fn, oid = o.spec.fn, o.oid
+                due[i] = max(due[i] + intervals[i], now - intervals[i])
+            elif not mixed:
+                time.sleep(min(due[i] - now, 0.005))
+                continue
+        if fn is None:
+            if len(fns) == 1:
+                fn, oid = fns[0], oids[0]
+            else:
+                j = bisect.bisect_right(cum, rnd() * total)
+                j = min(j, len(fns) - 1)
+                fn, oid = fns[j], oids[j]
+        mv[ws + W_OP] = oid
+        mv[ws + W_OP_START] = mono_ns()
+        trace(EV_OP_START, 0, oid)
+        fn(role, state)
+        mv[ws + W_OP] = -1
+        mv[ops_base + oid] += 1
+        mv[ws + W_OPS] += 1
+
+
+def _park(mv: memoryview, ws: int, cpu: Cpu, seq: int) -> None:
+    """Stop at this safe point until the coordinator's check is done (interrupts masked:
+    an ISR must not change the state under the check; they run on resume)."""
+    flags = cpu.local_irq_save()
+    mv[ws + W_STATE] = WS_PARKED
+    mv[ws + W_PARK_ACK] = seq
+    while mv[H_PARK] == seq and not mv[H_STOP]:
+        time.sleep(0.0002)
+    mv[ws + W_STATE] = WS_RUNNING
+    cpu.local_irq_restore(flags)

@@ -1,0 +1,188 @@
+"""A run's world: the validated configuration, the arena built from the workload's state
+declaration, its locks and views, and the tables that name things in reports.
+
+Built in the coordinator before any worker exists; workers are forked from it and use the
+same objects (same code objects too, which is what makes site ints portable)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from shm_model.arena import MAX_CLASSES, MAX_OPS, Arena, Geometry
+from shm_model.layout import LayoutError, plan_struct
+from shm_model.sites import SiteResolver
+from shm_model.spinlock import Lock
+from shm_model.trace import (EV_ACQUIRE, EV_ACQUIRED, EV_CONTEND, EV_IRQ_ENTER, EV_IRQ_EXIT,
+                             EV_IRQ_RAISE, EV_OP_START, EV_RELEASE, EV_TRYLOCK_FAIL, EV_USER)
+
+from .loader import Found
+from .workload import Counts, OpSpec, Workload, WorkloadError
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines a run; written to config.json before workers start."""
+
+    workload: str
+    variant: str
+    seed: int
+    duration: float
+    counts: dict[str, int]
+    rates: dict[str, float] = field(default_factory=dict)
+    noise: float = 0.0
+    options: dict[str, Any] = field(default_factory=dict)
+    out: str = "stress-runs"
+    trace_locks: bool = False
+    hung_timeout: float = 10.0
+    run_id: str = ""
+    command: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class WorkerInfo:
+    wid: int
+    role: str
+    index: int  # within the role
+    pid: int = 0
+
+    def label(self) -> str:
+        return f"worker {self.wid} ({self.role}"  + (f", pid {self.pid})" if self.pid else ")")
+
+
+@dataclass
+class OpRef:
+    oid: int
+    role: str
+    spec: OpSpec
+    rate: float | None  # for the role, after --rate
+
+
+class World:
+    def __init__(self, found: Found, cfg: RunConfig, counts: Counts) -> None:
+        cls = found.cls
+        self.found = found
+        self.cls = cls
+        self.cfg = cfg
+        self.opts = SimpleNamespace(**cfg.options)
+        try:
+            self.plan = plan_struct(cls.state, self.opts)
+        except LayoutError as e:
+            raise WorkloadError(str(e)) from None
+        self.class_names: list[str] = []
+        for d in self.plan.locks:
+            if d.cls not in self.class_names:
+                self.class_names.append(d.cls)
+        if len(self.class_names) > MAX_CLASSES:
+            raise WorkloadError(f"{len(self.class_names)} lock classes: at most {MAX_CLASSES} are supported")
+        self.workers: list[WorkerInfo] = []
+        for role, n in counts.per_role.items():
+            for i in range(n):
+                self.workers.append(WorkerInfo(len(self.workers), role, i))
+        self.ops: list[OpRef] = []
+        for rname, role in cls.roles().items():
+            for spec in role.ops():
+                rate = cfg.rates.get(spec.name, spec.rate)
+                self.ops.append(OpRef(len(self.ops), rname, spec, rate))
+        if len(self.ops) > MAX_OPS:
+            raise WorkloadError(f"{len(self.ops)} operations: at most {MAX_OPS} are supported")
+        self.event_names = list(cls.events)
+        self.geo = Geometry(len(self.workers), len(self.plan.locks), len(self.class_names), self.plan.words)
+        self.arena: Arena | None = None
+        self.locks: list[Lock] = []
+        self.state: Any = None
+        self.resolver = SiteResolver()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def create(self) -> None:
+        """Create the arena and its semaphores, build locks and state views, initialise."""
+        from shm_model.layout import attach
+
+        self.arena = Arena(self.cfg.run_id, self.geo)
+        mv = self.arena.mv
+        cid = {n: i for i, n in enumerate(self.class_names)}
+        self.locks = [Lock(d.index, cid[d.cls], d.cls, d.path, self.arena.sems[d.index], mv, self.geo)
+                      for d in self.plan.locks]
+        base = self.geo.state
+        for off, val in self.plan.inits:
+            mv[base + off] = val
+        self.state = attach(self.plan.node, mv, base, self.locks)
+
+    def destroy(self) -> None:
+        if self.arena is not None:
+            self.state = None
+            self.locks = []
+            self.arena.destroy()
+
+    @property
+    def mv(self) -> memoryview:
+        assert self.arena is not None
+        return self.arena.mv
+
+    # -- naming -------------------------------------------------------------------------------
+    def worker_label(self, wid: int) -> str:
+        if 0 <= wid < len(self.workers):
+            return self.workers[wid].label()
+        return "coordinator" if wid == len(self.workers) else f"worker {wid}"
+
+    def owner_label(self, owner: int) -> str:
+        """Owner ids are worker * 2 + context."""
+        w, c = divmod(owner, 2)
+        return self.worker_label(w) + (" [irq]" if c else "")
+
+    def lock_label(self, index: int) -> str:
+        if 0 <= index < len(self.plan.locks):
+            d = self.plan.locks[index]
+            return f"{d.cls} ({d.path})" if d.cls != d.path else d.cls
+        return f"lock#{index}"
+
+    def process_state(self, w: int) -> dict:
+        """What the OS says of worker ``w``'s process (psutil): status, CPU time, RSS."""
+        import psutil
+
+        try:
+            p = psutil.Process(self.workers[w].pid)
+            with p.oneshot():
+                t = p.cpu_times()
+                return {"status": p.status(), "cpu_s": round(t.user + t.system, 3),
+                        "rss_mib": round(p.memory_info().rss / 2**20, 1)}
+        except (psutil.Error, IndexError):
+            return {"status": "gone"}
+
+    def site(self, key: int) -> str:
+        return str(self.resolver.resolve(key))
+
+    def namer(self, kind: int, name: int, a: int, b: int, c: int) -> str:
+        """Text of one trace event."""
+        if kind == EV_OP_START:
+            return self.ops[a].spec.name if 0 <= a < len(self.ops) else f"op#{a}"
+        if kind in (EV_ACQUIRE, EV_CONTEND):
+            return f"{self.lock_label(a)} at {self.site(b)}" if b else self.lock_label(a)
+        if kind == EV_ACQUIRED:
+            return f"{self.lock_label(a)} after {b / 1e3:.1f} us"
+        if kind in (EV_RELEASE, EV_TRYLOCK_FAIL):
+            return self.lock_label(a)
+        if kind in (EV_IRQ_ENTER, EV_IRQ_EXIT):
+            return f"irq {a}"
+        if kind == EV_IRQ_RAISE:
+            return f"irq {a} -> cpu {b}"
+        if kind == EV_USER:
+            if 0 <= name < len(self.event_names):
+                ev = self.event_names[name]
+                try:
+                    return f"{ev}: " + self.cls.events[ev].format(a=a, b=b, c=c)
+                except (KeyError, IndexError, ValueError):
+                    return f"{ev}: {a} {b} {c}"
+            return f"event#{name} {a} {b} {c}"
+        return f"{a} {b} {c}"
+
+
+def make_workload_instance(cls: type[Workload], variant: str, opts: SimpleNamespace) -> Workload:
+    w = cls()
+    w.variant = variant
+    w.opts = opts
+    return w

@@ -121,13 +121,16 @@ class Cpu:
         return self.ctx == IRQ
 
     # -- interrupts -------------------------------------------------------------------------
-    def install_irq_handler(self, pids: list[int]) -> None:
-        """Route ``IRQ_SIGNAL`` to this CPU. ``pids`` maps worker ids to processes (for
-        :meth:`raise_irq`). Interrupted system calls are *not* restarted: a blocked lock
-        wait must take interrupts (FACTS.md: never ``siginterrupt(sig, False)``)."""
-        self._pids = pids
+    def install_irq_handler(self) -> None:
+        """Route ``IRQ_SIGNAL`` to this CPU, before anyone may send one (the default action
+        of SIGUSR1 kills). Interrupted system calls are *not* restarted: a blocked lock wait
+        must take interrupts (FACTS.md: never ``siginterrupt(sig, False)``)."""
         signal.signal(IRQ_SIGNAL, self._on_signal)
         signal.siginterrupt(IRQ_SIGNAL, True)
+
+    def set_peers(self, pids: list[int]) -> None:
+        """Worker id -> process id, for :meth:`raise_irq`."""
+        self._pids = pids
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.masked:

@@ -72,6 +72,7 @@ class Run:
         self.message = ""
         self.procs: list[Any] = []
         self.dead: dict[int, int] = {}
+        self.exits: dict[int, str] = {}
         self.t0 = 0.0
         self.t0_ns = 0
         self.checks = 0
@@ -176,9 +177,13 @@ class Run:
             self._collect()
             alive = [p.exitcode is None for p in self.procs]
             died = [w for w, a in enumerate(alive) if not a and w not in self.dead]
+            for w in died:
+                self.exits[w] = self._exit_text(w)
             if died or now >= next_watch:
                 next_watch = now + WATCH_EVERY_S
                 for f in watchdog.scan(alive):
+                    if f.outcome == "held-by-dead-worker":
+                        f.details["exit"] = self.exits.get(f.details["dead"], "")
                     self._add(f, world_traces=True)
             for w in died:
                 self._on_death(w)
@@ -201,16 +206,23 @@ class Run:
     def _decisive(self) -> list[Finding]:
         return [f for f in self.findings if not f.info]
 
+    def _exit_text(self, w: int) -> str:
+        code = self.procs[w].exitcode
+        if code is not None and code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit status {code}"
+
     def _on_death(self, w: int) -> None:
         code = self.procs[w].exitcode
         self.dead[w] = code
         if code in (0, 1) and self.world.mv[self.world.geo.wslot(w) + W_STATE] in (WS_EXITED, WS_FAILED):
             return  # a crash the worker reported itself, or an orderly exit
-        how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit status {code}"
-        for f in self.findings:
-            if f.outcome == "held-by-dead-worker" and f.details.get("dead") == w:
-                f.details["exit"] = how
-                return  # reported with its locks: that is the finding
+        how = self.exits.get(w) or self._exit_text(w)
+        if any(f.outcome == "held-by-dead-worker" and f.details.get("dead") == w for f in self.findings):
+            return  # reported with its locks: that is the finding
         self.stop_reason = "worker-died"
         self.message = (f"{self.roster.get(w, f'worker {w}')} was {how} holding no lock; "
                         f"run stopped, partial results kept")

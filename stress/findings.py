@@ -13,10 +13,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-#: findings that say something *may* go wrong; the run goes on after them, as a kernel
-#: goes on after a lockdep splat. Every other finding means the model is wedged or
-#: corrupt, and ends the run (or the soak iteration).
-POTENTIAL = {"lock-order-inversion"}
+#: Findings that say something *may* go wrong (lockdep's WARNINGs: ``potential``) leave
+#: the run going, as a kernel goes on after a lockdep splat, so the real deadlock can
+#: follow. Every other finding means the model is wedged or corrupt and ends the run (or
+#: the soak iteration).
 
 
 @dataclass
@@ -29,12 +29,13 @@ class Finding:
     since_start_s: float = 0.0  # filled in by the coordinator
     signature: str = ""  # identical findings (e.g. one cycle seen by two workers) share it
     info: bool = False  # informational (a guarded cycle): reported, does not decide a verdict
+    potential: bool = False  # a possible deadlock (lockdep's WARNINGs): the run goes on
     traces: dict[str, list[dict]] = field(default_factory=dict)  # worker -> last events
     text: str = ""  # rendered report
 
     @property
     def ends_run(self) -> bool:
-        return not self.info and self.outcome not in POTENTIAL
+        return not self.info and not self.potential
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -244,7 +244,8 @@ class Lockdep:
 
     def _new(self, cpu: Cpu, outcome: str, title: str, signature: str, details: dict, info: bool = False) -> Finding:
         details.setdefault("owner", cpu.oid[cpu.ctx])
-        return Finding(outcome, title, cpu.wid, details, t_ns=now_ns(), signature=signature, info=info)
+        return Finding(outcome, title, cpu.wid, details, t_ns=now_ns(), signature=signature, info=info,
+                       potential=True)
 
     def _circular(self, cpu: Cpu, lock: Any, h: Any, site: int, path: list[int], guard: int, held: list) -> Finding:
         chain = [self._edge_info(a, b) for a, b in zip(path, path[1:])]

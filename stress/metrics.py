@@ -58,7 +58,8 @@ class Snapshot:
 
     @property
     def cache_hit_rate(self) -> float:
-        return 1.0 - self.chain_misses / self.acquisitions if self.acquisitions else 0.0
+        # misses count attempts (a waiter that never got its lock missed too): clamp
+        return max(0.0, 1.0 - self.chain_misses / self.acquisitions) if self.acquisitions else 0.0
 
     def as_dict(self) -> dict:
         d = asdict(self)

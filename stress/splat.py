@@ -131,7 +131,7 @@ def render_inconsistent(f: Finding, roster: Roster) -> list[str]:
     lines = _banner(f.title)
     lines += [f"inconsistent {{{d['usage_old']}}} -> {{{d['usage_new']}}} usage.",
               f"{_who(roster, d['owner'])} takes:",
-              f"  ({d['cls']}) {d['lock']}, at: {d['site']}",
+              f"  {_lock(d)}, at: {d['site']}",
               f"{{{d['usage_old']}}} state was registered at:"]
     old = d["in_irq"] if d["usage_old"] == "IN-HARDIRQ-W" else d["irq_on"]
     lines.append(f"  {old['site']} ({_who(roster, old['owner'])})")
@@ -202,6 +202,8 @@ def render_deadlock(f: Finding, roster: Roster) -> list[str]:
         lines += _scenario(cols, steps)
     lines += ["", " *** DEADLOCK ***", ""]
     for m in members:
+        if m["ctx"] == "irq" and not m["holds"]:
+            continue  # an ISR holding nothing: its waiting line above says it all
         op = f"operation {m['op']}" if m.get("op") else None
         lines += _held_block(roster, m["owner"], m["holds"], op)
     return lines

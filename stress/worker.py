@@ -90,7 +90,6 @@ def worker_main(world: World, wid: int, findings_dir: str) -> None:
     geo = world.geo
     cfg = world.cfg
     ws = geo.wslot(wid)
-    mv[ws + W_PID] = os.getpid()
     info = world.workers[wid]
     hooks = WorkerHooks(world, wid, findings_dir)
     cpu = Cpu(mv, geo, wid, hooks, seed=cfg.seed * 1_000_003 + wid, noise=cfg.noise, trace_locks=cfg.trace_locks)
@@ -111,13 +110,17 @@ def worker_main(world: World, wid: int, findings_dir: str) -> None:
     if isr is not None:
         cpu.isr = lambda irq: isr(role, state, irq)
     status = 0
+    flags = cpu.local_irq_save()  # interrupts wait until the run starts
+    cpu.install_irq_handler()
+    mv[ws + W_PID] = os.getpid()  # ready: others may signal us from now on
     try:
         while not mv[H_START_NS]:
             if mv[H_STOP]:
                 raise Stop()
             time.sleep(0.0005)
-        cpu.install_irq_handler([mv[geo.wslot(w) + W_PID] for w in range(geo.n_workers)])
+        cpu.set_peers([mv[geo.wslot(w) + W_PID] for w in range(geo.n_workers)])
         mv[ws + W_STATE] = WS_RUNNING
+        cpu.local_irq_restore(flags)
         role.setup(state)
         _loop(world, wid, cpu, role, state)
     except Stop:

@@ -204,10 +204,11 @@ class Workload:
     # -- introspection used by the engine ----------------------------------------------------
     @classmethod
     def roles(cls) -> dict[str, type[Role]]:
-        out = {}
-        for k, v in vars(cls).items():
-            if isinstance(v, type) and issubclass(v, Role):
-                out[k] = v
+        out: dict[str, type[Role]] = {}
+        for klass in reversed(cls.__mro__):  # a subclass may add or replace roles
+            for k, v in vars(klass).items():
+                if isinstance(v, type) and issubclass(v, Role):
+                    out[k] = v
         return out
 
     @classmethod

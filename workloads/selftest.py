@@ -1,0 +1,159 @@
+"""Detector self-tests after lockdep's selftest matrix (lib/locking-selftest.c).
+
+One variant per case; each declares the exact outcome the detectors must report, so
+``stress run --workload lockdep-selftest --variant ABBCCA`` is itself a test, and the test
+suite runs every variant as real processes. CPU ``i`` plays column ``i`` of the case; the
+``device`` role raises interrupt 7 on the CPUs the case names.
+
+Locks and order: classes A, B, C, D and L are the cases' own; G guards (outer) where a
+case says so. Nothing here is a hypervisor protocol.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from stress.workload import (Int, Option, Role, Spinlock, Struct, Variant, Workload, op, isr, spin_lock,
+                             spin_lock_irqsave, spin_unlock, spin_unlock_irqrestore)
+
+IRQ = 7
+
+
+class State(Struct):
+    A = Spinlock("A")
+    B = Spinlock("B")
+    C = Spinlock("C")
+    D = Spinlock("D")
+    L = Spinlock("L")
+    G = Spinlock("G")
+    done = Int()
+
+
+# column i of each case: the locks CPU i takes, outermost first (None: CPU i idles)
+ORDERS: dict[str, list[list[str] | None]] = {
+    "AA": [["A", "A"], None, None, None],
+    "ABBA": [["A", "B"], ["B", "A"], None, None],
+    "ABBCCA": [["A", "B"], ["B", "C"], ["C", "A"], None],
+    "ABBCCDDA": [["A", "B"], ["B", "C"], ["C", "D"], ["D", "A"]],
+    "nested-ok": [["A", "B", "C"], ["A", "B", "C"], ["B", "C"], ["A", "C"]],
+    "guarded-ABBA": [["G", "A", "B"], ["G", "B", "A"], None, None],
+}
+
+
+def _v(id: str, expect, doc: str) -> Variant:
+    return Variant(id, expect=expect, provenance="lockdep selftest (lib/locking-selftest.c)", doc=doc)
+
+
+class LockdepSelftest(Workload):
+    """Each variant is one case of lockdep's selftest matrix, with its exact verdict."""
+
+    name = "lockdep-selftest"
+    state = State
+    duration = 3.0
+    check_interval = 0.0
+    variants = [
+        _v("AA", "deadlock", "one CPU takes A twice: recursive locking, then a one-context wait cycle"),
+        _v("ABBA", ["lock-order-inversion", "deadlock"], "two CPUs, two orders"),
+        _v("ABBCCA", ["lock-order-inversion", "deadlock"], "a 3-cycle over three CPUs"),
+        _v("ABBCCDDA", ["lock-order-inversion", "deadlock"], "a 4-cycle over four CPUs"),
+        _v("nested-ok", "clean", "consistent nesting A -> B -> C on every CPU"),
+        _v("guarded-ABBA", "clean", "ABBA under a common outer lock G: reported as guarded, not as a bug"),
+        _v("irq-inconsistent", "lock-order-inversion",
+           "L taken in an ISR on CPU 1 and with interrupts enabled on CPU 0: inconsistent lock state"),
+        _v("irq-safe", "clean", "L taken in ISRs and with spin_lock_irqsave everywhere else"),
+        _v("irq-self-deadlock", ["lock-order-inversion", "deadlock"],
+           "CPU 0 holds L with interrupts enabled; its ISR takes L: waits for itself"),
+        _v("irq-order", "lock-order-inversion",
+           "L is irq-safe, L -> A is taken, A is taken with interrupts enabled: safe -> unsafe order"),
+        _v("dead-holder", "held-by-dead-worker", "CPU 0 dies holding A while CPU 1 waits for it"),
+        _v("hung", "hung", "CPU 0 holds A and never releases it, without waiting for anything"),
+    ]
+    options = {"hold-us": Option(200, "how long the irq cases hold L, microseconds", min=0, max=100000)}
+
+    class cpu(Role):
+        """CPU i plays column i of the case."""
+
+        count = 4
+
+        @op()
+        def step(self, s):
+            v = self.variant
+            i = self.index
+            if v in ORDERS:
+                order = ORDERS[v][i]
+                if order is None:
+                    time.sleep(0.001)
+                    return
+                taken = []
+                for name in order:
+                    lk = getattr(s, name)
+                    spin_lock(lk)
+                    taken.append(lk)
+                for lk in reversed(taken):
+                    spin_unlock(lk)
+                return
+            hold = self.options.__dict__["hold-us"] * 1e-6
+            if v == "irq-inconsistent" and i == 0:
+                spin_lock(s.L)  # interrupts enabled
+                spin_unlock(s.L)
+            elif v == "irq-safe" and i in (0, 1):
+                flags = spin_lock_irqsave(s.L)
+                _spin(hold)
+                spin_unlock_irqrestore(s.L, flags)
+            elif v == "irq-self-deadlock" and i == 0:
+                spin_lock(s.L)  # interrupts enabled: our own ISR may come in here
+                _spin(hold)
+                spin_unlock(s.L)
+            elif v == "irq-order" and i == 0:
+                flags = spin_lock_irqsave(s.L)
+                spin_lock(s.A)
+                spin_unlock(s.A)
+                spin_unlock_irqrestore(s.L, flags)
+            elif v == "irq-order" and i == 1:
+                spin_lock(s.A)  # interrupts enabled
+                spin_unlock(s.A)
+            elif v == "dead-holder" and i == 0:
+                spin_lock(s.A)
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif v == "dead-holder" and i == 1:
+                time.sleep(0.05)
+                spin_lock(s.A)
+                spin_unlock(s.A)
+            elif v == "hung" and i == 0:
+                spin_lock(s.A)
+                while True:  # holds A and waits for nothing (a stopped or spinning CPU)
+                    self.cpu.check_stop()
+                    time.sleep(0.01)
+            elif v == "hung" and i == 1:
+                time.sleep(0.05)
+                spin_lock(s.A)
+                spin_unlock(s.A)
+            else:
+                time.sleep(0.001)
+
+        @isr
+        def irq(self, s, irq):
+            if self.variant in ("irq-inconsistent", "irq-safe", "irq-self-deadlock", "irq-order"):
+                spin_lock(s.L)  # interrupt context: interrupts are off
+                spin_unlock(s.L)
+
+    class device(Role):
+        """Raises interrupt 7 on the CPUs the case needs."""
+
+        count = 1
+
+        @op(rate=2000)
+        def raise_irq(self, s):
+            targets = {"irq-inconsistent": [1], "irq-safe": [0, 1], "irq-self-deadlock": [0],
+                       "irq-order": [2]}.get(self.variant)
+            if targets:
+                for t in targets:
+                    self.cpu.raise_irq(t, IRQ)
+
+
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass

@@ -39,6 +39,8 @@ HEADER_WORDS = 16
 W_PID, W_STATE, W_OP, W_OP_START, W_OPS, W_IN_IRQ, W_IRQS, W_FINDINGS = range(8)
 W_WAIT = 8  # per context c in (0 task, 1 irq): W_WAIT + 4*c + (lock, site, since_ns, seq)
 W_PARK_ACK, W_CHAIN_MISS, W_ACQ, W_HEARTBEAT_NS, W_IRQS_DEFERRED = range(16, 21)
+W_WAIT_CALLERS = 21  # per context c: W_WAIT_CALLERS + 3*c + k, the callers of the waiting site
+WAIT_CALLERS = 3
 WSLOT = 32
 WS_INIT, WS_RUNNING, WS_PARKED, WS_EXITED, WS_FAILED = range(5)
 WORKER_STATES = {WS_INIT: "starting", WS_RUNNING: "running", WS_PARKED: "parked",
@@ -150,6 +152,21 @@ class Geometry:
 
     def trace(self, w: int) -> int:
         return self.traces + w * self.trace_words
+
+
+def acquire_retrying(sem: posix_ipc.Semaphore, timeout_s: float) -> bool:
+    """Acquire an internal semaphore, retrying when a signal interrupts the wait (posix_ipc
+    raises SignalError without taking it, FACTS.md) with the deadline kept absolute.
+    Returns False on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            sem.acquire(max(0.0, deadline - time.monotonic()))
+            return True
+        except posix_ipc.SignalError:
+            continue
+        except posix_ipc.BusyError:
+            return False
 
 
 def new_run_id() -> str:

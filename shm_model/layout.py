@@ -57,6 +57,13 @@ class Array(Field):
         self.init = init
 
 
+class Nested(Field):
+    """One instance of another Struct inside this one (C's embedded struct member)."""
+
+    def __init__(self, struct: type) -> None:
+        self.struct = struct
+
+
 class Struct:
     """Base of a shared-state declaration. Fields are class attributes, in order."""
 
@@ -119,9 +126,10 @@ def _plan(struct: type[Struct], options: Any, plan: Plan, cname: str, path: str)
     members: list[tuple[str, Any]] = []
     if not struct._fields:
         raise LayoutError(f"{struct.__name__} declares no fields")
+    start = plan.words
     for f in struct._fields:
         members.append((f.name, _plan_field(f, f.name, options, plan, cname, _join(path, f.name))))
-    return ("struct", struct, members)
+    return ("struct", struct, members, start)
 
 
 def _join(path: str, name: str) -> str:
@@ -141,6 +149,10 @@ def _plan_field(f: Any, fname: str, options: Any, plan: Plan, cname: str, path: 
         decl = LockDecl(len(plan.locks), cls, path)
         plan.locks.append(decl)
         return ("lock", decl.index)
+    if isinstance(f, Nested):
+        if not (isinstance(f.struct, type) and issubclass(f.struct, Struct)):
+            raise LayoutError(f"{path}: Nested() takes a Struct subclass, not {f.struct!r}")
+        return _plan(f.struct, options, plan, f.struct.__name__.lower(), path)
     if isinstance(f, Array):
         n = resolve_size(f.size, options, path)
         elem = f.elem
@@ -168,18 +180,20 @@ class StructView:
         return f"<{type(self).__name__} @{self._base}>"
 
 
-def _view_class(struct: type[Struct], members: list[tuple[str, Any]]) -> type:
-    """A view class per Struct (memoised on the Struct itself): Int fields are properties
-    over the arena; locks, arrays and nested structs are plain attributes."""
-    vc = struct.__dict__.get("_view_class")
-    if vc is not None:
-        return vc
+def _view_class(struct: type[Struct], members: list[tuple[str, Any]], start: int, cache: dict) -> type:
+    """A view class per Struct and plan: Int fields are properties at offsets relative to
+    the instance (sizes depend on the run's options, so the cache lives with the plan)."""
+    rel = tuple((name, node[1] - start) for name, node in members if node[0] == "int")
+    hit = cache.get(struct)
+    if hit is not None:
+        if hit[1] != rel:
+            raise LayoutError(f"{struct.__name__}: instances laid out differently")
+        return hit[0]
     ns: dict[str, Any] = {"__slots__": ()}
-    for name, node in members:
-        if node[0] == "int":
-            ns[name] = _int_property(node[1])
+    for name, off in rel:
+        ns[name] = _int_property(off)
     vc = type(struct.__name__, (StructView,), ns)
-    struct._view_class = vc  # type: ignore[attr-defined]
+    cache[struct] = (vc, rel)
     return vc
 
 
@@ -193,24 +207,26 @@ def _int_property(off: int) -> property:
     return property(get, put)
 
 
-def attach(node: tuple, mv: memoryview, base: int, locks: list[Any]) -> Any:
+def attach(node: tuple, mv: memoryview, base: int, locks: list[Any], cache: dict | None = None) -> Any:
     """Turn a planned tree into views over ``mv`` (state region at word ``base``)."""
+    if cache is None:
+        cache = {}
     kind = node[0]
     if kind == "struct":
-        _, struct, members = node
-        vc = _view_class(struct, members)
+        _, struct, members, start = node
+        vc = _view_class(struct, members, start, cache)
         view = vc.__new__(vc)
         view._mv = mv
-        view._base = base
+        view._base = base + start
         for name, sub in members:
             if sub[0] != "int":
-                view.__dict__[name] = attach(sub, mv, base, locks)
+                view.__dict__[name] = attach(sub, mv, base, locks, cache)
         return view
     if kind == "ints":
         _, off, n = node
         return mv[base + off: base + off + n]
     if kind == "structs":
-        return tuple(attach(sub, mv, base, locks) for sub in node[1])
+        return tuple(attach(sub, mv, base, locks, cache) for sub in node[1])
     if kind == "lock":
         return locks[node[1]]
     if kind == "locks":

@@ -30,7 +30,7 @@ import posix_ipc
 
 from . import sites
 from .arena import (L_CLASS, L_OWNER, L_SINCE, L_SITE, NO_OWNER, S_ACQ, S_CONTENDED, S_HOLD_MAX,
-                    S_WAIT_MAX, S_WAIT_NS, W_WAIT, Geometry)
+                    S_WAIT_MAX, S_WAIT_NS, W_WAIT, W_WAIT_CALLERS, WAIT_CALLERS, Geometry)
 from .cpu import TASK, Cpu
 from .trace import EV_ACQUIRE, EV_ACQUIRED, EV_CONTEND, EV_RELEASE, EV_TRYLOCK_FAIL
 
@@ -144,7 +144,11 @@ class Lock:
     def _contended(self, cpu: Cpu, ctx: int, m: bool) -> int:
         """Slow path: publish the wait, block in slices taking interrupts, then account."""
         mv = self.mv
-        site = sites.capture(2)
+        stack = sites.capture_stack(2, 1 + WAIT_CALLERS)
+        site = stack[0] if stack else 0
+        callers = cpu.ws + W_WAIT_CALLERS + WAIT_CALLERS * ctx
+        for k in range(WAIT_CALLERS):
+            mv[callers + k] = stack[k + 1] if k + 1 < len(stack) else 0
         w = cpu.ws + W_WAIT + 4 * ctx
         t0 = cpu.now()
         mv[w + 1] = site

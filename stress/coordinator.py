@@ -40,7 +40,7 @@ TICK_S = 0.01
 WATCH_EVERY_S = 0.05
 METRICS_EVERY_S = 1.0
 UI_EVERY_S = 0.25
-PARK_TIMEOUT_S = 0.5
+PARK_TIMEOUT_S = 0.1  # a worker that cannot park in 100 ms is blocked: the watchdog speaks to it
 START_TIMEOUT_S = 20.0
 STOP_GRACE_S = 3.0
 

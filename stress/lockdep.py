@@ -31,7 +31,7 @@ from typing import Any, Callable
 import posix_ipc
 
 from shm_model import sites
-from shm_model.arena import (C_IN_IRQ, C_IN_IRQ_SITE, C_IN_IRQ_WORKER, C_IRQ_ON, C_IRQ_ON_SITE,
+from shm_model.arena import (acquire_retrying, C_IN_IRQ, C_IN_IRQ_SITE, C_IN_IRQ_WORKER, C_IRQ_ON, C_IRQ_ON_SITE,
                              C_IRQ_ON_WORKER, C_REPORTED, E_FROM_SITE, E_GUARD, E_SEQ, E_TO_SITE,
                              E_WORKER, H_CAP_EDGES, H_EDGE_SEQ, H_EDGES, W_CHAIN_MISS)
 from shm_model.cpu import IRQ, Cpu
@@ -60,9 +60,7 @@ class Lockdep:
         mv = self.mv
         mv[cpu.ws + W_CHAIN_MISS] += 1
         findings: list[Finding] = []
-        try:
-            self.sem.acquire(GRAPH_LOCK_TIMEOUT_S)
-        except posix_ipc.BusyError:
+        if not acquire_retrying(self.sem, GRAPH_LOCK_TIMEOUT_S):
             mv[H_CAP_EDGES] += 1  # could not validate: the verdict says incomplete
             return site
         try:
@@ -98,9 +96,14 @@ class Lockdep:
 
     def _resolve(self, obj: Any, key: str = "") -> Any:
         if isinstance(obj, dict):
-            return {k: self._resolve(v, k) for k, v in obj.items()}
+            out = {k: self._resolve(v, k) for k, v in obj.items()}
+            if "callers_site" in out:  # a list of site ints: the acquiring context's callers
+                out["callers"] = [self.world.site(x) for x in out.pop("callers_site") if x]
+            return out
         if isinstance(obj, list):
             return [self._resolve(v, key) for v in obj]
+        if key == "callers_site":
+            return obj
         if key.endswith("site") and isinstance(obj, int):
             return self.world.site(obj)
         return obj
@@ -111,7 +114,9 @@ class Lockdep:
         for h, _ in cpu.held[0]:
             if not self.mv[self.geo.cslot(h.cls) + C_IRQ_ON]:
                 findings: list[Finding] = []
-                self.sem.acquire(GRAPH_LOCK_TIMEOUT_S)
+                if not acquire_retrying(self.sem, GRAPH_LOCK_TIMEOUT_S):
+                    self.mv[H_CAP_EDGES] += 1
+                    return
                 try:
                     if self._mark(h.cls, C_IRQ_ON, self.mv[h.o_site], cpu):
                         self._usage_changed(cpu, h.cls, C_IRQ_ON, h, self.mv[h.o_site], findings)
@@ -251,8 +256,10 @@ class Lockdep:
         chain = [self._edge_info(a, b) for a, b in zip(path, path[1:])]
         names = [self.names[x] for x in path]
         guarded = [self.names[i] for i in range(self.n) if guard & (1 << i)]
+        acquiring = self._lock_info(lock, site)
+        acquiring["callers_site"] = list(sites.capture_stack(1, 4)[1:])
         details = {
-            "acquiring": self._lock_info(lock, site),
+            "acquiring": acquiring,
             "holding": self._lock_info(h),
             "chain": chain,  # existing C -> ... -> H, in order
             "new_edge": {"from": h.cls_name, "to": lock.cls_name, "from_site": self.mv[h.o_site],

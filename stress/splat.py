@@ -68,8 +68,9 @@ def render_circular(f: Finding, roster: Roster) -> list[str]:
     acq, hold = d["acquiring"], d["holding"]
     lines = _banner(f.title)
     lines += [f"{_who(roster, d['owner'])} is trying to acquire lock:",
-              f"  {_lock(acq)}, at: {acq['site']}", "",
-              "but task is already holding lock:",
+              f"  {_lock(acq)}, at: {acq['site']}"]
+    lines += [f"      called from {c}" for c in acq.get("callers", [])]
+    lines += ["", "but task is already holding lock:",
               f"  {_lock(hold)}, at: {hold['site']}", "",
               "which lock already depends on the new lock.", "", "",
               "the existing dependency chain (in reverse order) is:", ""]
@@ -168,6 +169,8 @@ def _member_lines(roster: Roster, m: dict) -> list[str]:
         wt = m["waiting"]
         out.append(f"{who} is waiting for lock:")
         out.append(f"  {_lock(wt)}, at: {wt['site']}  (for {wt['for_ms']:.0f} ms)")
+        for c in wt.get("callers", []):
+            out.append(f"      called from {c}")
         if wt.get("owner", -1) >= 0:
             out.append(f"which is held by {_who(roster, wt['owner'])}.")
     elif m.get("interrupted"):

@@ -18,7 +18,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from shm_model.arena import (L_OWNER, L_SINCE, L_SITE, NO_OWNER, W_IN_IRQ, W_OP, W_OP_START, W_WAIT)
+from shm_model.arena import (L_OWNER, L_SINCE, L_SITE, NO_OWNER, W_IN_IRQ, W_OP, W_OP_START, W_WAIT,
+                             W_WAIT_CALLERS, WAIT_CALLERS)
 
 from .findings import Finding, now_ns
 
@@ -80,8 +81,11 @@ class Watchdog:
         wt = waits.get(node)
         if wt is not None:
             lk, owner, site, since, _ = wt
+            cb = geo.wslot(w) + W_WAIT_CALLERS + WAIT_CALLERS * c
+            callers = [world.site(k) for k in mv[cb:cb + WAIT_CALLERS] if k]
             d["waiting"] = {"lock": world.plan.locks[lk].path, "cls": world.plan.locks[lk].cls,
-                            "site": world.site(site), "for_ms": (now_ns() - since) / 1e6, "owner": owner}
+                            "site": world.site(site), "callers": callers,
+                            "for_ms": (now_ns() - since) / 1e6, "owner": owner}
         elif c == 0 and mv[geo.wslot(w) + W_IN_IRQ]:
             d["interrupted"] = True
         return d

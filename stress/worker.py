@@ -104,6 +104,9 @@ def worker_main(world: World, wid: int, findings_dir: str) -> None:
     role.wid = wid
     role.random = random.Random(cfg.seed * 7_919 + wid)
     role.variant = cfg.variant
+    role.peers = {}
+    for w in world.workers:
+        role.peers.setdefault(w.role, []).append(w.wid)
     role.options = world.opts
     state = world.state
     isr = role_cls.isr_fn()
@@ -119,9 +122,9 @@ def worker_main(world: World, wid: int, findings_dir: str) -> None:
                 raise Stop()
             time.sleep(0.0005)
         cpu.set_peers([mv[geo.wslot(w) + W_PID] for w in range(geo.n_workers)])
+        role.setup(state)  # before interrupts: the ISR may use what setup builds
         mv[ws + W_STATE] = WS_RUNNING
         cpu.local_irq_restore(flags)
-        role.setup(state)
         _loop(world, wid, cpu, role, state)
     except Stop:
         pass

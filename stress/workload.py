@@ -32,13 +32,13 @@ from types import SimpleNamespace
 from typing import Any, Callable, Iterable
 
 from shm_model.cpu import Cpu
-from shm_model.layout import Array, Int, LayoutError, Spinlock, Struct, plan_struct
+from shm_model.layout import Array, Int, LayoutError, Nested, Spinlock, Struct, plan_struct
 from shm_model.spinlock import (Lock, assert_held, spin_is_locked, spin_lock, spin_lock_irq,
                                 spin_lock_irqsave, spin_trylock, spin_unlock, spin_unlock_irq,
                                 spin_unlock_irqrestore)
 
 __all__ = [
-    "Workload", "Role", "Variant", "Option", "op", "isr", "invariant", "Struct", "Int", "Array",
+    "Workload", "Role", "Variant", "Option", "op", "isr", "invariant", "Struct", "Int", "Array", "Nested",
     "Spinlock", "Lock", "Cpu", "spin_lock", "spin_unlock", "spin_trylock", "spin_lock_irq",
     "spin_unlock_irq", "spin_lock_irqsave", "spin_unlock_irqrestore", "spin_is_locked",
     "assert_held", "WorkloadError", "OUTCOMES",
@@ -137,6 +137,7 @@ class Role:
     index: int  # index within the role
     wid: int  # worker id (the CPU number)
     random: Any  # random.Random seeded from --seed and the worker id
+    peers: dict[str, list[int]]  # role -> worker ids (CPU numbers) of its workers
     variant: str
     options: SimpleNamespace
 

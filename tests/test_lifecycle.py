@@ -1,0 +1,95 @@
+"""Ctrl-C, SIGTERM, kill -9 of a worker or of the coordinator in the middle of a run: a
+clean exit with a clear message, partial results kept, nothing left in /dev/shm."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from conftest import ROOT, stress_objects
+
+
+def start(runs_dir: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "stress", "run", "--workload", "examples/abba.py",
+                             "--variant", "ordered", "--duration", "60s", "--workers", "4", "--seed", "3",
+                             "--out", runs_dir, *extra], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def workers_of(p: subprocess.Popen, n: int = 4) -> list[psutil.Process]:
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        kids = psutil.Process(p.pid).children()
+        if len(kids) >= n:
+            return kids
+        time.sleep(0.05)
+    raise AssertionError("workers did not start")
+
+
+def run_dir(runs_dir: str) -> str:
+    (d,) = os.listdir(runs_dir)
+    return os.path.join(runs_dir, d)
+
+
+@pytest.mark.parametrize("sig,code,words", [(signal.SIGINT, 130, "interrupted (Ctrl-C)"),
+                                            (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_signal_to_the_run_stops_it_cleanly(sig, code, words, runs_dir):
+    before = stress_objects()
+    p = start(runs_dir)
+    workers_of(p)
+    time.sleep(1.5)
+    os.killpg(p.pid, sig)  # as a terminal's Ctrl-C: the whole process group
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == code, (out, err)
+    assert words in out and "partial results kept" in out
+    assert "Traceback" not in out + err
+    d = run_dir(runs_dir)
+    summary = json.load(open(os.path.join(d, "summary.json")))
+    assert summary["stop_reason"] in ("interrupted", "terminated")
+    assert summary["ops"]["a_then_b"] > 0
+    assert open(os.path.join(d, "metrics.jsonl")).read().count("\n") >= 2
+    assert os.path.exists(os.path.join(d, "traces", "worker-0.txt"))
+    assert stress_objects() - before == set()
+
+
+def test_kill_9_of_a_worker_ends_the_run_cleanly(runs_dir):
+    before = stress_objects()
+    p = start(runs_dir)
+    kids = workers_of(p)
+    time.sleep(1.0)
+    kids[1].kill()
+    out, err = p.communicate(timeout=30)
+    assert "Traceback" not in out + err
+    assert "killed by SIGKILL" in out
+    # it held a lock (a finding: the ordered variant expected clean) or it did not (no verdict)
+    assert p.returncode in (1, 3), out
+    if p.returncode == 1:
+        assert "BUG: lock held by a dead worker" in out
+    else:
+        assert "holding no lock; run stopped, partial results kept" in out
+    assert os.path.exists(os.path.join(run_dir(runs_dir), "summary.json"))
+    assert stress_objects() - before == set()
+
+
+def test_kill_9_of_the_coordinator_then_cleanup(runs_dir):
+    before = stress_objects()
+    p = start(runs_dir)
+    kids = workers_of(p)
+    time.sleep(0.5)
+    os.kill(p.pid, signal.SIGKILL)  # skips every finally: the objects stay behind
+    p.communicate(timeout=30)
+    gone, alive = psutil.wait_procs(kids, timeout=10)  # workers die with their parent
+    assert not alive
+    left = stress_objects() - before
+    assert left, "a SIGKILLed coordinator cannot unlink; cleanup must find its objects"
+    c = subprocess.run([sys.executable, "-m", "stress", "cleanup"], cwd=ROOT, capture_output=True, text=True)
+    assert c.returncode == 0 and "removed" in c.stdout
+    assert stress_objects() & left == set()
+    assert os.path.exists(os.path.join(run_dir(runs_dir), "config.json"))

@@ -68,7 +68,7 @@ NO_GUARD_YET = -1
 MAX_CLASSES = 62  # guard sets are bitmasks in one signed word
 MAX_OPS = 64
 IRQ_RING = 64  # slots per (sender, target) ring
-TRACE_EVENTS = 2048  # events per worker ring
+TRACE_EVENTS = 16384  # events per worker ring (640 KiB)
 EV_WORDS = 5  # (time_ns, kind | ctx << 8 | name << 16, a, b, c)
 
 
@@ -302,10 +302,8 @@ def sweep_orphans(shm_dir: str = SHM_DIR, include_live: bool = False) -> list[st
     removed = []
     for entry, run in list_objects(shm_dir):
         pid = pid_of_run(run)
-        if pid is not None and pid != os.getpid() and _alive(pid) and not include_live:
-            continue
-        if pid == os.getpid() and not include_live:
-            continue
+        if not include_live and (pid is None or pid == os.getpid() or _alive(pid)):
+            continue  # unparseable (not ours to judge), our own, or a live coordinator's
         try:
             os.unlink(os.path.join(shm_dir, entry))
             removed.append(entry)

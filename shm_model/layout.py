@@ -72,7 +72,7 @@ class Struct:
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         own = [v for v in vars(cls).values() if isinstance(v, Field)]
-        inherited = [f for base in cls.__mro__[1:] for f in getattr(base, "_fields", ())]
+        inherited = [f for base in cls.__bases__ for f in getattr(base, "_fields", ())]  # bases carry theirs
         cls._fields = tuple(inherited) + tuple(own)
 
 

@@ -84,7 +84,7 @@ class VgicVcpu(Struct):
     lr = Array(Int, "lrs", init=-1)  # GICH_LRn.virq (-1: unused)
     lr_state = Array(Int, "lrs")  # LR_INVALID / LR_PENDING / LR_ACTIVE
     lr_mask = Array(Int, "lrs")  # this_cpu(lr_mask)
-    lr_eoi_at = Array(Int, "lrs")  # guest model: exit count at which the guest EOIs
+    lr_eoi_at = Array(Int, "lrs")  # guest model: when (CLOCK_MONOTONIC ns) the guest EOIs
     exits = Int()  # guest exits (vcpu_run cycles)
     queue_seq = Int()
 
@@ -118,6 +118,7 @@ class OldVgicDomain(Struct):
     affinity_writes = Int()
     injections = Int()
     eois = Int()
+    migrating_set = Int()  # migrations of an IRQ in an LR: MIGRATING set, finished at EOI
 
 
 def test_bit(word: int, bit: int) -> bool:
@@ -196,8 +197,10 @@ class OldVgic:
     def vgic_store_itargetsr(self, virq: int, new_target: int) -> None:
         """Guest write of ITARGETSR for ``virq`` (vgic_v2_distr_mmio_write ->
         vgic_store_itargetsr). Takes: rank->lock (irqsave, vgic_lock_rank), then in
-        vgic_migrate_irq the old target's vgic lock; old-vcpu-lock also takes the vgic lock
-        of ``p->old_vcpu`` to write ``rank->vcpu``."""
+        vgic_migrate_irq a vgic lock. Where ``rank->vcpu`` is written depends on the variant:
+        after vgic_migrate_irq under the rank lock (Xen 4.8, proposal 1), only if it was not
+        refused (upstream, ``write_atomic``), or inside vgic_migrate_irq under a vgic lock
+        (the thread's patch and proposal 3)."""
         rank = self.vgic_rank_irq(virq)
         off = self.rank_offset(virq)
         flags = spin_lock_irqsave(rank.lock)
@@ -205,36 +208,42 @@ class OldVgic:
         if new_target != old_target:
             self.trace("migrate", virq, old_target, new_target)
             moved = self.vgic_migrate_irq(old_target, new_target, virq)
-            if self.variant == "upstream" and not moved:
-                self.d.refused_migrations += 1  # gprintk "migration failed: requested while in progress"
-                self.trace("migrate_refused", virq, old_target, new_target)
-            elif self.variant == "old-vcpu-lock":
-                self._store_target_under_old_vcpu_lock(virq, new_target)
-            else:
-                rank.vcpu[off] = new_target  # write_atomic() upstream
+            if self.variant == "upstream":
+                if moved:
+                    rank.vcpu[off] = new_target  # write_atomic(), after vgic_migrate_irq returned
+                else:
+                    self.d.refused_migrations += 1  # "migration failed: requested while in progress"
+                    self.trace("migrate_refused", virq, old_target, new_target)
+            elif not self._target_written_under_vgic_lock:
+                rank.vcpu[off] = new_target
         spin_unlock_irqrestore(rank.lock, flags)
 
-    def _store_target_under_old_vcpu_lock(self, virq: int, new_target: int) -> None:
-        """Proposal 3: ``rank->vcpu`` is written under the vgic lock of the vCPU the IRQ was
-        on before migration (``p->old_vcpu`` while MIGRATING, else the old target)."""
-        p = self.irq_to_pending(virq)
-        rank = self.vgic_rank_irq(virq)
-        off = self.rank_offset(virq)
-        owner = p.old_vcpu if test_bit(p.status, GIC_IRQ_GUEST_MIGRATING) and p.old_vcpu >= 0 else rank.vcpu[off]
-        vl = self.d.vcpus[owner].lock
-        flags = spin_lock_irqsave(vl)
-        rank.vcpu[off] = new_target
-        if not test_bit(p.status, GIC_IRQ_GUEST_MIGRATING):
-            p.old_vcpu = new_target
-        spin_unlock_irqrestore(vl, flags)
+    @property
+    def _target_written_under_vgic_lock(self) -> bool:
+        """The thread's patch ("placing modifications to rank->vcpu within regions protected by
+        the vgic lock") and proposal 3 write ``rank->vcpu`` inside vgic_migrate_irq."""
+        return self.variant in ("unlocked-target-read", "unlocked-target-read-assert", "old-vcpu-lock")
+
+    def _write_target(self, virq: int, new: int) -> None:
+        """Requires: the vgic lock the variant guards ``rank->vcpu`` with (held by caller)."""
+        self.vgic_rank_irq(virq).vcpu[self.rank_offset(virq)] = new
 
     def vgic_migrate_irq(self, old: int, new: int, virq: int) -> bool:
         """Move ``virq`` from vCPU ``old`` to ``new``. Requires: rank->lock. Takes: old's vgic
-        lock (irqsave). Returns False when refused (upstream only: MIGRATING is set)."""
+        lock (irqsave); proposal 3 takes ``p->old_vcpu``'s while MIGRATING. Returns False when
+        refused (upstream only: MIGRATING is set)."""
         p = self.irq_to_pending(virq)
         assert_held(self.vgic_rank_irq(virq).lock)
+        locked_write = self._target_written_under_vgic_lock
         if self.variant != "upstream" and test_bit(p.status, GIC_IRQ_GUEST_MIGRATING):
-            return True  # 4.8: "migration already in progress, no need to do anything" (unlocked test)
+            # 4.8: "migration already in progress, no need to do anything" (unlocked test)
+            if locked_write:
+                owner = p.old_vcpu if self.variant == "old-vcpu-lock" and p.old_vcpu >= 0 else old
+                ol = self.d.vcpus[owner].lock
+                flags = spin_lock_irqsave(ol)
+                self._write_target(virq, new)
+                spin_unlock_irqrestore(ol, flags)
+            return True
         vold = self.d.vcpus[old]
         flags = spin_lock_irqsave(vold.lock)
         if self.variant == "upstream" and test_bit(p.status, GIC_IRQ_GUEST_MIGRATING):
@@ -243,17 +252,25 @@ class OldVgic:
         self.d.migrations += 1
         if p.inflight == INVALID_VCPU:  # list_empty(&p->inflight)
             self.irq_set_affinity(virq, new)
+            if locked_write:
+                self._write_target(virq, new)
+                p.old_vcpu = new
             spin_unlock_irqrestore(vold.lock, flags)
             return True
         if p.lr_queue != INVALID_VCPU:  # still lr_pending: re-inject it to the new vCPU
             self.gic_remove_from_queues(old, virq)
             self.irq_set_affinity(virq, new)
+            if locked_write:
+                self._write_target(virq, new)
+                p.old_vcpu = new
             spin_unlock_irqrestore(vold.lock, flags)
             self.vgic_vcpu_inject_irq(new, virq)
             return True
         p.status |= 1 << GIC_IRQ_GUEST_MIGRATING  # in an LR: wait for the EOI
-        if self.variant == "old-vcpu-lock":
-            p.old_vcpu = old
+        self.d.migrating_set += 1
+        if locked_write:
+            self._write_target(virq, new)
+            p.old_vcpu = old  # proposal 3: the vCPU whose LR holds it guards the target now
         self.trace("set_migrating", virq, old, new)
         spin_unlock_irqrestore(vold.lock, flags)
         return True
@@ -449,28 +466,27 @@ class OldVgic:
         spin_unlock_irqrestore(vv.lock, flags)
 
     # -- the guest --------------------------------------------------------------------------------
-    def guest_run(self, v: int, eoi_after: int) -> None:
+    def guest_run(self, v: int, now_ns: int, handler_ns: int) -> None:
         """The guest on this pCPU between two exits: acknowledges pending LRs (pending ->
-        active) and EOIs active ones after ``eoi_after`` exits (active -> invalid). Guest
-        code: no hypervisor lock; interrupts enabled (a physical IRQ would trap)."""
+        active) and EOIs an active one once its handler has run ``handler_ns`` (active ->
+        invalid). Guest code: no hypervisor lock; interrupts enabled."""
         vv = self.d.vcpus[v]
         vv.exits += 1
-        now = vv.exits
         for i in range(self.nr_lrs):
             st = vv.lr_state[i]
             if st == LR_PENDING:
                 vv.lr_state[i] = LR_ACTIVE  # acknowledge (GICC_IAR)
-                vv.lr_eoi_at[i] = now + eoi_after
-            elif st == LR_ACTIVE and now >= vv.lr_eoi_at[i]:
+                vv.lr_eoi_at[i] = now_ns + handler_ns
+            elif st == LR_ACTIVE and now_ns >= vv.lr_eoi_at[i]:
                 vv.lr_state[i] = LR_INVALID  # EOI + deactivate (GICC_EOIR/DIR)
                 self.trace("guest_eoi", vv.lr[i], v)
 
-    def vcpu_run(self, v: int, eoi_after: int) -> None:
+    def vcpu_run(self, v: int, now_ns: int, handler_ns: int) -> None:
         """One exit/entry cycle of vCPU ``v`` on its pCPU: gic_clear_lrs, then
         gic_restore_pending_irqs (gic_inject), then the guest runs."""
         self.gic_clear_lrs(v)
         self.gic_restore_pending_irqs(v)
-        self.guest_run(v, eoi_after)
+        self.guest_run(v, now_ns, handler_ns)
 
     # -- invariants (read with every worker parked) -----------------------------------------------
     def quiescent(self, virq: int) -> bool:

@@ -193,6 +193,8 @@ class Lock:
             held.pop()
         elif not self._unlock_out_of_order(cpu, held):
             cpu.masked = m
+            if cpu.irq_pending and not m:
+                cpu.run_irqs()
             return
         mv = self.mv
         hold = cpu.now() - mv[self.o_since]

@@ -104,8 +104,7 @@ def repeat_command(cfg: RunConfig, found: Found, workers: int | None, rates_text
         parts += ["--workers", str(workers)]
     if rates_text:
         parts += ["--rate", rates_text]
-    if cfg.noise:
-        parts += ["--noise", f"{cfg.noise:g}"]
+    parts += ["--noise", f"{cfg.noise:g}"]
     if cfg.trace_locks:
         parts.append("--trace-locks")
     if cfg.hung_timeout != 10.0:
@@ -132,6 +131,8 @@ def list_cmd(out: str = typer.Option("stress-runs", help="where runs are recorde
     for name, f in sorted(table_.items()):
         for i, v in enumerate(f.cls.variants):
             exp = " or ".join(v.outcomes)
+            if v.known:
+                exp += f" (known: {', '.join(v.known)})"
             if v.outcomes == ("open",):
                 lr = last.get((name, v.id))
                 exp += f" (last run: {lr})" if lr else " (no run recorded yet)"
@@ -165,7 +166,8 @@ def run_cmd(
     seed: Optional[int] = typer.Option(None, help="seed for scheduling noise and operation choice (default: random)"),
     workers: Optional[int] = typer.Option(None, help="workers shared by the roles that do not fix their count"),
     rate: Optional[str] = typer.Option(None, help="paced operations: op=N/s[,op=N/s...]"),
-    noise: float = typer.Option(0.0, help="probability of a yield or short sleep at each lock operation"),
+    noise: Optional[float] = typer.Option(None, help="probability of a yield or short sleep at each lock "
+                                                     "operation (default: the workload's)"),
     out: str = typer.Option("stress-runs", help="directory for run directories"),
     trace_locks: bool = typer.Option(False, "--trace-locks", help="also trace every acquire and release"),
     hung_timeout: str = typer.Option("10s", help="report a worker blocked this long on a live holder"),
@@ -183,6 +185,7 @@ def run_cmd(
         dur = parse_duration(duration) if duration else float(found.cls.duration)
         op_names = [o.name for r in found.cls.roles().values() for o in r.ops()]
         rates = parse_rates(rate, op_names)
+        noise = float(found.cls.noise) if noise is None else noise
         if not 0.0 <= noise <= 1.0:
             raise UsageError("--noise is a probability between 0 and 1")
         hung = parse_duration(hung_timeout, "--hung-timeout")
@@ -239,7 +242,8 @@ def _print_summary(result: Any) -> None:
         con.print("model: " + ", ".join(f"{k} {v}" for k, v in s["model"].items()))
     findings = s.get("findings", [])
     if findings:
-        con.print("findings: " + "; ".join(f"{f['outcome']} at {f['since_start_s']:.3f} s" + (" (info)" if f["info"] else "")
+        con.print("findings: " + "; ".join(f"{f['outcome']} at {f['since_start_s']:.3f} s"
+                                         + (" (info)" if f["info"] else " (known)" if f.get("known") else "")
                                          for f in findings))
     con.print(f"repeat: {s.get('command', '')}")
     con.print(f"run directory: {result.run_dir}")

@@ -24,7 +24,7 @@ from shm_model.arena import (H_PARK, H_START_NS, H_STOP, W_PARK_ACK, W_PID, WS_E
                              sweep_orphans)
 
 from .console import Console
-from .evidence import full_trace, snapshot_traces
+from .evidence import full_trace, snapshot_traces, subject_events
 from .findings import Finding, now_ns
 from .loader import Found
 from .metrics import Snapshot, snapshot
@@ -32,7 +32,7 @@ from .results import RunDir
 from .splat import render
 from .verdict import EXIT_HARNESS, EXIT_SIGINT, EXIT_SIGTERM, Verdict, judge
 from .watchdog import Watchdog
-from .workload import Counts
+from .workload import Counts, Violation
 from .world import RunConfig, World, make_workload_instance
 from .worker import worker_main
 
@@ -153,7 +153,7 @@ class Run:
         c = self.cfg
         roles = ", ".join(f"{r}×{n}" for r, n in c.counts.items())
         return (f"stress: {c.workload} --variant {c.variant} (expect {' or '.join(self.variant.outcomes)}) "
-                f"seed {c.seed}, {c.duration:g}s, {roles}; started {self.world.geo.n_workers} workers "
+                f"seed {c.seed}, noise {c.noise:g}, {c.duration:g}s, {roles}; started {self.world.geo.n_workers} workers "
                 f"in {self.startup_s * 1e3:.0f} ms; run {c.run_id}")
 
     # -- main loop --------------------------------------------------------------------------------
@@ -204,7 +204,7 @@ class Run:
         return snap
 
     def _decisive(self) -> list[Finding]:
-        return [f for f in self.findings if not f.info]
+        return [f for f in self.findings if not f.info and not f.known]
 
     def _exit_text(self, w: int) -> str:
         code = self.procs[w].exitcode
@@ -249,12 +249,14 @@ class Run:
         if f.signature and f.signature in self._signatures:
             return
         self._signatures.add(f.signature)
+        f.known = self.variant.known.get(f.outcome, "")
         if world_traces:
             f.traces = snapshot_traces(self.world)
         f.since_start_s = max(0.0, (f.t_ns - self.t0_ns) / 1e9) if self.t0_ns else 0.0
         f.text = render(f, self.roster)
         self.findings.append(f)
-        self.console.finding(f.text + f"(found {f.since_start_s:.3f} s after start)\n", info=f.info)
+        note = f"known for this variant: {f.known}\n" if f.known else ""
+        self.console.finding(f.text + note + f"(found {f.since_start_s:.3f} s after start)\n", info=f.info or bool(f.known))
         self.rundir.finding(f.as_dict())
         self.rundir.text("report.txt", f.text + "\n")
         if f.ends_run and not self.stop_reason:
@@ -286,10 +288,13 @@ class Run:
                     res = f"the check raised {type(e).__name__}: {e}"
                 if res is None or res is True:
                     continue
-                msg = res if isinstance(res, str) else "violated"
-                self._add(Finding(f"invariant:{name}", f"BUG: invariant {name} violated", -1,
-                                  {"message": msg, "check": self.checks,
-                                   "how": "checked with every worker parked at a safe point"},
+                v = res if isinstance(res, Violation) else Violation(res if isinstance(res, str) else "violated")
+                details: dict[str, Any] = {"message": v.message, "check": self.checks,
+                                           "how": "checked with every worker parked at a safe point"}
+                if v.subject is not None:
+                    details["subject"] = v.subject
+                    details["subject_events"] = subject_events(world, v.subject, tuple(world.cls.key_events))
+                self._add(Finding(f"invariant:{name}", f"BUG: invariant {name} violated", -1, details,
                                   t_ns=now_ns(), signature=f"invariant:{name}"), world_traces=True)
         finally:
             mv[H_PARK] = seq + 1
@@ -378,7 +383,7 @@ class Run:
                                                      "found": list(verdict.found)},
             "command": self.cfg.command, "run_dir": self.rundir.path if self.rundir else "",
             "findings": [{"outcome": f.outcome, "title": f.title, "since_start_s": round(f.since_start_s, 4),
-                          "info": f.info, "signature": f.signature} for f in self.findings],
+                          "info": f.info, "known": bool(f.known), "signature": f.signature} for f in self.findings],
             "invariant_checks": self.checks, "invariant_checks_skipped": self.checks_skipped,
             "model": getattr(self, "model_summary", {}), "workers": dict(self.cfg.counts),
         }

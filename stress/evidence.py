@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shm_model.trace import decode, read_ring
+from shm_model.trace import EV_IRQ_ENTER, EV_IRQ_RAISE, EV_USER, decode, read_ring
 
 TRACE_TAIL = 24
 
@@ -23,3 +23,29 @@ def full_trace(world: Any, w: int) -> tuple[list[dict], int]:
     """Everything still in worker ``w``'s ring, and how many events it overwrote."""
     raw, overrun = read_ring(world.mv, world.geo, w)
     return [e.as_dict() for e in decode(raw, w, world.namer)], overrun
+
+
+SUBJECT_KINDS = (EV_USER, EV_IRQ_ENTER, EV_IRQ_RAISE)
+
+
+def subject_events(world: Any, subject: int, key_events: tuple[str, ...] = (), key_last: int = 24,
+                   tail: int = 16) -> list[dict]:
+    """Every worker's events about ``subject`` (a model event's first argument, an IRQ
+    raised or entered), merged in time order: the interleaving behind a violation. Events
+    the workload names as key (state changes) are kept from the whole ring, the rest only
+    from the recent tail, so the cause is not pushed out by routine traffic."""
+    key_ids = {world.event_names.index(n) for n in key_events if n in world.event_names}
+    key: list[dict] = []
+    rest: list[dict] = []
+    for w in range(world.geo.n_workers):
+        raw, _ = read_ring(world.mv, world.geo, w)
+        mine = [r for r in raw if (r[1] & 0xFF) in SUBJECT_KINDS and r[2] == subject]
+        for r, e in zip(mine, decode(mine, w, world.namer)):
+            d = e.as_dict() | {"worker": w}
+            is_key = (r[1] & 0xFF) == EV_USER and (r[1] >> 16) in key_ids
+            (key if is_key else rest).append(d | {"key": is_key})
+    key.sort(key=lambda e: e["t_ns"])
+    rest.sort(key=lambda e: e["t_ns"])
+    out = key[-key_last:] + rest[-tail:]
+    out.sort(key=lambda e: e["t_ns"])
+    return out

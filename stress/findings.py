@@ -30,12 +30,13 @@ class Finding:
     signature: str = ""  # identical findings (e.g. one cycle seen by two workers) share it
     info: bool = False  # informational (a guarded cycle): reported, does not decide a verdict
     potential: bool = False  # a possible deadlock (lockdep's WARNINGs): the run goes on
+    known: str = ""  # the variant declares this outcome known (the reason): it does not decide
     traces: dict[str, list[dict]] = field(default_factory=dict)  # worker -> last events
     text: str = ""  # rendered report
 
     @property
     def ends_run(self) -> bool:
-        return not self.info and not self.potential
+        return not self.info and not self.potential and not self.known
 
     def as_dict(self) -> dict:
         return asdict(self)

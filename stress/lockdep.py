@@ -66,7 +66,7 @@ class Lockdep:
         try:
             c = lock.cls
             for h, _ in held:
-                if h.cls == c:
+                if h.cls == c and not trylock:  # a trylock cannot wait (lockdep skips it too)
                     findings.append(self._recursive(cpu, lock, h, site, held))
                     break
             if cpu.ctx == IRQ:

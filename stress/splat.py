@@ -265,6 +265,23 @@ def render_assert(f: Finding, roster: Roster) -> list[str]:
     return lines
 
 
+def render_invariant(f: Finding, roster: Roster) -> list[str]:
+    d = f.details
+    lines = _banner(f.title)
+    lines.append(str(d.get("message", "")))
+    lines.append(f"({d.get('how', 'checked')}, check #{d.get('check', '?')})")
+    evs = d.get("subject_events")
+    if evs:
+        lines += ["", f"the history of {d['subject']} in the trace (every worker, oldest first; "
+                      "* marks the state changes):"]
+        for e in evs:
+            dt = (e["t_ns"] - f.t_ns) / 1e6 if f.t_ns else 0.0
+            who = _short(roster, 2 * e["worker"] + (e["ctx"] == "irq"))
+            mark = "*" if e.get("key") else " "
+            lines.append(f" {mark}{dt:+10.3f} ms  {who:<22} {e['kind']:<10} {e['text']}")
+    return lines
+
+
 def render_generic(f: Finding, roster: Roster) -> list[str]:
     d = dict(f.details)
     lines = _banner(f.title)
@@ -305,6 +322,8 @@ def render(f: Finding, roster: Roster, trace_tail: int = 12) -> str:
         fn = render_hung
     elif f.outcome == "invariant:assert-held":
         fn = render_assert
+    elif f.outcome.startswith("invariant:") and f.worker < 0:
+        fn = render_invariant
     else:
         fn = RENDERERS.get(f.title, render_generic)
     try:

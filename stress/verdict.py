@@ -21,7 +21,15 @@ class Verdict:
 
 
 def judge(expected: tuple[str, ...], findings: list[Finding], incomplete: str = "") -> Verdict:
-    decisive = [f for f in findings if not f.info]
+    decisive = [f for f in findings if not f.info and not f.known]
+    known = sorted({f.outcome for f in findings if f.known})
+    v = _judge(expected, decisive, incomplete)
+    if known:
+        v.text += f" (known: {', '.join(known)})"
+    return v
+
+
+def _judge(expected: tuple[str, ...], decisive: list[Finding], incomplete: str) -> Verdict:
     found = tuple(sorted({f.outcome for f in decisive}))
     if expected == ("open",):
         shown = ", ".join(found) or "no finding"

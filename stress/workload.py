@@ -38,7 +38,7 @@ from shm_model.spinlock import (Lock, assert_held, spin_is_locked, spin_lock, sp
                                 spin_unlock_irqrestore)
 
 __all__ = [
-    "Workload", "Role", "Variant", "Option", "op", "isr", "invariant", "Struct", "Int", "Array", "Nested",
+    "Workload", "Role", "Variant", "Option", "Violation", "op", "isr", "invariant", "Struct", "Int", "Array", "Nested",
     "Spinlock", "Lock", "Cpu", "spin_lock", "spin_unlock", "spin_trylock", "spin_lock_irq",
     "spin_unlock_irq", "spin_lock_irqsave", "spin_unlock_irqrestore", "spin_is_locked",
     "assert_held", "WorkloadError", "OUTCOMES",
@@ -62,6 +62,9 @@ class Variant:
     expect: str | list[str] | tuple[str, ...] = "clean"
     provenance: str = ""
     doc: str = ""
+    #: outcomes this variant is known to show, with the reason: reported and recorded, but
+    #: they neither fail the verdict nor end the run (a known, understood defect)
+    known: dict[str, str] = field(default_factory=dict)
 
     @property
     def outcomes(self) -> tuple[str, ...]:
@@ -91,6 +94,16 @@ class Option:
 
 
 @dataclass
+class Violation:
+    """What an invariant returns when it is violated: a message, and optionally the
+    *subject* (e.g. an IRQ number): the report then shows every trace event whose first
+    argument is that subject, from every worker, in time order."""
+
+    message: str
+    subject: int | None = None
+
+
+@dataclass
 class OpSpec:
     name: str
     fn: Callable
@@ -116,8 +129,9 @@ def isr(fn: Callable) -> Callable:
 
 
 def invariant(name: str | None = None) -> Callable:
-    """Mark a Workload method ``(self, s) -> str | None`` as an invariant checked with every
-    worker parked at a safe point. Return a message (or False) when it is violated."""
+    """Mark a Workload method ``(self, s)`` as an invariant checked with every worker parked
+    at a safe point. Return None when it holds; a message, a :class:`Violation` or False
+    when it is violated. Model events (``Role.trace``) take the subject as first argument."""
 
     def deco(fn: Callable) -> Callable:
         fn._stress_invariant = name or fn.__name__.replace("_", "-")
@@ -186,10 +200,16 @@ class Workload:
     checks: tuple[str, ...] = ()
     #: trace events: name -> format with {a} {b} {c}, e.g. "irq {a}: vcpu{b} -> vcpu{c}"
     events: dict[str, str] = {}
+    #: the events that change the state an invariant looks at: a violation's report keeps
+    #: them for its subject from the whole trace, not only from the recent tail
+    key_events: tuple[str, ...] = ()
     #: default --duration in seconds and --rate values for this workload
     duration: float = 10.0
     #: how often invariants are checked with the world stopped, seconds (0: never)
     check_interval: float = 0.5
+
+    #: default --noise for this workload (race windows that need widening to be seen)
+    noise: float = 0.0
 
     #: set by the engine:
     variant: str
@@ -257,6 +277,9 @@ def validate(cls: Any, origin: str = "") -> None:
                     raise WorkloadError(f"{where}variant {v.id!r} expects {o!r}, but the workload has no invariant {inv!r}")
             elif o not in OUTCOMES:
                 raise WorkloadError(f"{where}variant {v.id!r} expects unknown outcome {o!r} (known: {', '.join(OUTCOMES)}, invariant:<name>)")
+        for o in v.known:
+            if not (o in OUTCOMES or o.startswith("invariant:")) or o in ("clean", "open") or o in v.outcomes:
+                raise WorkloadError(f"{where}variant {v.id!r}: known outcome {o!r} must be a finding it does not expect")
         if ("clean" in v.outcomes or "open" in v.outcomes) and len(v.outcomes) > 1:
             raise WorkloadError(f"{where}variant {v.id!r}: 'clean' and 'open' stand alone")
     roles = cls.roles()

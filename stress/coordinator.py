@@ -27,7 +27,7 @@ from .console import Console
 from .evidence import full_trace, snapshot_traces, subject_events
 from .findings import Finding, now_ns
 from .loader import Found
-from .metrics import Snapshot, snapshot
+from .metrics import Snapshot, class_graph, snapshot
 from .results import RunDir
 from .splat import render
 from .verdict import EXIT_HARNESS, EXIT_SIGINT, EXIT_SIGTERM, Verdict, judge
@@ -88,7 +88,8 @@ class Run:
         self.rundir = RunDir(cfg.out, cfg.run_id)
         self.rundir.write_json("config.json", {
             **cfg.as_dict(), "workload_source": self.found.source, "variant_provenance": self.variant.provenance,
-            "expected": list(self.variant.outcomes), "python": os.sys.version.split()[0]})
+            "expected": list(self.variant.outcomes), "python": os.sys.version.split()[0],
+            "started_at": time.time(), "host": os.uname().nodename})
         old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -333,6 +334,7 @@ class Run:
         self._last = snapshot(world, elapsed)
         self.rundir.metrics(self._last.as_dict())
         self.model_summary = self._model_summary()
+        self.graph = class_graph(world)
         self.overruns = 0
         for w, info in enumerate(world.workers):
             events, overrun = full_trace(world, w)
@@ -386,6 +388,7 @@ class Run:
                           "info": f.info, "known": bool(f.known), "signature": f.signature} for f in self.findings],
             "invariant_checks": self.checks, "invariant_checks_skipped": self.checks_skipped,
             "model": getattr(self, "model_summary", {}), "workers": dict(self.cfg.counts),
+            "graph": getattr(self, "graph", {"classes": [], "edges": []}),
         }
         if last is not None:
             dur = max(elapsed, 1e-9)

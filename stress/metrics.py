@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from shm_model.arena import (H_CAP_CLASSES, H_CAP_EDGES, H_EDGES, MAX_OPS, S_ACQ, S_CONTENDED, S_HOLD_MAX,
+from shm_model.arena import (E_FROM_SITE, E_GUARD, E_SEQ, E_TO_SITE, E_WORKER, H_CAP_CLASSES, H_CAP_EDGES, H_EDGES, MAX_OPS, S_ACQ, S_CONTENDED, S_HOLD_MAX,
                              S_WAIT_MAX, S_WAIT_NS, W_CHAIN_MISS, W_IRQS, W_IRQS_DEFERRED, W_OP, W_OPS, W_PID,
                              W_STATE, W_WAIT, WORKER_STATES, L_OWNER)
 
@@ -108,3 +108,23 @@ def snapshot(world: Any, t_s: float) -> Snapshot:
         classes.append(cs)
     return Snapshot(t_s, ops, rows, classes, mv[H_EDGES], misses, acq_total,
                     mv[H_CAP_EDGES] + mv[H_CAP_CLASSES], irqs)
+
+
+def class_graph(world: Any) -> dict:
+    """The lock-class dependency graph as lockdep built it: every edge A -> B (B taken while
+    A was held) in the order first seen, with the first sites, the first worker and the
+    classes held outside both on every occasion (the guards)."""
+    mv, geo, names = world.mv, world.geo, world.class_names
+    edges = []
+    for a in range(len(names)):
+        for b in range(len(names)):
+            e = geo.eslot(a, b)
+            if not mv[e + E_SEQ]:
+                continue
+            g = mv[e + E_GUARD]
+            edges.append({"from": names[a], "to": names[b], "seq": mv[e + E_SEQ],
+                          "from_site": world.site(mv[e + E_FROM_SITE]), "to_site": world.site(mv[e + E_TO_SITE]),
+                          "first_by": world.owner_label(mv[e + E_WORKER]),
+                          "guards": [names[i] for i in range(len(names)) if g > 0 and g & (1 << i)]})
+    edges.sort(key=lambda d: d["seq"])
+    return {"classes": list(names), "edges": edges}

@@ -1,0 +1,453 @@
+"""The SQLite store: every run and soak iteration, with its findings and metrics.
+
+One embedded database (default ``./stress-runs/stress.db``), WAL mode, one transaction per
+run: a run directory is *ingested* whole after the run ends (:meth:`Store.ingest_run`), so
+a killed soak loses at most the iteration in flight, and ingesting the same directory twice
+leaves one row. The run directory stays the primary record; the store indexes it for
+history (``stress runs``), ``stress show`` and ``stress report``.
+
+Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`; :func:`_migrate` upgrades older
+files on open, a newer file is refused with one line):
+
+    soaks     id, started_at, ended_at, status (running|done|interrupted|failed),
+              duration_s, plan_json, command, out_dir
+    runs      id, soak_id, iteration, started_at, workload, variant, seed, expected (JSON),
+              provenance, status (pass|fail|open|incomplete|interrupted|error), verdict_text,
+              exit_code, stop_reason, elapsed_s, total_ops_per_s, time_to_detect_s, command,
+              run_dir, config_json, summary_json            UNIQUE (soak_id, iteration)
+    metrics   run_id, t_s, total_ops, ops_json, classes_json      (one row a second)
+    findings  run_id, seq, outcome, title, since_start_s, info, potential, known,
+              signature, text, details_json, traces_json
+
+Times are Unix seconds (REAL). ``time_to_detect_s`` is the time of the first decisive
+finding whose outcome the variant expects (NULL when none was found).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+SCHEMA_VERSION = 1
+DEFAULT_DB = "stress.db"
+
+_SCHEMA_V1 = """
+CREATE TABLE soaks (
+    id TEXT PRIMARY KEY,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    status TEXT NOT NULL,
+    duration_s REAL,
+    plan_json TEXT NOT NULL DEFAULT '{}',
+    command TEXT NOT NULL DEFAULT '',
+    out_dir TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    soak_id TEXT REFERENCES soaks(id),
+    iteration INTEGER,
+    started_at REAL NOT NULL,
+    workload TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    seed INTEGER,
+    expected TEXT NOT NULL,
+    provenance TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,
+    verdict_text TEXT NOT NULL DEFAULT '',
+    exit_code INTEGER,
+    stop_reason TEXT NOT NULL DEFAULT '',
+    elapsed_s REAL,
+    total_ops_per_s REAL,
+    time_to_detect_s REAL,
+    command TEXT NOT NULL DEFAULT '',
+    run_dir TEXT NOT NULL DEFAULT '',
+    config_json TEXT NOT NULL,
+    summary_json TEXT NOT NULL,
+    UNIQUE (soak_id, iteration)
+);
+CREATE INDEX runs_by_variant ON runs (workload, variant, started_at);
+CREATE INDEX runs_by_soak ON runs (soak_id, iteration);
+CREATE TABLE metrics (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    t_s REAL NOT NULL,
+    total_ops INTEGER NOT NULL,
+    ops_json TEXT NOT NULL,
+    classes_json TEXT NOT NULL,
+    PRIMARY KEY (run_id, t_s)
+);
+CREATE TABLE findings (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    title TEXT NOT NULL,
+    since_start_s REAL,
+    info INTEGER NOT NULL,
+    potential INTEGER NOT NULL,
+    known TEXT NOT NULL DEFAULT '',
+    signature TEXT NOT NULL DEFAULT '',
+    text TEXT NOT NULL DEFAULT '',
+    details_json TEXT NOT NULL DEFAULT '{}',
+    traces_json TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (run_id, seq)
+);
+"""
+
+#: migrations[v] takes a database at user_version v to v + 1
+_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1}
+
+
+class StoreError(Exception):
+    """The store cannot be used (a newer schema, a corrupt file, a missing run). One line."""
+
+
+@dataclass
+class RunRow:
+    id: str
+    soak_id: str | None
+    iteration: int | None
+    started_at: float
+    workload: str
+    variant: str
+    seed: int | None
+    expected: list[str]
+    provenance: str
+    status: str
+    verdict_text: str
+    exit_code: int | None
+    stop_reason: str
+    elapsed_s: float | None
+    total_ops_per_s: float | None
+    time_to_detect_s: float | None
+    command: str
+    run_dir: str
+
+    @classmethod
+    def from_sql(cls, r: sqlite3.Row) -> "RunRow":
+        d = {k: r[k] for k in cls.__dataclass_fields__}
+        d["expected"] = json.loads(d["expected"])
+        return cls(**d)
+
+
+@dataclass
+class VariantHistory:
+    """Per workload and variant, across every recorded run: how often the expected finding
+    appeared, how fast, and what clean variants showed."""
+
+    workload: str
+    variant: str
+    expected: list[str]
+    runs: int
+    passed: int
+    failed: int
+    other: int  # open, incomplete, interrupted, error
+    detected: int  # runs whose expected (non-clean) outcome appeared
+    ttd_median_s: float | None
+    ttd_p90_s: float | None
+    last_status: str
+    last_at: float
+    outcomes: dict[str, int]  # decisive outcomes seen -> runs showing them
+
+    @property
+    def detection_rate(self) -> float | None:
+        if self.expected in (["clean"], ["open"]) or not self.runs:
+            return None
+        return self.detected / self.runs
+
+
+def default_path(out: str) -> str:
+    return os.path.join(out, DEFAULT_DB)
+
+
+def run_status(summary: dict) -> str:
+    """pass|fail|open|incomplete from the verdict; interrupted|error when there is none."""
+    v = summary.get("verdict")
+    if v:
+        return str(v.get("status", "error"))
+    if summary.get("stop_reason") in ("interrupted", "terminated"):
+        return "interrupted"
+    return "error"
+
+
+def time_to_detect(summary: dict) -> float | None:
+    expected = set(summary.get("expected") or ())
+    times = [f["since_start_s"] for f in summary.get("findings", [])
+             if not f.get("info") and not f.get("known") and (f["outcome"] in expected or expected == {"open"})]
+    return min(times) if times else None
+
+
+def _percentile(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    k = min(len(xs) - 1, max(0, int(round(q * (len(xs) - 1)))))
+    return xs[k]
+
+
+def _read_jsonl(path: str) -> Iterator[dict]:
+    try:
+        fh = open(path)
+    except FileNotFoundError:
+        return
+    with fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue  # a line torn by a kill: the rest is still good
+
+
+class Store:
+    """One connection to the store. Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        d = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(d, exist_ok=True)
+            self.db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"cannot open the store {path!r}: {e}") from None
+        self.db.row_factory = sqlite3.Row
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            _migrate(self.db, path)
+        except sqlite3.DatabaseError as e:
+            self.db.close()
+            raise StoreError(f"{path} is not a usable stress store: {e}") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- writing -------------------------------------------------------------------------------
+    def ingest_run(self, run_dir: str, soak_id: str | None = None, iteration: int | None = None) -> str:
+        """Record one finished run directory (config, summary, metrics, findings) in one
+        transaction; a second ingest of the same run replaces the first. Returns the run id."""
+        try:
+            with open(os.path.join(run_dir, "config.json")) as fh:
+                config = json.load(fh)
+        except (OSError, ValueError) as e:
+            raise StoreError(f"{run_dir}: no readable config.json ({e})") from None
+        try:
+            with open(os.path.join(run_dir, "summary.json")) as fh:
+                summary = json.load(fh)
+        except (OSError, ValueError):
+            summary = {"run_id": config.get("run_id"), "stop_reason": "error",
+                       "message": "the run left no summary.json (killed while running?)", "findings": []}
+        run_id = str(config.get("run_id") or os.path.basename(run_dir.rstrip("/")))
+        started = config.get("started_at") or os.path.getmtime(os.path.join(run_dir, "config.json"))
+        findings = list(_read_jsonl(os.path.join(run_dir, "findings.jsonl")))
+        metrics = list(_read_jsonl(os.path.join(run_dir, "metrics.jsonl")))
+        v = summary.get("verdict") or {}
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            if soak_id is not None and iteration is not None:
+                db.execute("DELETE FROM runs WHERE soak_id = ? AND iteration = ?", (soak_id, iteration))
+            db.execute(
+                "INSERT INTO runs (id, soak_id, iteration, started_at, workload, variant, seed, expected,"
+                " provenance, status, verdict_text, exit_code, stop_reason, elapsed_s, total_ops_per_s,"
+                " time_to_detect_s, command, run_dir, config_json, summary_json)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (run_id, soak_id, iteration, float(started), config.get("workload", ""), config.get("variant", ""),
+                 config.get("seed"), json.dumps(config.get("expected") or summary.get("expected") or []),
+                 config.get("variant_provenance", summary.get("provenance", "")), run_status(summary),
+                 v.get("text", summary.get("message", "")), summary.get("exit_code"),
+                 summary.get("stop_reason", ""), summary.get("elapsed_s"), summary.get("total_ops_per_s"),
+                 time_to_detect(summary) if summary.get("expected") else None, config.get("command", ""),
+                 run_dir, json.dumps(config), json.dumps(summary)))
+            db.executemany(
+                "INSERT OR REPLACE INTO metrics (run_id, t_s, total_ops, ops_json, classes_json) VALUES (?,?,?,?,?)",
+                [(run_id, m.get("t_s", 0.0), m.get("total_ops", sum((m.get("ops") or {}).values())),
+                  json.dumps(m.get("ops") or {}), json.dumps(m.get("classes") or [])) for m in metrics])
+            db.executemany(
+                "INSERT INTO findings (run_id, seq, outcome, title, since_start_s, info, potential, known,"
+                " signature, text, details_json, traces_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(run_id, i, f.get("outcome", ""), f.get("title", ""), f.get("since_start_s"),
+                  int(bool(f.get("info"))), int(bool(f.get("potential"))), str(f.get("known") or ""),
+                  f.get("signature", ""), f.get("text", ""), json.dumps(f.get("details") or {}, default=str),
+                  json.dumps(f.get("traces") or {}, default=str)) for i, f in enumerate(findings)])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return run_id
+
+    def begin_soak(self, soak_id: str, plan: dict, command: str, out_dir: str, duration_s: float) -> None:
+        self.db.execute("INSERT OR IGNORE INTO soaks (id, started_at, status, duration_s, plan_json, command, out_dir)"
+                        " VALUES (?,?,?,?,?,?,?)",
+                        (soak_id, time.time(), "running", duration_s, json.dumps(plan), command, out_dir))
+
+    def end_soak(self, soak_id: str, status: str) -> None:
+        self.db.execute("UPDATE soaks SET status = ?, ended_at = ? WHERE id = ?", (status, time.time(), soak_id))
+
+    def mark_soak(self, soak_id: str, status: str) -> None:
+        """Set the status of a soak without ending it (``running`` again on resume)."""
+        self.db.execute("UPDATE soaks SET status = ?, ended_at = NULL WHERE id = ?", (status, soak_id))
+
+    # -- reading -------------------------------------------------------------------------------
+    def run(self, run_id: str) -> RunRow:
+        r = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if r is None:
+            r = self._unique_prefix("runs", run_id)
+        return RunRow.from_sql(r)
+
+    def run_detail(self, run_id: str) -> dict:
+        """Everything a report needs about one run: row, config, summary, metrics, findings."""
+        row = self.run(run_id)
+        r = self.db.execute("SELECT config_json, summary_json FROM runs WHERE id = ?", (row.id,)).fetchone()
+        return {"run": row, "config": json.loads(r["config_json"]), "summary": json.loads(r["summary_json"]),
+                "metrics": self.metrics(row.id), "findings": self.findings(row.id)}
+
+    def metrics(self, run_id: str) -> list[dict]:
+        return [{"t_s": m["t_s"], "total_ops": m["total_ops"], "ops": json.loads(m["ops_json"]),
+                 "classes": json.loads(m["classes_json"])}
+                for m in self.db.execute("SELECT * FROM metrics WHERE run_id = ? ORDER BY t_s", (run_id,))]
+
+    def findings(self, run_id: str) -> list[dict]:
+        return [{"seq": f["seq"], "outcome": f["outcome"], "title": f["title"], "since_start_s": f["since_start_s"],
+                 "info": bool(f["info"]), "potential": bool(f["potential"]), "known": f["known"],
+                 "signature": f["signature"], "text": f["text"], "details": json.loads(f["details_json"]),
+                 "traces": json.loads(f["traces_json"])}
+                for f in self.db.execute("SELECT * FROM findings WHERE run_id = ? ORDER BY seq", (run_id,))]
+
+    def runs(self, workload: str | None = None, variant: str | None = None, since: float | None = None,
+             soak_id: str | None = None, limit: int | None = None) -> list[RunRow]:
+        """Runs, oldest first (the newest ``limit`` when given)."""
+        where, args = [], []
+        for col, val in (("workload", workload), ("variant", variant), ("soak_id", soak_id)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        if since is not None:
+            where.append("started_at >= ?")
+            args.append(since)
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY started_at DESC, iteration DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [RunRow.from_sql(r) for r in reversed(self.db.execute(sql, args).fetchall())]
+
+    def latest(self) -> tuple[str, str]:
+        """('soak'|'run', id) of the most recent soak or run not part of a soak."""
+        s = self.db.execute("SELECT id, started_at FROM soaks ORDER BY started_at DESC LIMIT 1").fetchone()
+        r = self.db.execute("SELECT id, started_at FROM runs WHERE soak_id IS NULL"
+                            " ORDER BY started_at DESC LIMIT 1").fetchone()
+        if s is None and r is None:
+            raise StoreError(f"the store {self.path} holds no run yet")
+        if r is None or (s is not None and s["started_at"] >= r["started_at"]):
+            return "soak", s["id"]
+        return "run", r["id"]
+
+    def kind_of(self, ident: str) -> tuple[str, str]:
+        """('soak'|'run', full id) for an id or a unique prefix of one."""
+        if self.db.execute("SELECT 1 FROM soaks WHERE id = ?", (ident,)).fetchone():
+            return "soak", ident
+        if self.db.execute("SELECT 1 FROM runs WHERE id = ?", (ident,)).fetchone():
+            return "run", ident
+        soaks = [r["id"] for r in self.db.execute("SELECT id FROM soaks WHERE id LIKE ?", (ident + "%",))]
+        runs = [r["id"] for r in self.db.execute("SELECT id FROM runs WHERE id LIKE ?", (ident + "%",))]
+        if len(soaks) + len(runs) == 1:
+            return ("soak", soaks[0]) if soaks else ("run", runs[0])
+        if not soaks and not runs:
+            raise StoreError(f"no run or soak {ident!r} in {self.path} (see: stress runs)")
+        raise StoreError(f"{ident!r} names {len(soaks) + len(runs)} runs or soaks; give more of the id")
+
+    def soak(self, soak_id: str) -> dict:
+        r = self.db.execute("SELECT * FROM soaks WHERE id = ?", (soak_id,)).fetchone()
+        if r is None:
+            r = self._unique_prefix("soaks", soak_id)
+        d = dict(r)
+        d["plan"] = json.loads(d.pop("plan_json"))
+        return d
+
+    def soaks(self) -> list[dict]:
+        out = []
+        for r in self.db.execute("SELECT * FROM soaks ORDER BY started_at"):
+            d = dict(r)
+            d["plan"] = json.loads(d.pop("plan_json"))
+            out.append(d)
+        return out
+
+    def completed_iterations(self, soak_id: str) -> set[int]:
+        return {r[0] for r in self.db.execute("SELECT iteration FROM runs WHERE soak_id = ?", (soak_id,))}
+
+    def history(self, workload: str | None = None, since: float | None = None,
+                soak_id: str | None = None) -> list[VariantHistory]:
+        """Detection rate, time to detect and outcomes per workload and variant."""
+        groups: dict[tuple[str, str], list[tuple[RunRow, list[str]]]] = {}
+        where, args = [], []
+        for col, val in (("workload", workload), ("soak_id", soak_id)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        if since is not None:
+            where.append("started_at >= ?")
+            args.append(since)
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY started_at"
+        for r in self.db.execute(sql, args).fetchall():
+            row = RunRow.from_sql(r)
+            found = (json.loads(r["summary_json"]).get("verdict") or {}).get("found") or []
+            groups.setdefault((row.workload, row.variant), []).append((row, list(found)))
+        out = []
+        for (wl, var), rows in sorted(groups.items()):
+            expected = rows[-1][0].expected
+            ttds = [r.time_to_detect_s for r, _ in rows if r.time_to_detect_s is not None]
+            outcomes: dict[str, int] = {}
+            for _, found in rows:
+                for o in found:
+                    outcomes[o] = outcomes.get(o, 0) + 1
+            detected = sum(1 for r, found in rows if any(o in r.expected for o in found))
+            out.append(VariantHistory(
+                wl, var, expected, len(rows), sum(r.status == "pass" for r, _ in rows),
+                sum(r.status == "fail" for r, _ in rows),
+                sum(r.status not in ("pass", "fail") for r, _ in rows), detected,
+                _percentile(ttds, 0.5), _percentile(ttds, 0.9), rows[-1][0].status, rows[-1][0].started_at,
+                outcomes))
+        return out
+
+    def integrity_check(self) -> str:
+        return self.db.execute("PRAGMA integrity_check").fetchone()[0]
+
+    def _unique_prefix(self, table: str, ident: str) -> sqlite3.Row:
+        rows = self.db.execute(f"SELECT * FROM {table} WHERE id LIKE ?", (ident + "%",)).fetchall()
+        what = "run" if table == "runs" else "soak"
+        if len(rows) == 1:
+            return rows[0]
+        if not rows:
+            raise StoreError(f"no {what} {ident!r} in {self.path} (see: stress runs)")
+        raise StoreError(f"{ident!r} names {len(rows)} {what}s; give more of the id")
+
+
+def _migrate(db: sqlite3.Connection, path: str) -> None:
+    v = db.execute("PRAGMA user_version").fetchone()[0]
+    if v > SCHEMA_VERSION:
+        raise StoreError(f"{path} has schema version {v}; this stress knows up to {SCHEMA_VERSION} (upgrade stress)")
+    while v < SCHEMA_VERSION:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("PRAGMA user_version").fetchone()[0] == v:  # another process may have done it
+                for stmt in _MIGRATIONS[v].split(";"):
+                    if stmt.strip():
+                        db.execute(stmt)
+                db.execute(f"PRAGMA user_version = {v + 1}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        v = db.execute("PRAGMA user_version").fetchone()[0]

@@ -141,4 +141,4 @@ def _shorten(path: str) -> str:
         rel = os.path.relpath(path)
     except ValueError:
         return path
-    return rel if not rel.startswith("../..") else path
+    return rel if not rel.startswith("..") else path

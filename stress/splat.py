@@ -93,7 +93,15 @@ def render_circular(f: Finding, roster: Roster) -> list[str]:
     cols = [_short(roster, o) for o, _, _ in edges]
     steps = [(i, f"lock({a});") for i, (_, a, _) in enumerate(edges)]
     steps += [(i, f"lock({b});") for i, (_, _, b) in reversed(list(enumerate(edges)))]
-    lines += _scenario(cols, steps)
+    if len(set(cols)) < len(cols):
+        # one worker took several of the paths (at different times): the scenario needs
+        # as many CPUs as paths, so name them as lockdep does and say whose path each is
+        who = [f"CPU{i}: the path of {c}" for i, c in enumerate(cols)]
+        cols = [f"CPU{i}" for i in range(len(cols))]
+        lines += _scenario(cols, steps)
+        lines += [""] + [f" {w}" for w in who]
+    else:
+        lines += _scenario(cols, steps)
     if d.get("guarded_by"):
         g = ", ".join(f"({c})" for c in d["guarded_by"])
         lines += ["", f" Every edge of this cycle was taken while holding {g}:",

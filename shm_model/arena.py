@@ -3,7 +3,8 @@
 Everything the detectors read lives here, as signed 64-bit words at fixed offsets, so that
 the coordinator can read the state of a worker that is wedged, stopped or dead:
 
-    header | worker slots | op counters | lock-class stats | lock records | class usage |
+    header | worker slots | op counters | lock-class stats | wait/hold histograms |
+    lock records | class usage |
     class graph (edges) | interrupt rings | trace rings | model state
 
 Names carry the run id (which embeds the coordinator's pid and a random part) and are
@@ -55,6 +56,12 @@ NO_OWNER = -1
 S_ACQ, S_CONTENDED, S_WAIT_NS, S_WAIT_MAX, S_HOLD_MAX = range(5)
 SSLOT = 5
 
+# ---- per (worker, class) log2 histograms of hold and wait times (lock_stat's) -------------
+# bucket b counts times t in ns with t.bit_length() == b, i.e. 2**(b-1) <= t < 2**b
+HBUCKETS = 64  # every int64 time fits: no clamp on the fast path
+H_HOLD, H_WAIT = 0, HBUCKETS
+HSLOT = 2 * HBUCKETS
+
 # ---- class usage (lockdep's usage bits, with the first site and worker of each) ----------
 C_IN_IRQ, C_IN_IRQ_SITE, C_IN_IRQ_WORKER, C_IRQ_ON, C_IRQ_ON_SITE, C_IRQ_ON_WORKER = range(6)
 C_REPORTED = 6
@@ -95,8 +102,12 @@ class Geometry:
         return self.ops + self.n_workers * MAX_OPS
 
     @property
-    def locks(self) -> int:
+    def hists(self) -> int:
         return self.stats + self.n_workers * MAX_CLASSES * SSLOT
+
+    @property
+    def locks(self) -> int:
+        return self.hists + self.n_workers * self.n_classes * HSLOT
 
     @property
     def classes(self) -> int:
@@ -139,6 +150,9 @@ class Geometry:
 
     def sslot(self, w: int, cls: int) -> int:
         return self.stats + (w * MAX_CLASSES + cls) * SSLOT
+
+    def hslot(self, w: int, cls: int) -> int:
+        return self.hists + (w * self.n_classes + cls) * HSLOT
 
     def cslot(self, cls: int) -> int:
         return self.classes + cls * CSLOT

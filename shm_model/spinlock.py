@@ -2,7 +2,8 @@
 
 A lock is a named POSIX semaphore (initial value 1) plus a 64-byte record in the arena:
 owner (worker * 2 + context), class, the site of the current acquisition and its time.
-Per worker and class the arena keeps acquisitions, contentions, wait and hold maxima.
+Per worker and class the arena keeps acquisitions, contentions, wait and hold maxima, and
+log2 histograms of hold times (every release) and wait times (every contended acquire).
 
 Fast path (``spin_lock`` of a free lock whose held-class chain this worker has seen):
 mask, chain-cache lookup, ``sem_trywait``, four arena writes, unmask. Slow paths:
@@ -29,7 +30,7 @@ from typing import Any
 import posix_ipc
 
 from . import sites
-from .arena import (L_CLASS, L_OWNER, L_SINCE, L_SITE, NO_OWNER, S_ACQ, S_CONTENDED, S_HOLD_MAX,
+from .arena import (H_HOLD, H_WAIT, L_CLASS, L_OWNER, L_SINCE, L_SITE, NO_OWNER, S_ACQ, S_CONTENDED, S_HOLD_MAX,
                     S_WAIT_MAX, S_WAIT_NS, W_WAIT, W_WAIT_CALLERS, WAIT_CALLERS, Geometry)
 from .cpu import TASK, Cpu
 from .trace import EV_ACQUIRE, EV_ACQUIRED, EV_CONTEND, EV_RELEASE, EV_TRYLOCK_FAIL
@@ -46,7 +47,7 @@ class Lock:
     worker's :class:`Cpu` after fork."""
 
     __slots__ = ("index", "cls", "cls_name", "path", "sem", "mv", "o_owner", "o_site", "o_since",
-                 "key", "cpu", "st", "_try", "_wait", "_rel", "geo")
+                 "key", "cpu", "st", "hh", "_try", "_wait", "_rel", "geo")
 
     def __init__(self, index: int, cls: int, cls_name: str, path: str, sem: posix_ipc.Semaphore,
                  mv: memoryview, geo: Geometry) -> None:
@@ -66,6 +67,7 @@ class Lock:
         self.key = (cls + 1) << 2  # chain-key digit: class, then ctx and irq-state bits
         self.cpu: Cpu | None = None
         self.st = 0
+        self.hh = 0
         self._try = sem.acquire
         self._wait = sem.acquire
         self._rel = sem.release
@@ -76,6 +78,7 @@ class Lock:
     def bind(self, cpu: Cpu) -> None:
         self.cpu = cpu
         self.st = self.geo.sslot(cpu.wid, self.cls)
+        self.hh = self.geo.hslot(cpu.wid, self.cls) + H_HOLD
 
     # -- acquire ----------------------------------------------------------------------------
     def lock(self) -> None:
@@ -179,6 +182,7 @@ class Lock:
         mv[st - S_ACQ + S_WAIT_NS] += waited
         if waited > mv[st - S_ACQ + S_WAIT_MAX]:
             mv[st - S_ACQ + S_WAIT_MAX] = waited
+        mv[self.hh - H_HOLD + H_WAIT + waited.bit_length()] += 1
         cpu.trace(EV_ACQUIRED, 0, self.index, waited)
         return site
 
@@ -200,6 +204,7 @@ class Lock:
         hold = cpu.now() - mv[self.o_since]
         if hold > mv[self.st - S_ACQ + S_HOLD_MAX]:
             mv[self.st - S_ACQ + S_HOLD_MAX] = hold
+        mv[self.hh + hold.bit_length()] += 1
         mv[self.o_owner] = NO_OWNER
         self._rel()
         if cpu.trace_locks:

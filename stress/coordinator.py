@@ -27,7 +27,7 @@ from .console import Console
 from .evidence import full_trace, snapshot_traces, subject_events
 from .findings import Finding, now_ns
 from .loader import Found
-from .metrics import Snapshot, class_graph, snapshot
+from .metrics import Snapshot, class_graph, class_histograms, snapshot
 from .results import RunDir
 from .splat import render
 from .verdict import EXIT_HARNESS, EXIT_SIGINT, EXIT_SIGTERM, Verdict, judge
@@ -335,6 +335,7 @@ class Run:
         self.rundir.metrics(self._last.as_dict())
         self.model_summary = self._model_summary()
         self.graph = class_graph(world)
+        self.histograms = class_histograms(world)
         self.overruns = 0
         for w, info in enumerate(world.workers):
             events, overrun = full_trace(world, w)
@@ -396,10 +397,13 @@ class Run:
             s["ops_per_s"] = {k: round(v / dur, 1) for k, v in last.ops.items()}
             s["total_ops_per_s"] = round(last.total_ops / dur, 1)
             s["irqs_handled"] = last.irqs
+            hists = getattr(self, "histograms", {})
             s["locks"] = [{"class": c.cls, "acquisitions": c.acquisitions, "contended": c.contended,
                            "contended_pct": round(c.contended_pct, 2), "wait_max_us": round(c.wait_max_ns / 1e3, 1),
                            "hold_max_us": round(c.hold_max_ns / 1e3, 1),
-                           "wait_avg_us": round(c.wait_ns / c.contended / 1e3, 1) if c.contended else 0.0}
+                           "wait_avg_us": round(c.wait_ns / c.contended / 1e3, 1) if c.contended else 0.0,
+                           "hold_hist": hists.get(c.cls, {}).get("hold", []),
+                           "wait_hist": hists.get(c.cls, {}).get("wait", [])}
                           for c in last.classes]
             s["detectors"] = {"classes": len(self.world.class_names), "edges": last.edges,
                               "chains_checked": last.chain_misses, "acquisitions": last.acquisitions,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from shm_model.arena import (E_FROM_SITE, E_GUARD, E_SEQ, E_TO_SITE, E_WORKER, H_CAP_CLASSES, H_CAP_EDGES, H_EDGES, MAX_OPS, S_ACQ, S_CONTENDED, S_HOLD_MAX,
+from shm_model.arena import (H_HOLD, H_WAIT, HBUCKETS, E_FROM_SITE, E_GUARD, E_SEQ, E_TO_SITE, E_WORKER, H_CAP_CLASSES, H_CAP_EDGES, H_EDGES, MAX_OPS, S_ACQ, S_CONTENDED, S_HOLD_MAX,
                              S_WAIT_MAX, S_WAIT_NS, W_CHAIN_MISS, W_IRQS, W_IRQS_DEFERRED, W_OP, W_OPS, W_PID,
                              W_STATE, W_WAIT, WORKER_STATES, L_OWNER)
 
@@ -128,3 +128,27 @@ def class_graph(world: Any) -> dict:
                           "guards": [names[i] for i in range(len(names)) if g > 0 and g & (1 << i)]})
     edges.sort(key=lambda d: d["seq"])
     return {"classes": list(names), "edges": edges}
+
+
+def class_histograms(world: Any) -> dict[str, dict[str, list[int]]]:
+    """Per class, log2 histograms summed over workers: ``hold`` (every release) and
+    ``wait`` (every contended acquire). Element b counts times t (ns) with
+    2**(b-1) <= t < 2**b; trailing empty buckets are cut."""
+    mv, geo = world.mv, world.geo
+    out: dict[str, dict[str, list[int]]] = {}
+    for c, name in enumerate(world.class_names):
+        hold, wait = [0] * HBUCKETS, [0] * HBUCKETS
+        for w in range(geo.n_workers):
+            b = geo.hslot(w, c)
+            for i in range(HBUCKETS):
+                hold[i] += mv[b + H_HOLD + i]
+                wait[i] += mv[b + H_WAIT + i]
+        out[name] = {"hold": _trim(hold), "wait": _trim(wait)}
+    return out
+
+
+def _trim(h: list[int]) -> list[int]:
+    n = len(h)
+    while n and not h[n - 1]:
+        n -= 1
+    return h[:n]

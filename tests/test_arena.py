@@ -65,7 +65,7 @@ def dead_pid() -> int:
 
 def test_geometry_regions_are_ordered_and_disjoint():
     g = Geometry(3, 5, 4, 10, trace_events=8)
-    starts = [g.workers, g.ops, g.stats, g.locks, g.classes, g.graph, g.irq_rings, g.traces, g.state,
+    starts = [g.workers, g.ops, g.stats, g.hists, g.locks, g.classes, g.graph, g.irq_rings, g.traces, g.state,
               g.total_words]
     assert starts == sorted(starts) and len(set(starts)) == len(starts)
     assert g.total_words - g.state == 10

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import stress_objects
-from shm_model.arena import (H_STOP, IRQ_RING, L_CLASS, L_SINCE, L_SITE, NO_OWNER, S_ACQ,
+from shm_model.arena import (H_HOLD, H_WAIT, HBUCKETS, H_STOP, IRQ_RING, L_CLASS, L_SINCE, L_SITE, NO_OWNER, S_ACQ,
                              S_CONTENDED, S_HOLD_MAX, S_WAIT_MAX, S_WAIT_NS, W_FINDINGS, W_IN_IRQ, W_IRQS,
                              W_IRQS_DEFERRED, W_WAIT, Arena, Geometry, new_run_id)
 from shm_model.cpu import IRQ, IRQ_SIGNAL, TASK, Cpu, Stop
@@ -88,6 +88,11 @@ class Rig:
     def stat(self, lock: Lock, field: int, wid: int | None = None) -> int:
         w = self.cpu.wid if wid is None else wid
         return self.mv[self.geo.sslot(w, lock.cls) + field]
+
+    def hist(self, lock: Lock, which: int, wid: int | None = None) -> dict[int, int]:
+        """The non-empty buckets of a hold (H_HOLD) or wait (H_WAIT) histogram."""
+        b = self.geo.hslot(self.cpu.wid if wid is None else wid, lock.cls) + which
+        return {i: self.mv[b + i] for i in range(HBUCKETS) if self.mv[b + i]}
 
     def wslot(self, field: int) -> int:
         return self.mv[self.geo.wslot(self.cpu.wid) + field]
@@ -187,6 +192,10 @@ def test_lock_unlock_updates_owner_held_stack_and_stats(rig):
             assert (A.owner(), B.owner()) == (0, 0)
     assert rig.stat(A, S_ACQ) == 2 and rig.stat(B, S_ACQ) == 1
     assert rig.stat(A, S_ACQ, wid=1) == 0, "another worker's statistics are untouched"
+    holds = rig.hist(A, H_HOLD)
+    assert sum(holds.values()) == 2 and max(holds) <= rig.stat(A, S_HOLD_MAX).bit_length(), holds
+    assert rig.hist(B, H_HOLD) and not rig.hist(A, H_WAIT), "every release is counted; no wait without contention"
+    assert not rig.hist(A, H_HOLD, wid=1)
     assert (A.sem.value, B.sem.value) == (1, 1)
     assert rig.hooks.findings == []
 
@@ -691,6 +700,7 @@ def test_blocked_waiter_takes_interrupt_then_acquires(irq_handler, no_leaks):
             assert mv[w] == -1 and mv[w + 3] == 1, "wait record cleared; one wait"
             assert rig.stat(A, S_CONTENDED) == 1 and rig.stat(A, S_ACQ) == 1
             assert rig.stat(A, S_WAIT_NS) > 0 and rig.stat(A, S_WAIT_MAX) == rig.stat(A, S_WAIT_NS)
+            assert rig.hist(A, H_WAIT) == {rig.stat(A, S_WAIT_NS).bit_length(): 1}, "one wait, in its log2 bucket"
             assert rig.wslot(W_IRQS) == 1
             A.unlock()
             assert A.sem.value == 1 and rig.hooks.findings == []

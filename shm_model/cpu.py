@@ -156,6 +156,7 @@ class Cpu:
             self.masked = True
             self.ctx = IRQ
             mv[self.ws + W_IN_IRQ] = 1
+            stopping = False
             try:
                 for r in self._rings_in:
                     while mv[r + 1] != mv[r]:
@@ -163,11 +164,15 @@ class Cpu:
                         irq = mv[r + 2 + tail % IRQ_RING]
                         mv[r + 1] = tail + 1
                         self._handle(irq)
+            except Stop:
+                stopping = True  # the run ends under the ISR (e.g. in a lock wait): it did not return
+                raise
             finally:
                 held = self.held[IRQ]
                 if held:
-                    self.hooks.finding(self, "invariant:irq-returned-with-locks", "BUG: ISR returned with locks held",
-                                       {"locks": [lk.path for lk, _ in held]})
+                    if not stopping:
+                        self.hooks.finding(self, "invariant:irq-returned-with-locks",
+                                           "BUG: ISR returned with locks held", {"locks": [lk.path for lk, _ in held]})
                     for lk, _ in reversed(held):
                         lk._force_release(self)
                     held.clear()

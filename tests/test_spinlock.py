@@ -456,6 +456,28 @@ def test_isr_returning_with_locks_held_is_a_finding_and_releases(rig):
     assert cpu.ctx == TASK and not cpu.masked and rig.wslot(W_IN_IRQ) == 0
 
 
+def test_run_ending_under_an_isr_is_not_an_isr_returning_with_locks(rig):
+    """The stop request reaches an ISR that holds a lock (it raises Stop from a lock wait
+    or check_stop): the ISR did not return, so there is no finding; its locks are released."""
+    cpu, B = rig.cpu, rig["B"]
+
+    def isr(irq):
+        B.lock()
+        rig.mv[H_STOP] = 1
+        cpu.check_stop()
+
+    cpu.isr = isr
+    rig.post_irq(3)
+    try:
+        with pytest.raises(Stop):
+            cpu.run_irqs()
+    finally:
+        rig.mv[H_STOP] = 0
+    assert rig.hooks.findings == []
+    assert B.owner() == NO_OWNER and B.sem.value == 1 and cpu.held == ([], [])
+    assert cpu.ctx == TASK and rig.wslot(W_IN_IRQ) == 0
+
+
 def test_isr_exception_is_a_finding_not_raised(rig):
     cpu = rig.cpu
     calls = []

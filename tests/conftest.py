@@ -38,15 +38,22 @@ def stress_objects() -> set[str]:
 
 def run_cli(args: list[str], out_dir: str, timeout: float = 90) -> CliRun:
     before = stress_objects()
-    p = subprocess.run([sys.executable, "-m", "stress", *args, "--out", out_dir, "--quiet"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=timeout)
+    with subprocess.Popen([sys.executable, "-m", "stress", *args, "--out", out_dir, "--quiet"], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    p = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     summary = {}
     for line in p.stdout.splitlines():
         if line.startswith("run directory: "):
             path = line.split(": ", 1)[1].strip()
             with open(os.path.join(path, "summary.json")) as fh:
                 summary = json.load(fh)
-    leaked = stress_objects() - before
+    # run ids embed the coordinator's pid: other runs on the machine are not this one's leaks
+    leaked = {o for o in stress_objects() - before if f"-{proc.pid}-" in o}
     assert not leaked, f"IPC objects left in /dev/shm: {sorted(leaked)}"
     return CliRun(p.returncode, p.stdout, p.stderr, summary)
 

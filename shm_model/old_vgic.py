@@ -317,9 +317,29 @@ class OldVgic:
         p.inflight = v
 
     def _list_del_inflight(self, v: int, virq: int) -> None:
+        """``list_del_init(&p->inflight)``: unlinks ``p`` from the inflight list it is on,
+        which is not necessarily ``v``'s (Xen's list_del does not know whose list it is).
+        Requires: the vgic lock of the vCPU owning that list."""
         p = self.irq_to_pending(virq)
-        self.d.vcpus[v].inflight[virq - SPI_BASE] = 0
+        owner = p.inflight
+        if owner == INVALID_VCPU:
+            return  # list_del_init of an unlinked node: nothing to do
+        self._list_lock_held(owner, virq, "inflight_irqs")
+        self.d.vcpus[owner].inflight[virq - SPI_BASE] = 0
         p.inflight = INVALID_VCPU
+
+    def _list_lock_held(self, owner: int, virq: int, what: str) -> None:
+        """The lock rule of the per-vCPU lists (vgic.c: "inflight_irqs and lr_pending are
+        protected by v->arch.vgic.lock"): a CPU that links or unlinks an entry of vCPU
+        ``owner``'s list must hold that vCPU's vgic lock. Two CPUs doing it under
+        different locks corrupt the list: a data race, reported as KCSAN would."""
+        lock = self.d.vcpus[owner].lock
+        if not lock.held_by_me():
+            self.cpu.finding("invariant:vgic-list-lock",
+                             f"BUG: data race on vcpu{owner}'s {what} list (irq {virq})",
+                             message=f"pcpu{self.cpu.wid} unlinks irq {virq} from vcpu{owner}'s {what} "
+                                     f"without vcpu{owner}'s vgic lock",
+                             held=[lk.path for lk in self.cpu.held_locks()], subject=virq)
 
     def gic_raise_guest_irq(self, v: int, virq: int) -> None:
         """Requires: v's vgic lock. Puts ``virq`` in a free LR when ``v`` is current and
@@ -344,16 +364,23 @@ class OldVgic:
         p.lr_queue = v
 
     def gic_remove_from_queues(self, v: int, virq: int) -> None:
-        """Requires: v's vgic lock. Removes ``virq`` from v's lr_pending and inflight lists."""
-        vv = self.d.vcpus[v]
+        """``vgic_remove_irq_from_queues(v, p)``: clear QUEUED, ``list_del_init(&p->inflight)``,
+        ``gic_remove_from_lr_pending(v, p)`` (``list_del_init(&p->lr_queue)``). Requires:
+        v's vgic lock (ASSERTed in Xen) — and, for the unlinks to be safe, the lock of the
+        vCPU whose lists ``p`` is actually on."""
         p = self.irq_to_pending(virq)
-        vv.lr_pending[virq - SPI_BASE] = 0
-        p.lr_queue = INVALID_VCPU
+        p.status &= ~(1 << GIC_IRQ_GUEST_QUEUED)
         self._list_del_inflight(v, virq)
+        q = p.lr_queue
+        if q != INVALID_VCPU:
+            self._list_lock_held(q, virq, "lr_pending")
+            self.d.vcpus[q].lr_pending[virq - SPI_BASE] = 0
+            p.lr_queue = INVALID_VCPU
 
     def gic_set_lr(self, v: int, i: int, virq: int) -> None:
         vv = self.d.vcpus[v]
         p = self.irq_to_pending(virq)
+        self.trace("lr_set", virq, v, i)
         vv.lr[i] = virq
         vv.lr_state[i] = LR_PENDING
         vv.lr_eoi_at[i] = 0
@@ -388,6 +415,7 @@ class OldVgic:
             p.status &= ~(1 << GIC_IRQ_GUEST_QUEUED)
             return
         # the guest EOIed it: free the LR
+        self.trace("lr_eoi", virq, v, i)
         vv.lr[i] = -1
         vv.lr_mask[i] = 0
         desc = self.irq_to_desc(virq)

@@ -251,6 +251,11 @@ class Run:
             return
         self._signatures.add(f.signature)
         f.known = self.variant.known.get(f.outcome, "")
+        if "subject" in f.details and "subject_events" not in f.details and self.world.arena is not None:
+            # an inline finding about one subject (an IRQ): its history from every worker
+            f.details["subject_events"] = [e for e in subject_events(self.world, f.details["subject"],
+                                                                     tuple(self.world.cls.key_events))
+                                           if not f.t_ns or e["t_ns"] <= f.t_ns]  # what led to it
         if world_traces:
             f.traces = snapshot_traces(self.world)
         f.since_start_s = max(0.0, (f.t_ns - self.t0_ns) / 1e9) if self.t0_ns else 0.0

@@ -278,15 +278,22 @@ def render_invariant(f: Finding, roster: Roster) -> list[str]:
     lines = _banner(f.title)
     lines.append(str(d.get("message", "")))
     lines.append(f"({d.get('how', 'checked')}, check #{d.get('check', '?')})")
+    return lines + _subject_history(f, roster)
+
+
+def _subject_history(f: Finding, roster: Roster) -> list[str]:
+    """Every worker's trace events about the finding's subject (e.g. one IRQ), in time order."""
+    d = f.details
     evs = d.get("subject_events")
-    if evs:
-        lines += ["", f"the history of {d['subject']} in the trace (every worker, oldest first; "
-                      "* marks the state changes):"]
-        for e in evs:
-            dt = (e["t_ns"] - f.t_ns) / 1e6 if f.t_ns else 0.0
-            who = _short(roster, 2 * e["worker"] + (e["ctx"] == "irq"))
-            mark = "*" if e.get("key") else " "
-            lines.append(f" {mark}{dt:+10.3f} ms  {who:<22} {e['kind']:<10} {e['text']}")
+    if not evs:
+        return []
+    lines = ["", f"the history of {d['subject']} in the trace (every worker, oldest first; "
+                 "* marks the state changes):"]
+    for e in evs:
+        dt = (e["t_ns"] - f.t_ns) / 1e6 if f.t_ns else 0.0
+        who = _short(roster, 2 * e["worker"] + (e["ctx"] == "irq"))
+        mark = "*" if e.get("key") else " "
+        lines.append(f" {mark}{dt:+10.3f} ms  {who:<22} {e['kind']:<10} {e['text']}")
     return lines
 
 
@@ -298,6 +305,8 @@ def render_generic(f: Finding, roster: Roster) -> list[str]:
         lines.append(f"{roster.get(who, f'worker {who}')}" + (f" in operation {d.get('op')}" if d.get("op") else ""))
     tb = d.pop("traceback", None)
     msg = d.pop("message", None)
+    d.pop("subject", None)
+    d.pop("subject_events", None)
     if msg:
         lines.append(str(msg))
     for k, v in d.items():
@@ -311,7 +320,7 @@ def render_generic(f: Finding, roster: Roster) -> list[str]:
     if tb:
         lines.append("")
         lines += tb.rstrip().splitlines()
-    return lines
+    return lines + _subject_history(f, roster)
 
 
 RENDERERS: dict[str, Callable[[Finding, Roster], list[str]]] = {

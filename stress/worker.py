@@ -42,6 +42,7 @@ class WorkerHooks:
         self.wid = wid
         self.dir = findings_dir
         self.count = 0
+        self._reported: set[str] = set()  # a finding repeats at its site: write its evidence once
         self.lockdep = Lockdep(world, self.write)
 
     def new_chain(self, cpu: Cpu, lock: Any, key: int, held: list, irqs_on: bool, trylock: bool) -> int:
@@ -61,6 +62,9 @@ class WorkerHooks:
         op = self.world.mv[cpu.ws + W_OP]
         d.setdefault("op", self.world.ops[op].spec.name if 0 <= op < len(self.world.ops) else None)
         sig = f"{outcome}:{d.get('lock', '')}:{d.get('site', '')}"
+        if sig in self._reported:
+            return
+        self._reported.add(sig)
         self.write(Finding(outcome, title, self.wid, d, t_ns=now_ns(), signature=sig))
 
     def write(self, f: Finding) -> None:

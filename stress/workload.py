@@ -65,6 +65,9 @@ class Variant:
     #: outcomes this variant is known to show, with the reason: reported and recorded, but
     #: they neither fail the verdict nor end the run (a known, understood defect)
     known: dict[str, str] = field(default_factory=dict)
+    #: for an ``open`` variant: what runs have shown so far, with the seed that shows it
+    #: (``stress list`` prints it beside the question)
+    answer: str = ""
 
     @property
     def outcomes(self) -> tuple[str, ...]:

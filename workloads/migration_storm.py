@@ -31,7 +31,11 @@ STALE_TARGET_INJECTION = {
         "vCPU's vgic lock; a migration completing in between (or, upstream, the window before "
         "write_atomic(rank->vcpu)) leaves the IRQ inflight on the old target's lr_pending. The next "
         "vgic_migrate_irq(old = rank->vcpu) then list_del()s it from that other vCPU's lists "
-        "holding only its own vgic lock (vgic_remove_irq_from_queues)"}
+        "holding only its own vgic lock (vgic_remove_irq_from_queues)",
+    "invariant:inflight-on-one-vcpu":
+        "a consequence of the vgic-list-lock race: the wrong-lock unlink runs while the owner's "
+        "gic_restore_pending_irqs moves the same IRQ from lr_pending into an LR; the migration then "
+        "re-injects it elsewhere and it sits in two vCPUs' LRs (in Xen: a corrupted inflight list)"}
 
 
 class MigrationStorm(Workload):

@@ -74,6 +74,7 @@ class Run:
         self.dead: dict[int, int] = {}
         self.exits: dict[int, str] = {}
         self.t0 = 0.0
+        self.t_stop = 0.0  # when the workers were told to stop
         self.t0_ns = 0
         self.checks = 0
         self.checks_skipped = 0
@@ -313,6 +314,7 @@ class Run:
             if world.arena is not None:
                 mv = world.mv
                 mv[H_STOP] = 1
+                self.t_stop = time.monotonic()  # the run's length ends here, not after the dumps
                 mv[H_PARK] = mv[H_PARK] + (mv[H_PARK] & 1)
                 deadline = time.monotonic() + STOP_GRACE_S
                 for p in self.procs:
@@ -335,8 +337,7 @@ class Run:
     def _save_results(self) -> None:
         world = self.world
         self._collect()
-        elapsed = time.monotonic() - self.t0 if self.t0 else 0.0
-        self._last = snapshot(world, elapsed)
+        self._last = snapshot(world, self._elapsed())
         self.rundir.metrics(self._last.as_dict())
         self.model_summary = self._model_summary()
         self.graph = class_graph(world)
@@ -354,9 +355,15 @@ class Run:
             return {"summary error": f"{type(e).__name__}: {e}"}
 
     # -- verdict ----------------------------------------------------------------------------------
+    def _elapsed(self) -> float:
+        """Seconds from the workers' start to the stop request (0 if they never started)."""
+        if not self.t0:
+            return 0.0
+        return (self.t_stop or time.monotonic()) - self.t0
+
     def _finish(self, last: Snapshot | None) -> RunResult:
         cfg = self.cfg
-        elapsed = (time.monotonic() - self.t0) if self.t0 else 0.0
+        elapsed = self._elapsed()
         incomplete = ""
         if last is not None and last.capacity_hits:
             incomplete = f"a detector capacity was hit {last.capacity_hits} times"

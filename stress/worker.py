@@ -30,6 +30,7 @@ from .lockdep import Lockdep
 from .world import World
 
 PR_SET_PDEATHSIG = 1
+PR_SET_TIMERSLACK = 29
 
 sites.internal(__file__)  # the hooks below run inside lock operations: sites are their callers'
 
@@ -77,17 +78,21 @@ class WorkerHooks:
         write_finding(self.dir, f"w{self.wid}-{self.count}", f)
 
 
-def _die_with_parent() -> None:
+def _prepare_process() -> None:
+    """Die with the coordinator; and set a 1 ns timer slack, so that the noise's short sleeps
+    (0-50 us) last about what they ask for instead of the default 50 us slack more
+    (measured: a 25 us sleep took 94 us by default, 41 us with this)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc.prctl(PR_SET_TIMERSLACK, 1)
     except (OSError, AttributeError):
         pass
 
 
 def worker_main(world: World, wid: int, findings_dir: str) -> None:
     """Entry point of a forked worker process."""
-    _die_with_parent()
+    _prepare_process()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     mv = world.mv

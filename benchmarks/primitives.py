@@ -1,0 +1,341 @@
+"""Section ``primitives``: the cost of one lock pair, bare and instrumented, of interrupt
+masking, of call-site capture, and of starting workers.
+
+Micro-benchmarks run in this process on a real arena (named semaphores and a shared-memory
+segment, unlinked in ``finally``) with locks bound to a :class:`shm_model.cpu.Cpu` whose
+engine hooks are stubs, as in tests/test_spinlock.py. Each case is a ``timeit.Timer``
+whose setup binds what the statement uses to locals of the timing function; the loop count
+comes from ``autorange`` scaled to a short timing; the cases are timed in rounds (every case
+once per round) so that a change in machine load hits all of them alike. A row is the median
+over the rounds of ns per statement minus that round's empty-loop cost; a ratio is the median
+of the per-round ratios.
+"""
+
+from __future__ import annotations
+
+import gc
+import mmap
+import os
+import sys
+import time
+import timeit
+from dataclasses import dataclass
+from typing import Any
+
+from shm_model import sites
+from shm_model import spinlock as sl
+from shm_model.arena import NO_OWNER, S_ACQ, S_CONTENDED, Arena, Geometry, new_run_id
+from shm_model.cpu import Cpu
+from shm_model.spinlock import Lock
+
+from .common import Context, StressRunError, Table, fmt_ns, fmt_ratio, median, run_stress, stress_cmd
+
+TARGET_INSTRUMENTED = 3.0  # instrumented pair <= 3.0 x bare pair
+TARGET_MASKING = 1.0  # extra cost of the masking pair <= 1 x bare pair
+
+
+class _Hooks:
+    """Engine stubs: a chain miss returns a new site; findings are only counted."""
+
+    def __init__(self) -> None:
+        self.chains = 0
+        self.findings: list[str] = []
+
+    def new_chain(self, cpu: Cpu, lock: Any, key: int, held: list, irqs_on: bool, trylock: bool) -> int:
+        self.chains += 1
+        return 1000 + self.chains
+
+    def finding(self, cpu: Cpu, outcome: str, title: str, details: dict) -> None:
+        self.findings.append(outcome)
+
+    def irqs_enabled_holding(self, cpu: Cpu) -> None:
+        self.findings.append("irqs-enabled-holding")
+
+
+class Rig:
+    """A real arena with three semaphores: lock A (class 0) bound to CPU 0, lock B (class 1)
+    bound to CPU 1 whose lock tracing is on, and a bare semaphore for the baseline. The
+    geometry is a real run's (full-size trace rings)."""
+
+    def __init__(self) -> None:
+        self.geo = Geometry(2, 3, 2, 0)
+        self.arena = Arena(new_run_id(), self.geo)
+        mv = self.arena.mv
+        self.hooks = _Hooks()
+        self.a = Lock(0, 0, "A", "a", self.arena.sems[0], mv, self.geo)
+        self.b = Lock(1, 1, "B", "b", self.arena.sems[1], mv, self.geo)
+        self.bare = self.arena.sems[2]
+        self.cpu = Cpu(mv, self.geo, 0, self.hooks)
+        self.cpu_traced = Cpu(mv, self.geo, 1, self.hooks, trace_locks=True)
+        self.a.bind(self.cpu)
+        self.b.bind(self.cpu_traced)
+
+    def stat(self, lock: Lock, field: int) -> int:
+        return self.arena.mv[lock.st - S_ACQ + field]
+
+    def destroy(self) -> None:
+        self.arena.destroy()
+
+
+@dataclass
+class Case:
+    key: str
+    label: str
+    stmt: str
+    setup: str = "pass"
+
+
+def _cases() -> list[Case]:
+    return [
+        Case("empty", "empty timeit loop iteration (subtracted from every row)", "pass"),
+        Case("bare", "posix_ipc `acq(); rel()` (bound methods in locals)", "acq(); rel()",
+             "acq = sem.acquire; rel = sem.release"),
+        Case("bare_try", "posix_ipc `acq(0); rel()` (the fast path's non-blocking try)", "acq(0); rel()",
+             "acq = sem.acquire; rel = sem.release"),
+        Case("spin", "`spin_lock(l); spin_unlock(l)` (instrumented, chain cache warm)",
+             "spin_lock(l); spin_unlock(l)",
+             "spin_lock = sl.spin_lock; spin_unlock = sl.spin_unlock; l = lock"),
+        Case("method", "`l.lock(); l.unlock()` (instrumented, method calls)", "l.lock(); l.unlock()", "l = lock"),
+        Case("with", "`with l: pass` (instrumented, context manager)", "with l:\n    pass", "l = lock"),
+        Case("traced", "`spin_lock(l); spin_unlock(l)` with --trace-locks (2 trace events)",
+             "spin_lock(l); spin_unlock(l)",
+             "spin_lock = sl.spin_lock; spin_unlock = sl.spin_unlock; l = lock_traced"),
+        Case("irqsave", "`f = spin_lock_irqsave(l); spin_unlock_irqrestore(l, f)`",
+             "f = save(l); restore(l, f)",
+             "save = sl.spin_lock_irqsave; restore = sl.spin_unlock_irqrestore; l = lock"),
+        Case("softmask", "`f = cpu.local_irq_save(); cpu.local_irq_restore(f)` (soft-mask pair)",
+             "f = save(); restore(f)", "save = cpu.local_irq_save; restore = cpu.local_irq_restore"),
+        Case("trace", "`cpu.trace(kind, 0, a, b, c)` (one trace event: 5 shm words + head)", "tr(1, 0, 1, 2, 3)",
+             "tr = cpu.trace"),
+        # the fast path's pieces, each alone (their sum against the whole pair)
+        Case("c_writes", "part: 4 shm word writes (owner, site, since; owner reset)",
+             "mv[o1] = 1; mv[o2] = 2; mv[o3] = 3; mv[o1] = -1",
+             "mv = lock.mv; o1 = lock.o_owner; o2 = lock.o_site; o3 = lock.o_since"),
+        Case("c_incr", "part: 2 shm increments (class statistics, hold histogram bucket)",
+             "mv[st] += 1; mv[hh] += 1", "mv = lock.mv; st = lock.st; hh = getattr(lock, 'hh', lock.st + 1)"),
+        Case("c_now", "part: 2 × `cpu.now()` (time.monotonic_ns)", "now(); now()", "now = cpu.now"),
+        Case("c_held", "part: held-stack push + pop", "held.append((l, 5)); held.pop()", "held = []; l = lock"),
+        Case("c_chain", "part: chain-cache lookup", "get(12345)", "get = cpu.chains.get"),
+        Case("getframe", "`sys._getframe(1).f_lineno`", "gf(1).f_lineno", "gf = sys._getframe"),
+        Case("capture", "`sites.capture()`", "cap()", "cap = sites.capture"),
+        Case("capture_stack4", "`sites.capture_stack(1, 4)` (as on the contended path)", "cs(1, 4)",
+             "cs = sites.capture_stack"),
+        Case("capture_stack6", "`sites.capture_stack()` (default limit 6)", "cs()", "cs = sites.capture_stack"),
+    ]
+
+
+def _time_cases(ctx: Context, rig: Rig, repeats: int, min_time: float) -> dict[str, list[float]]:
+    ns = {"sem": rig.bare, "lock": rig.a, "lock_traced": rig.b, "cpu": rig.cpu, "sl": sl, "sites": sites,
+          "sys": sys}
+    cases = _cases()
+    timers = {c.key: timeit.Timer(c.stmt, c.setup, globals=ns) for c in cases}
+    # warm up: the first pair of each chain goes through the (stub) lockdep and fills the
+    # chain cache; after this every instrumented pair is the fast path
+    for t in timers.values():
+        t.timeit(1000)
+    chains_warm = rig.hooks.chains
+    acq0 = rig.stat(rig.a, S_ACQ)
+    numbers: dict[str, int] = {}
+    for c in cases:
+        n, _ = timers[c.key].autorange()
+        numbers[c.key] = max(1, int(n * min_time / 0.2))
+    per: dict[str, list[float]] = {c.key: [] for c in cases}
+    for r in range(repeats):
+        if r % 5 == 0 or r == repeats - 1:
+            ctx.progress(f"primitives: micro-benchmarks, round {r + 1}/{repeats}")
+        for c in cases:
+            n = numbers[c.key]
+            per[c.key].append(timers[c.key].timeit(n) / n * 1e9)
+    # the fast path really was the fast path
+    ctx.facts["primitives_chain_misses_while_timing"] = rig.hooks.chains - chains_warm
+    ctx.facts["primitives_contended"] = rig.stat(rig.a, S_CONTENDED) + rig.stat(rig.b, S_CONTENDED)
+    ctx.facts["primitives_acquisitions"] = rig.stat(rig.a, S_ACQ) - acq0
+    assert rig.arena.mv[rig.a.o_owner] == NO_OWNER and rig.a.sem.value == 1
+    return per
+
+
+# ---- worker start-up ----------------------------------------------------------------------------
+
+def _ready(mv: memoryview, i: int) -> None:
+    mv[i] = os.getpid()
+
+
+def bare_fork_startup(n: int) -> float:
+    """Seconds until ``n`` processes forked as the coordinator forks its workers
+    (multiprocess fork context, daemon, gc frozen) have each written a ready flag to a
+    shared anonymous mapping. Nothing is created in /dev/shm."""
+    import multiprocess
+
+    fctx = multiprocess.get_context("fork")
+    mm = mmap.mmap(-1, 8 * n)
+    mv = memoryview(mm).cast("q")
+    procs = []
+    gc.collect()
+    gc.freeze()
+    try:
+        t = time.monotonic()
+        for i in range(n):
+            p = fctx.Process(target=_ready, args=(mv, i), daemon=True)
+            p.start()
+            procs.append(p)
+        while any(mv[i] == 0 for i in range(n)):
+            time.sleep(0.001)
+        dt = time.monotonic() - t
+    finally:
+        for p in procs:
+            p.join(5)
+            if p.exitcode is None:
+                p.kill()
+                p.join()
+        gc.unfreeze()
+        mv.release()
+        mm.close()
+    return dt
+
+
+def _startup(ctx: Context, ns_: list[int], repeats: int) -> dict[int, dict[str, list[float]]]:
+    out: dict[int, dict[str, list[float]]] = {}
+    for n in ns_:
+        stress_ms: list[float] = []
+        bare_ms: list[float] = []
+        for r in range(repeats):
+            ctx.progress(f"primitives: worker start-up, {n} workers, repeat {r + 1}/{repeats}")
+            bare_ms.append(bare_fork_startup(n) / n * 1e3)
+            d = ctx.scratch("startup")
+            cmd = stress_cmd("examples/abba.py", "ordered", "1s", workers=n, out=d)
+            try:
+                res = run_stress(ctx, cmd, timeout_s=90)
+            except StressRunError as e:
+                ctx.progress(f"primitives: start-up run failed: {e}")
+                continue
+            stress_ms.append(res.summary["startup_s"] / n * 1e3)
+        out[n] = {"stress": stress_ms, "bare": bare_ms}
+    return out
+
+
+# ---- the section ------------------------------------------------------------------------------
+
+def run(ctx: Context) -> list[Table]:
+    rounds = 12 if ctx.quick else 30
+    min_time = 0.02 if ctx.quick else 0.03
+    rig = Rig()
+    try:
+        per = _time_cases(ctx, rig, rounds, min_time)
+    finally:
+        rig.destroy()
+    empty_r = per["empty"]
+    # each round's figures minus that round's empty-loop cost
+    raw = {k: [x - e for x, e in zip(v, empty_r)] for k, v in per.items() if k != "empty"}
+    raw["empty"] = list(empty_r)
+    # derived: what masking adds to a plain instrumented pair, round by round
+    raw["mask_extra"] = [a - b for a, b in zip(raw["irqsave"], raw["spin"])]
+    parts = ("bare_try", "c_writes", "c_incr", "c_now", "c_held", "c_chain")
+    raw["c_sum"] = [sum(raw[k][r] for k in parts) for r in range(len(empty_r))]
+    raw["c_rest"] = [a - b for a, b in zip(raw["spin"], raw["c_sum"])]
+    med = {k: median(v) for k, v in raw.items()}
+    mins = {k: min(v) for k, v in raw.items()}
+    maxs = {k: max(v) for k, v in raw.items()}
+
+    labels = {c.key: c.label for c in _cases()}
+    labels["mask_extra"] = "masking extra: irqsave pair − plain instrumented pair"
+    labels["c_sum"] = "parts' sum: `acq(0); rel()` + the five parts above"
+    labels["c_rest"] = "rest of the instrumented pair: the interpreter's work in lock()/unlock() (calls, attribute " \
+                       "loads, key arithmetic, branches)"
+    t = Table("primitives: cost per operation (ns, uncontended, one process)",
+              ["measurement", "median", "min", "max", "unit", "ratio", "ratio of mins", "ratio against", "target",
+               "met"])
+
+    def row(key: str, base: str | None, base_label: str = "", target: float | None = None) -> None:
+        ratio = rmin = None
+        if base:
+            # paired: the ratio within each round, then the median over rounds
+            ratio = median([a / b for a, b in zip(raw[key], raw[base]) if b > 0])
+            if key == "mask_extra":  # a difference: compare the difference of the mins
+                rmin = (mins["irqsave"] - mins["spin"]) / mins[base] if mins[base] > 0 else None
+            elif key == "c_rest":
+                rmin = (mins["spin"] - mins["c_sum"]) / mins[base] if mins[base] > 0 else None
+            else:
+                rmin = mins[key] / mins[base] if mins[base] > 0 else None
+        met = "" if target is None or ratio is None else ("yes" if ratio <= target else "NO")
+        derived = key in ("mask_extra", "c_rest")  # a difference: its per-round min/max are noise
+        t.add(labels[key], fmt_ns(med[key]), "–" if derived else fmt_ns(mins[key]),
+              "–" if derived else fmt_ns(maxs[key]), "ns/op",
+              fmt_ratio(ratio) if base else "", fmt_ratio(rmin) if base else "", base_label if base else "",
+              f"≤ {target:g}×" if target is not None else "", met)
+        ctx.facts[f"ratio_{key}"] = ratio
+
+    row("empty", None)
+    row("bare", "bare", "bare pair (baseline)")
+    row("bare_try", "bare", "bare pair")
+    row("spin", "bare", "bare pair", TARGET_INSTRUMENTED)
+    row("method", "bare", "bare pair", TARGET_INSTRUMENTED)
+    row("with", "bare", "bare pair")
+    row("traced", "spin", "plain instrumented pair")
+    row("irqsave", "spin", "plain instrumented pair")
+    row("mask_extra", "bare", "bare pair", TARGET_MASKING)
+    row("softmask", "bare", "bare pair", TARGET_MASKING)
+    row("trace", "bare", "bare pair")
+    for k in ("c_writes", "c_incr", "c_now", "c_held", "c_chain", "c_sum"):
+        row(k, "bare", "bare pair")
+    row("c_rest", "spin", "plain instrumented pair")
+    row("getframe", "getframe", "sys._getframe(1).f_lineno (baseline)")
+    row("capture", "getframe", "sys._getframe(1).f_lineno")
+    row("capture_stack4", "getframe", "sys._getframe(1).f_lineno")
+    row("capture_stack6", "getframe", "sys._getframe(1).f_lineno")
+
+    # worker start-up
+    ns_ = [2, 8, 32]
+    st = _startup(ctx, ns_, 2 if ctx.quick else 3)
+    for n in ns_:
+        sm, bm = st[n]["stress"], st[n]["bare"]
+        ms, mb = median(sm), median(bm)
+        t.add(f"worker start-up, {n} workers (`stress run`, abba ordered, summary.json startup_s / N)",
+              f"{ms:.2f}" if ms is not None else "–", f"{min(sm):.2f}" if sm else "–",
+              f"{max(sm):.2f}" if sm else "–", "ms/worker",
+              fmt_ratio(ms / mb) if ms and mb else "–", "", f"bare fork of {n} ({mb:.2f} ms/worker)", "", "")
+        ctx.facts[f"startup_ms_per_worker_{n}"] = ms
+    t.notes += [
+        f"{rounds} rounds; in each round every case is timed once (timeit loop of ≥ {1e3 * min_time:.0f} ms), and "
+        f"that round's empty-loop cost is subtracted. median/min/max are over the rounds; 'ratio' is the median "
+        f"of the per-round ratios (paired, so a load change hits both sides), 'ratio of mins' compares the least "
+        f"disturbed rounds (for a difference row: the difference of the mins). Figures move ±25 % between runs "
+        f"on a quiet machine (FACTS.md) and more on this shared one: trust the ratios.",
+        f"Instrumented rows: Lock bound to a Cpu on a real arena (shm_model.arena.Arena), engine hooks stubbed; "
+        f"chain-cache misses while timing: {ctx.facts['primitives_chain_misses_while_timing']}, contended "
+        f"acquisitions: {ctx.facts['primitives_contended']} (so every timed pair took the fast path).",
+        "Targets: instrumented pair ≤ 3.0× a bare pair; interrupt masking ≤ 1× a bare pair — both the extra cost "
+        "of `spin_lock_irqsave`/`spin_unlock_irqrestore` over `spin_lock`/`spin_unlock` and the bare soft-mask pair.",
+        "Start-up: the median of the runs' `startup_s` (first fork to every worker's pid in the arena) divided by "
+        "N, against forking N bare processes that write a ready flag (same multiprocess fork context, gc frozen). "
+        "FACTS.md: fork ~2 ms/worker.",
+    ]
+    for k in ("bare", "bare_try", "spin", "method", "irqsave", "softmask", "mask_extra", "traced", "trace", "capture",
+              "capture_stack4", "getframe"):
+        ctx.facts[f"ns_{k}"] = med[k]
+    return [t]
+
+
+def quick_facts(ctx: Context) -> None:
+    """The micro-benchmarks alone, briefly (for a section run without ``primitives``)."""
+    rig = Rig()
+    try:
+        per = _time_cases(ctx, rig, 3, 0.05)
+    finally:
+        rig.destroy()
+    empty = median(per["empty"]) or 0.0
+    for k, v in per.items():
+        ctx.facts[f"ns_{k}"] = (median(v) or 0.0) - empty
+
+
+if __name__ == "__main__":  # python -m benchmarks.primitives: the micro-benchmarks alone
+    c = Context(quick=True)
+    try:
+        r = Rig()
+        try:
+            p = _time_cases(c, r, 3, 0.05)
+        finally:
+            r.destroy()
+        for k, v in p.items():
+            print(f"{k:16s} {median(v):8.1f} ns")
+    finally:
+        c.close()

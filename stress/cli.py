@@ -4,6 +4,11 @@ Exit status of ``stress run``: 0 the outcome matches the variant's expectation (
 when none is declared; always 0 for an ``open`` variant), 1 it does not, 2 bad usage,
 3 the harness failed (or a worker died holding no lock), 130/143 interrupted by Ctrl-C /
 SIGTERM (partial results kept). Bad input gets one line on stderr, never a traceback.
+
+``stress run`` records its run in the SQLite store (``<out>/stress.db``) after it ends; a
+store error is one warning line and does not change the exit status. ``stress soak`` runs
+iterations back to back (:mod:`stress.soak`); ``stress runs`` and ``stress show`` read the
+store.
 """
 
 from __future__ import annotations
@@ -107,7 +112,7 @@ def repeat_command(cfg: RunConfig, found: Found, workers: int | None, rates_text
     parts += ["--noise", f"{cfg.noise:g}"]
     if cfg.trace_locks:
         parts.append("--trace-locks")
-    if cfg.hung_timeout != 10.0:
+    if cfg.hung_timeout != float(found.cls.hung_timeout):
         parts += ["--hung-timeout", _fmt_s(cfg.hung_timeout)]
     for k, o in found.cls.options.items():
         if cfg.options.get(k) != o.default:
@@ -170,8 +175,12 @@ def run_cmd(
                                                      "operation (default: the workload's)"),
     out: str = typer.Option("stress-runs", help="directory for run directories"),
     trace_locks: bool = typer.Option(False, "--trace-locks", help="also trace every acquire and release"),
-    hung_timeout: str = typer.Option("10s", help="report a worker blocked this long on a live holder"),
+    hung_timeout: str = typer.Option("", help="report a worker blocked this long on a live holder "
+                                              "(default: the workload's, 10s unless it says otherwise)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress, only findings and the summary"),
+    db: Optional[str] = typer.Option(None, "--db", help="SQLite store to record the run in (default: <out>/stress.db)"),
+    no_store: bool = typer.Option(False, "--no-store", help="do not record the run in the store"),
+    html: Optional[str] = typer.Option(None, "--html", help="also write the run's HTML report to this file"),
 ) -> None:
     """Run one workload variant and judge what it shows against what it is expected to show.
 
@@ -186,9 +195,11 @@ def run_cmd(
         op_names = [o.name for r in found.cls.roles().values() for o in r.ops()]
         rates = parse_rates(rate, op_names)
         noise = float(found.cls.noise) if noise is None else noise
+        if html and no_store:
+            raise UsageError("--html renders from the store: drop --no-store")
         if not 0.0 <= noise <= 1.0:
             raise UsageError("--noise is a probability between 0 and 1")
-        hung = parse_duration(hung_timeout, "--hung-timeout")
+        hung = parse_duration(hung_timeout, "--hung-timeout") if hung_timeout else float(found.cls.hung_timeout)
         cfg = RunConfig(workload=workload, variant=v.id, seed=seed if seed is not None else random.randrange(1, 2**31),
                         duration=dur, counts=counts.per_role, rates=rates, noise=noise, options=opts, out=out,
                         trace_locks=trace_locks, hung_timeout=hung, run_id=new_run_id())
@@ -203,7 +214,43 @@ def run_cmd(
         _fail(f"cannot create --out {out!r}: {e.strerror}")
     result = run.execute()
     _print_summary(result)
+    if not no_store and result.run_dir:
+        recorded = _record_run(result.run_dir, db or _default_db(out))
+        if html and recorded:
+            _write_html(db or _default_db(out), result.run_id, html)
     raise typer.Exit(result.exit_code)
+
+
+def _write_html(db: str, target: str | None, path: str) -> bool:
+    """Render a report; a failure is one warning line (the run's exit status stands)."""
+    import sqlite3
+    from reports.html import write_report
+    from .store import StoreError
+    try:
+        written = write_report(db, target, path)
+    except (StoreError, sqlite3.Error, OSError) as e:
+        sys.stderr.write(f"stress: warning: no HTML report written: {e}\n")
+        return False
+    print(f"report: {written}")
+    return True
+
+
+def _default_db(out: str) -> str:
+    from .store import default_path
+    return default_path(out)
+
+
+def _record_run(run_dir: str, db: str) -> bool:
+    """Ingest a finished run into the store; a failure is one warning line, never the exit status."""
+    import sqlite3
+    from .store import Store, StoreError
+    try:
+        with Store(db) as store:
+            store.ingest_run(run_dir)
+    except (StoreError, sqlite3.Error, OSError) as e:
+        sys.stderr.write(f"stress: warning: the run was not recorded in the store: {e}\n")
+        return False
+    return True
 
 
 def _print_summary(result: Any) -> None:
@@ -247,6 +294,271 @@ def _print_summary(result: Any) -> None:
                                          for f in findings))
     con.print(f"repeat: {s.get('command', '')}")
     con.print(f"run directory: {result.run_dir}")
+
+
+def _open_store(db: str | None, out: str, must_exist: bool = True) -> Any:
+    """The store, or one line and exit 2."""
+    import sqlite3
+    from .store import Store, StoreError
+    path = db or _default_db(out)
+    if must_exist and not os.path.exists(path):
+        _fail(f"no store at {path} (stress run and stress soak record runs there; --db or --out names another)")
+    if os.path.isdir(path):
+        _fail(f"{path} is a directory, not a store")
+    try:
+        return Store(path)
+    except (StoreError, sqlite3.Error) as e:
+        _fail(str(e))
+
+
+def parse_since(text: str) -> float:
+    """``2d``, ``12h``, ``30m``, ``90s``, ``1w`` ago, or a date ``YYYY-MM-DD[THH:MM]`` (local time)."""
+    import time as _time
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*", text)
+    if m:
+        return _time.time() - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+    for fmt in ("%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"):
+        try:
+            return _time.mktime(_time.strptime(text.strip(), fmt))
+        except ValueError:
+            continue
+    raise UsageError(f"--since takes an age like 2d, 12h, 30m or a date like 2026-01-31, not {text!r}")
+
+
+@app.command("soak", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def soak_cmd(
+    ctx: typer.Context,
+    duration: str = typer.Option("", help="the soak's time budget, e.g. 30m, 8h (summed over resumes)"),
+    workloads: Optional[str] = typer.Option(None, help="comma-separated built-in names or .py paths (default: every "
+                                                       "built-in workload, lockdep-selftest included: it is the "
+                                                       "detectors' own regression check)"),
+    variants: str = typer.Option("all", help="'all', or comma-separated variant ids (id or workload:id)"),
+    iteration_duration: str = typer.Option("", help="each iteration's duration (default: the workload's own; "
+                                                    "the last is shortened to what remains)"),
+    seed: Optional[int] = typer.Option(None, help="soak seed: iteration i runs with a seed derived from it and i "
+                                                  "(default: random)"),
+    hung_timeout: Optional[str] = typer.Option(None, help="passed to every iteration (stress run --hung-timeout)"),
+    out: str = typer.Option("stress-runs", help="directory for run directories and the store"),
+    db: Optional[str] = typer.Option(None, "--db", help="SQLite store (default: <out>/stress.db)"),
+    resume: Optional[str] = typer.Option(None, "--resume", help="continue the soak with this id (or a unique prefix) "
+                                                                "after it was killed or interrupted"),
+) -> None:
+    """Run workload variants back to back, each iteration a fresh run with its own seed, until --duration is spent.
+
+    It keeps going after findings and records every iteration in the store: a killed soak loses at most the iteration in flight, and --resume ID continues it.
+
+    The summary counts passed, failed, skipped, incomplete and harness errors, with each variant's detection rate and time to detect.
+
+    Exit status: 0 all passed, 1 some failed or incomplete, 2 bad usage, 3 a harness error (the worst wins), 130/143 interrupted (resumable).
+
+    Workload options (e.g. --vcpus 4) follow and go to every workload that declares them."""
+    import sqlite3
+    from . import soak as soak_mod
+    from .store import StoreError
+    try:
+        if resume is not None:
+            given = [n for n, v in (("--duration", duration), ("--workloads", workloads), ("--iteration-duration",
+                     iteration_duration), ("--seed", seed), ("--hung-timeout", hung_timeout)) if v not in ("", None)]
+            given += ["--variants"] if variants != "all" else []
+            given += [a for a in ctx.args if a.startswith("--")]
+            if given:
+                raise UsageError(f"--resume takes the soak's plan from the store; drop {', '.join(given)}")
+            store = _open_store(db, out)
+            try:
+                code = soak_mod.resume(store, resume)
+            except (StoreError, sqlite3.Error) as e:
+                _fail(f"the store failed: {e}", EXIT_HARNESS)
+            finally:
+                store.close()
+            raise typer.Exit(code)
+        if not duration:
+            raise UsageError("stress soak needs --duration (e.g. --duration 8h), or --resume ID")
+        dur = parse_duration(duration)
+        it_dur = parse_duration(iteration_duration, "--iteration-duration") if iteration_duration else None
+        plan, found = soak_mod.make_plan(workloads, variants, seed if seed is not None else random.randrange(1, 2**31),
+                                         dur, it_dur, out, list(ctx.args), hung_timeout)
+    except (WorkloadError, UsageError) as e:
+        _fail(str(e))
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        _fail(f"cannot create --out {out!r}: {e.strerror}")
+    store = _open_store(db, out, must_exist=False)
+    try:
+        code = soak_mod.start(store, plan, found)
+    except (StoreError, sqlite3.Error) as e:
+        _fail(f"the store failed: {e}", EXIT_HARNESS)
+    finally:
+        store.close()
+    raise typer.Exit(code)
+
+
+def _fmt_time(t: float) -> str:
+    import time as _time
+    return _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(t))
+
+
+def _columns(rows: list[list[str]], right: set[int] = frozenset()) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join((c.rjust(w) if i in right else c.ljust(w)) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+            for r in rows]
+
+
+@app.command("runs")
+def runs_cmd(
+    workload: Optional[str] = typer.Option(None, help="only this workload"),
+    variant: Optional[str] = typer.Option(None, help="only this variant"),
+    since: Optional[str] = typer.Option(None, help="only runs started since: 2d, 12h, 30m, or a date 2026-01-31"),
+    soak: Optional[str] = typer.Option(None, help="only the iterations of this soak (id or unique prefix)"),
+    limit: int = typer.Option(50, help="list the newest N runs (the history below covers every matching run)"),
+    out: str = typer.Option("stress-runs", help="where runs are recorded"),
+    db: Optional[str] = typer.Option(None, "--db", help="SQLite store (default: <out>/stress.db)"),
+) -> None:
+    """Recorded runs, one line each, then per workload and variant: detection rate and time to detect."""
+    from .soak import console, history_table, print_flags
+    from .store import StoreError
+    try:
+        t_since = parse_since(since) if since is not None else None
+        if limit < 1:
+            raise UsageError("--limit must be at least 1")
+    except UsageError as e:
+        _fail(str(e))
+    store = _open_store(db, out)
+    try:
+        soak_id = store.soak(soak)["id"] if soak is not None else None
+        rows = store.runs(workload, variant, t_since, soak_id, limit)
+        history = [h for h in store.history(workload, t_since, soak_id) if variant is None or h.variant == variant]
+    except StoreError as e:
+        store.close()
+        _fail(str(e))
+    store.close()
+    con = console()
+    if not rows:
+        con.print(f"no recorded run matches (store {store.path})")
+        raise typer.Exit(0)
+    total = sum(h.runs for h in history)
+    table = [["run", "started", "workload", "variant", "seed", "status", "detect", "ops/s", "soak iteration"]]
+    for r in rows:
+        table.append([r.id, _fmt_time(r.started_at), r.workload, r.variant, "" if r.seed is None else str(r.seed),
+                      r.status, "-" if r.time_to_detect_s is None else f"{r.time_to_detect_s:.3f}s",
+                      "-" if r.total_ops_per_s is None else f"{r.total_ops_per_s:.0f}",
+                      f"{r.soak_id} #{r.iteration}" if r.soak_id else "-"])
+    lines = _columns(table, right={4, 6, 7})
+    con.print(lines[0], style="bold")
+    for ln in lines[1:]:
+        con.print(ln)
+    if total > len(rows):
+        con.print(f"(the newest {len(rows)} of {total} matching runs; --limit shows more)")
+    con.print()
+    con.print(history_table(history))
+    print_flags(con, history)
+
+
+@app.command("show")
+def show_cmd(
+    ident: str = typer.Argument(..., metavar="RUN_ID", help="a run id (or a unique prefix); a soak id shows its summary"),
+    out: str = typer.Option("stress-runs", help="where runs are recorded"),
+    db: Optional[str] = typer.Option(None, "--db", help="SQLite store (default: <out>/stress.db)"),
+) -> None:
+    """A recorded run in the console: verdict, configuration, repeat command, each finding's full report."""
+    from .soak import console, print_summary
+    from .store import StoreError
+    store = _open_store(db, out)
+    con = console()
+    try:
+        kind, full = store.kind_of(ident)
+        if kind == "soak":
+            code = print_summary(store, full, con)
+            store.close()
+            raise typer.Exit(0 if code in (0, 1, 3) else code)
+        d = store.run_detail(full)
+    except StoreError as e:
+        store.close()
+        _fail(str(e))
+    store.close()
+    _print_run(con, d)
+
+
+def _print_run(con: Any, d: dict) -> None:
+    from rich.text import Text
+    r, cfg, s = d["run"], d["config"], d["summary"]
+    con.print(Text(f"run {r.id}: {r.workload} --variant {r.variant}, seed {r.seed}", style="bold"))
+    if r.soak_id:
+        con.print(f"soak {r.soak_id}, iteration {r.iteration}")
+    v = s.get("verdict") or {}
+    style = {"pass": "bold green", "open": "bold yellow"}.get(r.status, "bold red")
+    con.print(Text(f"verdict: {r.status.upper()} — {r.verdict_text or v.get('text', '')} "
+                   f"(expected: {' or '.join(r.expected) or '?'})", style=style))
+    facts = [f"started {_fmt_time(r.started_at)}"]
+    if r.elapsed_s is not None:
+        facts.append(f"ran {r.elapsed_s:.1f} s")
+    if r.stop_reason:
+        facts.append(f"stopped by {r.stop_reason}")
+    if r.exit_code is not None:
+        facts.append(f"exit status {r.exit_code}")
+    if r.total_ops_per_s is not None:
+        facts.append(f"{r.total_ops_per_s:.0f} ops/s")
+    if r.time_to_detect_s is not None:
+        facts.append(f"detected after {r.time_to_detect_s:.3f} s")
+    con.print(", ".join(facts))
+    if s.get("message") and s.get("message") != r.verdict_text:
+        con.print(f"message: {s['message']}")
+    if r.provenance:
+        con.print(f"provenance: {r.provenance}")
+    conf = []
+    for k in ("duration", "noise", "hung_timeout", "trace_locks"):
+        if k in cfg:
+            conf.append(f"{k} {cfg[k]}")
+    if cfg.get("counts"):
+        conf.append("workers " + ", ".join(f"{k}×{n}" for k, n in cfg["counts"].items()))
+    if cfg.get("rates"):
+        conf.append("rates " + ", ".join(f"{k}={n:g}/s" for k, n in cfg["rates"].items()))
+    if cfg.get("options"):
+        conf.append("options " + " ".join(f"--{k} {val}" for k, val in cfg["options"].items()))
+    if cfg.get("host"):
+        conf.append(f"host {cfg['host']}")
+    if conf:
+        con.print("configuration: " + "; ".join(conf))
+    if r.command:
+        con.print(f"repeat: {r.command}")
+    if r.run_dir:
+        con.print(f"run directory: {r.run_dir}")
+    fs = d["findings"]
+    con.print()
+    if not fs:
+        con.print("no findings")
+    for f in fs:
+        tag = " (information)" if f["info"] else f" (known: {f['known']})" if f["known"] else ""
+        when = "" if f["since_start_s"] is None else f" at {f['since_start_s']:.3f} s"
+        con.print(Text(f"--- finding {f['seq'] + 1} of {len(fs)}: {f['outcome']}{when}{tag} ---", style="bold"))
+        con.print(Text(f["text"].rstrip("\n") if f["text"] else f["title"]))
+        con.print()
+
+
+@app.command("report")
+def report_cmd(
+    target: Optional[str] = typer.Argument(None, help="run id, soak id, or a unique prefix of one"),
+    latest: bool = typer.Option(False, "--latest", help="the most recent soak or run"),
+    output: str = typer.Option(..., "-o", "--output", help="the HTML file to write"),
+    out: str = typer.Option("stress-runs", help="directory of the runs (its stress.db is the store)"),
+    db: Optional[str] = typer.Option(None, help="the store (default: <out>/stress.db)"),
+) -> None:
+    """Write one self-contained HTML report (opens offline) for a run or a soak."""
+    if (target is None) == (not latest):
+        _fail("give a run or soak id, or --latest (not both)")
+    path = db or _default_db(out)
+    if not os.path.exists(path):
+        _fail(f"no store at {path} (run something first, or give --out/--db)")
+    import sqlite3
+    from reports.html import write_report
+    from .store import StoreError
+    try:
+        written = write_report(path, target, output)
+    except StoreError as e:
+        _fail(str(e))
+    except (sqlite3.Error, OSError) as e:
+        _fail(f"cannot write the report: {e}", EXIT_HARNESS)
+    print(f"report: {written} ({os.path.getsize(written) // 1024} KiB)")
 
 
 @app.command("cleanup")

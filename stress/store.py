@@ -10,7 +10,11 @@ Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`; :func:`_migrate` upgra
 files on open, a newer file is refused with one line):
 
     soaks     id, started_at, ended_at, status (running|done|interrupted|failed),
-              duration_s, plan_json, command, out_dir
+              duration_s, plan_json, command, out_dir,
+              spent_s (seconds of the soak's duration used by its completed iterations,
+              summed over resumes; updated in the transaction that records each
+              iteration), resumes (how many times ``--resume`` took it up again),
+              pid, host (the soak process that last ran it: a resume refuses a live one)
     runs      id, soak_id, iteration, started_at, workload, variant, seed, expected (JSON),
               provenance, status (pass|fail|open|incomplete|interrupted|error), verdict_text,
               exit_code, stop_reason, elapsed_s, total_ops_per_s, time_to_detect_s, command,
@@ -20,7 +24,14 @@ files on open, a newer file is refused with one line):
               signature, text, details_json, traces_json
 
 Times are Unix seconds (REAL). ``time_to_detect_s`` is the time of the first decisive
-finding whose outcome the variant expects (NULL when none was found).
+finding whose outcome the variant expects (NULL when none was found). A soak iteration
+that left no run directory (its child refused the configuration, or died before writing
+one) is recorded by :meth:`Store.record_iteration` as a ``runs`` row of its own, with
+status ``skipped`` or ``error``, id ``<soak-id>-i<iteration>`` and an empty
+``run_dir``, so a soak's iterations are always contiguous from 0.
+
+Schema history: v1 (unreleased) gained ``soaks.spent_s``, ``resumes``, ``pid`` and
+``host`` before its release; a pre-release v1 file without them gets them on open.
 """
 
 from __future__ import annotations
@@ -44,7 +55,11 @@ CREATE TABLE soaks (
     duration_s REAL,
     plan_json TEXT NOT NULL DEFAULT '{}',
     command TEXT NOT NULL DEFAULT '',
-    out_dir TEXT NOT NULL DEFAULT ''
+    out_dir TEXT NOT NULL DEFAULT '',
+    spent_s REAL NOT NULL DEFAULT 0,
+    resumes INTEGER NOT NULL DEFAULT 0,
+    pid INTEGER,
+    host TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE runs (
     id TEXT PRIMARY KEY,
@@ -98,6 +113,12 @@ CREATE TABLE findings (
 
 #: migrations[v] takes a database at user_version v to v + 1
 _MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1}
+
+#: columns added to v1 before its release: (table, column, declaration)
+_V1_LATE_COLUMNS = [("soaks", "spent_s", "REAL NOT NULL DEFAULT 0"),
+                    ("soaks", "resumes", "INTEGER NOT NULL DEFAULT 0"),
+                    ("soaks", "pid", "INTEGER"),
+                    ("soaks", "host", "TEXT NOT NULL DEFAULT ''")]
 
 
 class StoreError(Exception):
@@ -223,6 +244,9 @@ class Store:
         except sqlite3.DatabaseError as e:
             self.db.close()
             raise StoreError(f"{path} is not a usable stress store: {e}") from None
+        except StoreError:
+            self.db.close()
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -234,9 +258,11 @@ class Store:
         self.close()
 
     # -- writing -------------------------------------------------------------------------------
-    def ingest_run(self, run_dir: str, soak_id: str | None = None, iteration: int | None = None) -> str:
+    def ingest_run(self, run_dir: str, soak_id: str | None = None, iteration: int | None = None, *,
+                   spent_s: float | None = None) -> str:
         """Record one finished run directory (config, summary, metrics, findings) in one
-        transaction; a second ingest of the same run replaces the first. Returns the run id."""
+        transaction; a second ingest of the same run replaces the first. Returns the run id.
+        ``spent_s`` (with ``soak_id``) sets the soak's time spent in the same transaction."""
         try:
             with open(os.path.join(run_dir, "config.json")) as fh:
                 config = json.load(fh)
@@ -282,6 +308,8 @@ class Store:
                   int(bool(f.get("info"))), int(bool(f.get("potential"))), str(f.get("known") or ""),
                   f.get("signature", ""), f.get("text", ""), json.dumps(f.get("details") or {}, default=str),
                   json.dumps(f.get("traces") or {}, default=str)) for i, f in enumerate(findings)])
+            if soak_id is not None and spent_s is not None:
+                db.execute("UPDATE soaks SET spent_s = ? WHERE id = ?", (float(spent_s), soak_id))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -292,6 +320,39 @@ class Store:
         self.db.execute("INSERT OR IGNORE INTO soaks (id, started_at, status, duration_s, plan_json, command, out_dir)"
                         " VALUES (?,?,?,?,?,?,?)",
                         (soak_id, time.time(), "running", duration_s, json.dumps(plan), command, out_dir))
+
+    def record_iteration(self, soak_id: str, iteration: int, *, workload: str, variant: str, seed: int | None,
+                         expected: list[str], status: str, text: str, command: str = "",
+                         exit_code: int | None = None, provenance: str = "", config: dict | None = None,
+                         spent_s: float | None = None) -> str:
+        """Record a soak iteration that left no run directory to ingest (``skipped``: its
+        child refused the configuration; ``error``: it died before writing one), in one
+        transaction with the soak's time spent. Returns the row's id."""
+        run_id = f"{soak_id}-i{iteration:04d}"
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM runs WHERE id = ? OR (soak_id = ? AND iteration = ?)",
+                       (run_id, soak_id, iteration))
+            db.execute(
+                "INSERT INTO runs (id, soak_id, iteration, started_at, workload, variant, seed, expected,"
+                " provenance, status, verdict_text, exit_code, stop_reason, command, run_dir, config_json,"
+                " summary_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (run_id, soak_id, iteration, time.time(), workload, variant, seed, json.dumps(list(expected)),
+                 provenance, status, text, exit_code, status, command, "", json.dumps(config or {}),
+                 json.dumps({"run_id": run_id, "message": text, "exit_code": exit_code, "findings": []})))
+            if spent_s is not None:
+                db.execute("UPDATE soaks SET spent_s = ? WHERE id = ?", (float(spent_s), soak_id))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return run_id
+
+    def claim_soak(self, soak_id: str, pid: int, host: str, resumed: bool = False) -> None:
+        """Note the process now running a soak (and count a resume)."""
+        self.db.execute("UPDATE soaks SET pid = ?, host = ?, resumes = resumes + ? WHERE id = ?",
+                        (pid, host, int(resumed), soak_id))
 
     def end_soak(self, soak_id: str, status: str) -> None:
         self.db.execute("UPDATE soaks SET status = ?, ended_at = ? WHERE id = ?", (status, time.time(), soak_id))
@@ -421,6 +482,16 @@ class Store:
                 outcomes))
         return out
 
+    def decisive_findings(self, run_id: str) -> int:
+        """Findings of a run that decide a verdict (neither informational nor known)."""
+        r = self.db.execute("SELECT COUNT(*) FROM findings WHERE run_id = ? AND info = 0 AND known = ''",
+                            (run_id,)).fetchone()
+        return int(r[0])
+
+    def set_run_status(self, run_id: str, status: str, verdict_text: str) -> None:
+        """Overrule a recorded run's status (a soak stopped a run that overran its time)."""
+        self.db.execute("UPDATE runs SET status = ?, verdict_text = ? WHERE id = ?", (status, verdict_text, run_id))
+
     def integrity_check(self) -> str:
         return self.db.execute("PRAGMA integrity_check").fetchone()[0]
 
@@ -451,3 +522,17 @@ def _migrate(db: sqlite3.Connection, path: str) -> None:
             db.execute("ROLLBACK")
             raise
         v = db.execute("PRAGMA user_version").fetchone()[0]
+    if v == 1:
+        _add_late_columns(db)
+
+
+def _add_late_columns(db: sqlite3.Connection) -> None:
+    """A pre-release v1 file lacks columns v1 gained before its release: add them."""
+    for table, col, decl in _V1_LATE_COLUMNS:
+        if col in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+            continue
+        try:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {col} {decl}")
+        except sqlite3.OperationalError as e:
+            if "duplicate column" not in str(e):  # another process added it first
+                raise

@@ -211,6 +211,9 @@ class Workload:
     #: how often invariants are checked with the world stopped, seconds (0: never)
     check_interval: float = 0.5
 
+    #: default --hung-timeout in seconds (a workload that hangs on purpose wants it short)
+    hung_timeout: float = 10.0
+
     #: default --noise for this workload (race windows that need widening to be seen)
     noise: float = 0.0
 

@@ -71,3 +71,26 @@ def test_inverted_abba_names_both_classes_and_sites(runs_dir):
     assert "WARNING: possible circular locking dependency detected" in r.out
     assert "a_then_b() examples/abba.py:" in r.out and "b_then_a() examples/abba.py:" in r.out
     assert "(A)" in r.out and "(B)" in r.out
+
+
+def test_run_html_and_report_command_write_the_report(runs_dir, tmp_path):
+    """`stress run --html` and `stress report` render the recorded run; bad ids are one line."""
+    import subprocess
+    import sys
+
+    page = tmp_path / "run.html"
+    r = run_cli(["run", "--workload", "examples/abba.py", "--variant", "inverted", "--seed", "1",
+                 "--html", str(page)], runs_dir)
+    assert r.code == 0 and page.exists(), r.out + r.err
+    text = page.read_text()
+    assert "possible circular locking dependency" in text and r.summary["run_id"] in text
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "stress", *args], capture_output=True, text=True, timeout=60)
+
+    latest = tmp_path / "latest.html"
+    p = cli("report", "--latest", "-o", str(latest), "--out", runs_dir)
+    assert p.returncode == 0 and latest.exists() and r.summary["run_id"] in latest.read_text(), p.stderr
+    p = cli("report", "no-such-run", "-o", str(tmp_path / "x.html"), "--out", runs_dir)
+    assert p.returncode == 2 and "no run or soak" in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1

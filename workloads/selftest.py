@@ -52,6 +52,7 @@ class LockdepSelftest(Workload):
     name = "lockdep-selftest"
     state = State
     duration = 3.0
+    hung_timeout = 1.0  # the 'hung' case must be reported within the run
     check_interval = 0.0
     variants = [
         _v("AA", "deadlock", "one CPU takes A twice: recursive locking, then a one-context wait cycle"),

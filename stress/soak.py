@@ -1,0 +1,710 @@
+"""``stress soak``: iterations back to back, workload × variant × seed, each a real run.
+
+The plan is deterministic: iterations cycle through the (workload, variant) pairs in a fixed
+order and iteration ``i`` gets a seed derived from (soak seed, ``i``), so ``--resume``
+rebuilds exactly the same plan from what the store saved (``soaks.plan_json``) and carries
+on with the first iteration the store does not hold.
+
+Each iteration is ``python -m stress run ... --quiet --no-store`` in a child process (a
+harness crash in one iteration cannot take the soak down; its output goes to
+``<out>/<soak-id>/iteration-NNNN.log``). The child gets ``PR_SET_PDEATHSIG(SIGTERM)``, so
+when the soak is killed, even with ``kill -9``, its run stops and tears down its arena
+itself. After the child ends, its run directory is ingested into the store in one
+transaction that also advances the soak's time spent: a killed soak loses at most the
+iteration in flight, which ``--resume`` runs again (same seed).
+
+Time: ``--duration`` is the soak's budget of wall time, summed over resumes (time lost to a
+kill is not counted). An iteration runs for ``--iteration-duration`` (default: the
+workload's own), shortened to what remains; it is not started when less than half of its
+duration remains (a truncated run of a buggy variant would fail for want of time).
+
+Verdicts: ``passed`` (a buggy variant showed its expected finding, a clean one showed none,
+an ``open`` one ran to its end: listed with what it showed), ``failed``, ``skipped`` (the
+child refused the configuration), ``incomplete`` (a detector hit a capacity), and harness
+errors (a child exited 3 or left no summary). Exit status: worst wins, 3 a harness error,
+1 a failed or incomplete iteration, 0 all passed; 2 bad usage; 130/143 interrupted.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import hashlib
+import os
+import shlex
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console as RichConsole, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from shm_model.arena import sweep_orphans
+
+from .cli import UsageError, parse_duration, parse_workload_options
+from .loader import Found, builtins, find
+from .store import RunRow, Store, StoreError
+from .verdict import EXIT_HARNESS, EXIT_MATCH, EXIT_MISMATCH, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE
+from .workload import role_counts
+
+CHILD_GRACE_S = 60.0  # start-up and teardown allowance beyond an iteration's duration
+STOP_WAIT_S = 20.0  # after SIGTERM, before SIGKILL
+POLL_S = 0.1
+VIEW_EVERY_S = 0.25
+PASSING = ("pass", "open")
+HARNESS = ("error", "interrupted")
+
+
+# -- the plan -------------------------------------------------------------------------------------
+def derive_seed(soak_seed: int, i: int) -> int:
+    h = hashlib.sha256(f"stress-soak/{soak_seed}/{i}".encode()).digest()
+    return int.from_bytes(h[:8], "big") % (2**31 - 1) + 1
+
+
+@dataclass
+class Iteration:
+    index: int
+    workload: str
+    variant: str
+    seed: int
+
+
+@dataclass
+class Plan:
+    pairs: list[tuple[str, str]]
+    seed: int
+    duration_s: float
+    iteration_duration_s: float | None  # None: each workload's own
+    out: str
+    cwd: str
+    options: dict[str, list[str]] = field(default_factory=dict)  # workload -> its option arguments
+    hung_timeout: str | None = None
+    workloads: list[str] = field(default_factory=list)
+
+    def iteration(self, i: int) -> Iteration:
+        w, v = self.pairs[i % len(self.pairs)]
+        return Iteration(i, w, v, derive_seed(self.seed, i))
+
+    def as_dict(self) -> dict:
+        return {"workloads": self.workloads, "pairs": [list(p) for p in self.pairs], "seed": self.seed,
+                "duration_s": self.duration_s, "iteration_duration_s": self.iteration_duration_s,
+                "out": self.out, "cwd": self.cwd, "options": self.options, "hung_timeout": self.hung_timeout}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        try:
+            return cls([(str(w), str(v)) for w, v in d["pairs"]], int(d["seed"]), float(d["duration_s"]),
+                       None if d.get("iteration_duration_s") is None else float(d["iteration_duration_s"]),
+                       str(d["out"]), str(d.get("cwd") or os.getcwd()),
+                       {k: list(v) for k, v in (d.get("options") or {}).items()}, d.get("hung_timeout"),
+                       list(d.get("workloads") or []))
+        except (KeyError, TypeError, ValueError) as e:
+            raise UsageError(f"the soak's saved plan is unreadable ({type(e).__name__}: {e})") from None
+
+
+def _split_list(text: str, what: str) -> list[str]:
+    items = [x.strip() for x in text.split(",")]
+    if not items or any(not x for x in items):
+        raise UsageError(f"{what} takes a comma-separated list, not {text!r}")
+    return items
+
+
+def _split_options(args: list[str]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--") or len(a) == 2:
+            raise UsageError(f"unexpected argument {a!r}")
+        key, eq, val = a[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise UsageError(f"--{key} needs a value")
+            val = args[i + 1]
+            i += 1
+        out.append((key, val))
+        i += 1
+    return out
+
+
+def make_plan(workloads: str | None, variants: str, seed: int, duration_s: float, iteration_duration_s: float | None,
+              out: str, extra: list[str], hung_timeout: str | None) -> tuple[Plan, dict[str, Found]]:
+    """Validate everything a soak will run (before it runs anything) and build its plan."""
+    explicit = workloads is not None
+    if explicit:
+        names = _split_list(workloads, "--workloads")
+        found = {n: find(n) for n in names}
+    else:
+        found = dict(sorted(builtins().items()))
+        names = list(found)
+    if len(set(names)) != len(names):
+        raise UsageError("--workloads names a workload twice")
+    pairs: list[tuple[str, str]] = []
+    if variants.strip() == "all":
+        pairs = [(n, v.id) for n in names for v in found[n].cls.variants]
+    else:
+        wanted = _split_list(variants, "--variants")
+        used: set[str] = set()
+        for n in names:
+            for v in found[n].cls.variants:
+                for w in wanted:
+                    if w == v.id or w == f"{n}:{v.id}":
+                        pairs.append((n, v.id))
+                        used.add(w)
+                        break
+        for w in wanted:
+            if w not in used:
+                known = ", ".join(f"{n}: {' '.join(v.id for v in found[n].cls.variants)}" for n in names)
+                raise UsageError(f"--variants names {w!r}, a variant of none of the workloads ({known})")
+        if explicit:
+            for n in names:
+                if not any(p[0] == n for p in pairs):
+                    raise UsageError(f"--variants selects no variant of workload {n!r} "
+                                     f"(its variants: {', '.join(v.id for v in found[n].cls.variants)})")
+        names = [n for n in names if any(p[0] == n for p in pairs)]
+    if not pairs:
+        raise UsageError("nothing to soak: no workload variant selected")
+    opts = _split_options(extra)
+    per: dict[str, list[str]] = {n: [] for n in names}
+    for key, val in opts:
+        takers = [n for n in names if key in found[n].cls.options]
+        if not takers:
+            known = "; ".join(f"{n}: {', '.join('--' + k for k in found[n].cls.options) or 'none'}" for n in names)
+            raise UsageError(f"no such option --{key} for the workloads of this soak ({known})")
+        for n in takers:
+            per[n] += [f"--{key}", val]
+    from types import SimpleNamespace
+    for n in names:
+        values = parse_workload_options(found[n], per[n])
+        role_counts(found[n].cls, SimpleNamespace(**values), None)
+    if hung_timeout is not None:
+        parse_duration(hung_timeout, "--hung-timeout")
+    plan = Plan(pairs, seed, duration_s, iteration_duration_s, out, os.getcwd(), {n: a for n, a in per.items() if a},
+                hung_timeout, names)
+    return plan, found
+
+
+def check_plan(plan: Plan) -> dict[str, Found]:
+    """On resume: the workloads and variants of the saved plan must still exist."""
+    found: dict[str, Found] = {}
+    cwd = os.getcwd()
+    try:
+        os.chdir(plan.cwd)
+    except OSError as e:
+        raise UsageError(f"the soak ran in {plan.cwd!r}, which is gone ({e.strerror})") from None
+    try:
+        for w, v in plan.pairs:
+            if w not in found:
+                found[w] = find(w)
+            found[w].cls.variant_named(v)
+    finally:
+        os.chdir(cwd)
+    return found
+
+
+def new_soak_id() -> str:
+    return f"soak-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
+
+
+def soak_command(plan: Plan) -> str:
+    parts = ["stress", "soak", "--duration", f"{plan.duration_s:g}s", "--workloads", ",".join(plan.workloads),
+             "--variants", ",".join(f"{w}:{v}" for w, v in plan.pairs), "--seed", str(plan.seed)]
+    if plan.iteration_duration_s is not None:
+        parts += ["--iteration-duration", f"{plan.iteration_duration_s:g}s"]
+    if plan.hung_timeout:
+        parts += ["--hung-timeout", plan.hung_timeout]
+    seen: set[str] = set()
+    for args in plan.options.values():
+        for k, v in _split_options(args):
+            if k not in seen:
+                seen.add(k)
+                parts += [f"--{k}", v]
+    parts += ["--out", plan.out]
+    return shlex.join(parts)
+
+
+# -- the child ------------------------------------------------------------------------------------
+def _pdeathsig_setup() -> Any:
+    """A preexec_fn: the child gets SIGTERM when the soak dies (Linux), however it dies."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def setup() -> None:
+        prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the soak died before prctl: die now
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return setup
+
+
+def _fmt(s: float) -> str:
+    s = max(0.0, s)
+    if s < 120:
+        return f"{s:.1f}s"
+    if s < 3600:
+        return f"{int(s // 60)}m{int(s % 60):02d}s"
+    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m{int(s % 60):02d}s"
+
+
+def _rate(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.0f}"
+
+
+@dataclass
+class Outcome:
+    row: RunRow
+    decisive: int  # findings that decide a verdict
+
+
+# -- the soak -------------------------------------------------------------------------------------
+class Soak:
+    def __init__(self, store: Store, soak_id: str, plan: Plan, found: dict[str, Found], resumed: bool,
+                 live: bool | None = None) -> None:
+        self.store = store
+        self.id = soak_id
+        self.plan = plan
+        self.found = found
+        self.resumed = resumed
+        self.live_enabled = sys.stdout.isatty() if live is None else live
+        self.out = console()
+        self.stop_signal = 0
+        self.proc: subprocess.Popen | None = None
+        self.current: Iteration | None = None
+        self.current_t0 = 0.0
+        self.current_d = 0.0
+        self.last: Outcome | None = None
+        self.counts: dict[str, dict[str, int]] = {}
+        self.findings = 0
+        self.done = 0
+        self.first_this_session = 0
+        self.base_spent = float(store.soak(soak_id).get("spent_s") or 0.0)
+        self.t0 = time.monotonic()
+        self.log_dir = os.path.join(plan.cwd, plan.out, soak_id)
+        self._live: Live | None = None
+        self._next_view = 0.0
+
+    # -- time -----------------------------------------------------------------------------------
+    def spent(self) -> float:
+        return self.base_spent + (time.monotonic() - self.t0)
+
+    def _iteration_duration(self, it: Iteration) -> float:
+        if self.plan.iteration_duration_s is not None:
+            return self.plan.iteration_duration_s
+        return float(self.found[it.workload].cls.duration)
+
+    # -- main -----------------------------------------------------------------------------------
+    def run(self) -> int:
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        try:
+            return self._run()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stop_signal = self.stop_signal or signum
+
+    def _run(self) -> int:
+        store, plan = self.store, self.plan
+        done = store.completed_iterations(self.id)
+        for row in store.runs(soak_id=self.id):
+            self._count(row, self._decisive(row))
+        nxt = 0
+        while nxt in done:
+            nxt += 1
+        self.first_this_session = nxt
+        os.makedirs(self.log_dir, exist_ok=True)
+        pairs = ", ".join(f"{w}/{v}" for w, v in plan.pairs)
+        if self.resumed:
+            self._say(f"stress: resuming soak {self.id} at iteration {nxt}: {_fmt(self.base_spent)} of "
+                      f"{_fmt(plan.duration_s)} spent; seed {plan.seed}; {len(plan.pairs)} variants ({pairs})")
+        else:
+            self._say(f"stress: soak {self.id} for {_fmt(plan.duration_s)}: {len(plan.pairs)} variants ({pairs}), "
+                      f"seed {plan.seed}; store {store.path}; resume with: "
+                      f"stress soak --resume {self.id} {self._where()}")
+        if self.live_enabled:
+            self._live = Live(self._view(), console=self.out, auto_refresh=False, transient=True)
+            self._live.start()  # no refresh thread: the poll loop refreshes (and fork stays thread-free)
+        status = "done"
+        try:
+            i = nxt
+            while not self.stop_signal:
+                it = plan.iteration(i)
+                remaining = plan.duration_s - self.spent()
+                full = self._iteration_duration(it)
+                if remaining < full / 2 and (self.done or done or remaining <= 0):
+                    break
+                d = min(full, max(remaining, 0.1))
+                rec = self._iterate(it, d)
+                if rec is None:  # stopped in flight: not counted
+                    break
+                i += 1
+                while i in done:
+                    i += 1
+        except (StoreError, sqlite3.Error, OSError) as e:
+            status = "failed"
+            self._stop_view()
+            sys.stderr.write(f"stress: error: soak {self.id} stopped: {e}\n")
+        finally:
+            self._stop_view()
+            self._stop_child()
+            sweep_orphans()
+        if status != "failed" and self.stop_signal:
+            status = "interrupted"
+        try:
+            if status == "done":
+                store.end_soak(self.id, "done")
+            else:
+                store.mark_soak(self.id, status)
+        except Exception as e:  # the summary below still says what happened
+            sys.stderr.write(f"stress: warning: could not mark soak {self.id} {status}: {e}\n")
+        code = print_summary(store, self.id, self.out)
+        if status == "failed":
+            return EXIT_HARNESS
+        if status == "interrupted":
+            how = "interrupted (Ctrl-C)" if self.stop_signal == signal.SIGINT else "terminated (SIGTERM)"
+            self.out.print(f"soak {how}: the iteration in flight is not counted; resume with: "
+                           f"stress soak --resume {self.id} {self._where()}")
+            return EXIT_SIGINT if self.stop_signal == signal.SIGINT else EXIT_SIGTERM
+        return code
+
+    def _stop_child(self) -> None:
+        """A child still running when the soak leaves (an error in the soak): stop it, wait."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def _where(self) -> str:
+        parts = ["--out", self.plan.out]
+        if os.path.abspath(self.store.path) != os.path.abspath(os.path.join(self.plan.cwd, self.plan.out, "stress.db")):
+            parts += ["--db", self.store.path]
+        return shlex.join(parts)
+
+    # -- one iteration --------------------------------------------------------------------------
+    def _child_command(self, it: Iteration, d: float) -> list[str]:
+        cmd = [sys.executable, "-m", "stress", "run", "--workload", it.workload, "--variant", it.variant,
+               "--duration", f"{d:.3f}".rstrip("0").rstrip(".") + "s", "--seed", str(it.seed),
+               "--out", self.plan.out, "--quiet", "--no-store"]
+        if self.plan.hung_timeout:
+            cmd += ["--hung-timeout", self.plan.hung_timeout]
+        return cmd + self.plan.options.get(it.workload, [])
+
+    def _iterate(self, it: Iteration, d: float) -> Outcome | None:
+        sweep_orphans()  # objects of a SIGKILLed child (or of anyone's killed run)
+        self.current, self.current_t0, self.current_d = it, time.monotonic(), d
+        self._refresh(force=True)
+        log_path = os.path.join(self.log_dir, f"iteration-{it.index:04d}.log")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        cmd = self._child_command(it, d)
+        with open(log_path, "a") as log:  # a resumed iteration's log keeps the killed attempt's above it
+            log.write("# " + shlex.join(cmd) + "\n")
+            log.flush()
+            self.proc = subprocess.Popen(cmd, cwd=self.plan.cwd, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, env=env, preexec_fn=_pdeathsig_setup())
+        proc = self.proc
+        deadline = self.current_t0 + d + CHILD_GRACE_S
+        signalled = timed_out = False
+        kill_at = float("inf")
+        while proc.poll() is None:
+            now = time.monotonic()
+            if self.stop_signal and not signalled:
+                proc.send_signal(self.stop_signal)
+                signalled, kill_at = True, now + STOP_WAIT_S
+            elif now > deadline and not signalled:
+                proc.send_signal(signal.SIGTERM)
+                signalled = timed_out = True
+                kill_at = now + STOP_WAIT_S
+            if now > kill_at:
+                proc.kill()
+                kill_at = float("inf")
+            self._refresh()
+            time.sleep(POLL_S)
+        rc = proc.returncode
+        self.proc = None
+        self.current = None
+        if self.stop_signal and (signalled or rc in (130, 143, -2, -15)):
+            return None  # the soak was stopped: this iteration is not counted
+        run_dir = self._run_dir(log_path, proc.pid)
+        spent = self.spent()
+        fields = dict(workload=it.workload, variant=it.variant, seed=it.seed,
+                      expected=list(self.found[it.workload].cls.variant_named(it.variant).outcomes),
+                      command=shlex.join(["stress", "run", *cmd[4:cmd.index("--quiet")]]), exit_code=rc,
+                      spent_s=spent)
+        if run_dir is None:
+            tail = _tail(log_path)
+            if rc == EXIT_USAGE:
+                rid = self.store.record_iteration(self.id, it.index, status="skipped",
+                                                  text=f"the run refused the configuration: {tail}", **fields)
+            else:
+                how = f"exit status {rc}" if rc >= 0 else f"killed by signal {-rc}"
+                rid = self.store.record_iteration(self.id, it.index, status="error",
+                                                  text=f"the run left no run directory ({how}): {tail}", **fields)
+        else:
+            rid = self.store.ingest_run(run_dir, self.id, it.index, spent_s=spent)
+            if timed_out:
+                self._note_timeout(rid, d)
+        row = self.store.run(rid)
+        outcome = Outcome(row, self._decisive(row))
+        self._count(row, outcome.decisive)
+        self.last = outcome
+        self.done += 1
+        self._report(it, outcome, d)
+        return outcome
+
+    def _note_timeout(self, rid: str, d: float) -> None:
+        msg = f"the run did not end within {d + CHILD_GRACE_S:g} s and was stopped by the soak"
+        self.store.set_run_status(rid, "error", msg)
+
+    def _run_dir(self, log_path: str, pid: int) -> str | None:
+        said = None
+        try:
+            with open(log_path) as fh:
+                for line in fh:
+                    if line.startswith("# "):
+                        said = None  # the log of an earlier, killed attempt ends here
+                    elif line.startswith("run directory: "):
+                        said = line.split(": ", 1)[1].strip()
+        except OSError:
+            pass
+        if said:
+            p = said if os.path.isabs(said) else os.path.join(self.plan.cwd, said)
+            if os.path.exists(os.path.join(p, "config.json")):
+                return p
+        # killed before it printed its summary: its run id names its pid
+        hits = [p for p in glob.glob(os.path.join(self.plan.cwd, self.plan.out, f"*-{pid}-*"))
+                if os.path.exists(os.path.join(p, "config.json"))]
+        return sorted(hits)[-1] if hits else None
+
+    def _decisive(self, row: RunRow) -> int:
+        return self.store.decisive_findings(row.id)
+
+    def _count(self, row: RunRow, decisive: int) -> None:
+        c = self.counts.setdefault(row.workload, {})
+        c[row.status] = c.get(row.status, 0) + 1
+        self.findings += decisive
+
+    # -- progress -------------------------------------------------------------------------------
+    def _say(self, text: str) -> None:
+        self.out.print(text)
+
+    def _stop_view(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def _refresh(self, force: bool = False) -> None:
+        if self._live is None:
+            return
+        now = time.monotonic()
+        if force or now >= self._next_view:
+            self._next_view = now + VIEW_EVERY_S
+            self._live.update(self._view(), refresh=True)
+
+    def _report(self, it: Iteration, o: Outcome, d: float) -> None:
+        r = o.row
+        line = (f"[{_fmt(self.spent())}/{_fmt(self.plan.duration_s)}] #{it.index} {it.workload} {it.variant} "
+                f"seed {it.seed} {_fmt(d)}: {r.status.upper()} {r.verdict_text}; "
+                f"{_rate(r.total_ops_per_s)} ops/s; findings so far {self.findings}")
+        if self._live is not None:
+            if r.status not in PASSING:  # above the live view, so it stays on screen
+                self._live.console.print(Text(line, style="bold red"))
+            self._refresh(force=True)
+        else:
+            self.out.print(line)
+
+    def _view(self) -> Any:
+        spent = self.spent()
+        head = Text(f"soak {self.id}  elapsed {_fmt(spent)}  remaining {_fmt(self.plan.duration_s - spent)}  "
+                    f"iterations {self.done + self.first_this_session}  findings so far {self.findings}",
+                    style="bold")
+        lines: list[Any] = [head]
+        if self.current is not None:
+            it = self.current
+            el = time.monotonic() - self.current_t0
+            lines.append(Text(f"now: #{it.index} {it.workload} --variant {it.variant} --seed {it.seed}  "
+                              f"{_fmt(el)}/{_fmt(self.current_d)}"))
+        if self.last is not None:
+            r = self.last.row
+            lines.append(Text(f"last: #{r.iteration} {r.workload} {r.variant}: {r.status} ({r.verdict_text}), "
+                              f"{_rate(r.total_ops_per_s)} ops/s",
+                              style="green" if r.status in PASSING else "red"))
+        t = Table(box=None, pad_edge=False, header_style="bold")
+        for c in ("workload", "runs", "passed", "failed", "other"):
+            t.add_column(c)
+        for w in dict.fromkeys(w for w, _ in self.plan.pairs):
+            c = self.counts.get(w, {})
+            t.add_row(w, str(sum(c.values())), str(sum(c.get(s, 0) for s in PASSING)), str(c.get("fail", 0)),
+                      str(sum(n for s, n in c.items() if s not in PASSING and s != "fail")))
+        lines.append(t)
+        return Group(*lines)
+
+
+def console() -> RichConsole:
+    """Plain text (no markup: a finding's ``[`` prints as is); wide when not a terminal."""
+    return RichConsole(highlight=False, markup=False, emoji=False, soft_wrap=True,
+                       width=None if sys.stdout.isatty() else 200)
+
+
+def _tail(path: str) -> str:
+    """The last words of this attempt's output (after the last command header)."""
+    lines: list[str] = []
+    try:
+        with open(path) as fh:
+            for ln in fh:
+                if ln.startswith("# "):
+                    lines = []
+                elif ln.strip():
+                    lines.append(ln.strip())
+    except OSError:
+        return "no output"
+    for ln in reversed(lines):
+        if ln.startswith("stress: error: "):
+            return ln[len("stress: error: "):]
+    return lines[-1] if lines else "no output"
+
+
+# -- the summary ----------------------------------------------------------------------------------
+def summarize(store: Store, soak_id: str) -> dict:
+    rows = store.runs(soak_id=soak_id)
+    counts = {"passed": 0, "open": 0, "failed": 0, "skipped": 0, "incomplete": 0, "errors": 0}
+    for r in rows:
+        if r.status == "pass":
+            counts["passed"] += 1
+        elif r.status == "open":
+            counts["passed"] += 1
+            counts["open"] += 1
+        elif r.status == "fail":
+            counts["failed"] += 1
+        elif r.status == "skipped":
+            counts["skipped"] += 1
+        elif r.status == "incomplete":
+            counts["incomplete"] += 1
+        else:
+            counts["errors"] += 1
+    if counts["errors"]:
+        code = EXIT_HARNESS
+    elif counts["failed"] or counts["incomplete"]:
+        code = EXIT_MISMATCH
+    else:
+        code = EXIT_MATCH
+    return {"rows": rows, "counts": counts, "exit_code": code, "history": store.history(soak_id=soak_id)}
+
+
+def print_summary(store: Store, soak_id: str, con: RichConsole) -> int:
+    s = store.soak(soak_id)
+    sm = summarize(store, soak_id)
+    rows, c = sm["rows"], sm["counts"]
+    plan = s["plan"]
+    con.print()
+    con.print(Text(f"soak {s['id']}: {s['status']}, {len(rows)} iteration{'' if len(rows) == 1 else 's'} in {_fmt(float(s.get('spent_s') or 0))} "
+                   f"of {_fmt(float(s.get('duration_s') or 0))}"
+                   + (f" ({s['resumes']} resume{'s' if s['resumes'] != 1 else ''})" if s.get("resumes") else "")
+                   + f", seed {plan.get('seed')}", style="bold"))
+    style = "bold red" if sm["exit_code"] else "bold green"
+    con.print(Text(f"passed {c['passed']}" + (f" ({c['open']} open)" if c["open"] else "")
+                   + f", failed {c['failed']}, skipped {c['skipped']}, incomplete {c['incomplete']}, "
+                     f"harness errors {c['errors']}", style=style))
+    if rows:
+        con.print(history_table(sm["history"]))
+    print_flags(con, sm["history"])
+    opens = [h for h in sm["history"] if h.expected == ["open"]]
+    for h in opens:
+        shown = ", ".join(f"{o} in {n}" for o, n in sorted(h.outcomes.items())) or "no finding"
+        mine = [r for r in rows if (r.workload, r.variant) == (h.workload, h.variant) and r.status == "open"]
+        quiet = sum(1 for r in mine if r.time_to_detect_s is None)  # an open run's first finding, if any
+        con.print(f"open: {h.workload} {h.variant}: {h.runs} runs showed {shown}"
+                  + (f"; {quiet} showed nothing" if h.outcomes and quiet else ""))
+    bad = [r for r in rows if r.status not in PASSING]
+    if bad:
+        con.print(Text("not passed:", style="bold"))
+        for r in bad:
+            con.print(f"  #{r.iteration} {r.workload} {r.variant} seed {r.seed}: {r.status.upper()} {r.verdict_text}"
+                      f"  [run {r.id}]")
+            if r.command:
+                con.print(f"      repeat: {r.command}")
+    return int(sm["exit_code"])
+
+
+def print_flags(con: RichConsole, history: list) -> None:
+    """A clean variant that showed findings: a regression, or a flaky detector. Said in words."""
+    for h in history:
+        if h.expected == ["clean"] and h.outcomes:
+            con.print(Text(f"clean variant {h.workload} {h.variant} showed findings: "
+                           + ", ".join(f"{o} in {n} of {h.runs} runs" for o, n in sorted(h.outcomes.items())),
+                           style="bold red"))
+
+
+def history_table(history: list) -> Table:
+    t = Table(title="per variant", title_justify="left", header_style="bold")
+    for col in ("workload", "variant", "expected", "runs", "passed", "failed", "open/other", "detection",
+                "ttd median", "ttd p90", "outcomes seen"):
+        t.add_column(col, justify="right" if col in ("runs", "passed", "failed", "open/other", "detection",
+                                                     "ttd median", "ttd p90") else "left", overflow="fold")
+    for h in history:
+        rate = h.detection_rate
+        outcomes = ", ".join(f"{o}×{n}" for o, n in sorted(h.outcomes.items())) or "-"
+        flag = h.expected == ["clean"] and bool(h.outcomes)
+        t.add_row(h.workload, h.variant, " or ".join(h.expected), str(h.runs), str(h.passed), str(h.failed),
+                  str(h.other), "-" if rate is None else f"{100 * rate:.0f}%",
+                  "-" if h.ttd_median_s is None else f"{h.ttd_median_s:.3f}s",
+                  "-" if h.ttd_p90_s is None else f"{h.ttd_p90_s:.3f}s",
+                  Text(outcomes + (" (clean variant showed findings)" if flag else ""),
+                       style="bold red" if flag else ""))
+    return t
+
+
+# -- entry points (called by the CLI) -------------------------------------------------------------
+def start(store: Store, plan: Plan, found: dict[str, Found]) -> int:
+    soak_id = new_soak_id()
+    store.begin_soak(soak_id, plan.as_dict(), soak_command(plan), plan.out, plan.duration_s)
+    store.claim_soak(soak_id, os.getpid(), socket.gethostname())
+    return Soak(store, soak_id, plan, found, resumed=False).run()
+
+
+def resume(store: Store, ident: str) -> int:
+    try:
+        s = store.soak(ident)
+    except StoreError as e:
+        raise UsageError(str(e).replace("(see: stress runs)", "(see: stress runs; soaks: stress runs --soak ID)")) from None
+    plan = Plan.from_dict(s["plan"])
+    if s["status"] == "done":
+        con = console()
+        con.print(f"soak {s['id']} already finished; its summary:")
+        return print_summary(store, s["id"], con)
+    if s["status"] == "running" and s.get("pid") and s["pid"] != os.getpid() and \
+            s.get("host") == socket.gethostname() and _is_soak(int(s["pid"])):
+        raise UsageError(f"soak {s['id']} is still running (pid {s['pid']}); stop it first")
+    found = check_plan(plan)
+    store.mark_soak(s["id"], "running")
+    store.claim_soak(s["id"], os.getpid(), socket.gethostname(), resumed=True)
+    return Soak(store, s["id"], plan, found, resumed=True).run()
+
+
+def _is_soak(pid: int) -> bool:
+    try:
+        import psutil
+        return "soak" in psutil.Process(pid).cmdline()
+    except Exception:
+        return False

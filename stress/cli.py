@@ -139,6 +139,8 @@ def list_cmd(out: str = typer.Option("stress-runs", help="where runs are recorde
             if v.known:
                 exp += f" (known: {', '.join(v.known)})"
             if v.outcomes == ("open",):
+                if v.answer:
+                    exp += f" — so far: {v.answer}"
                 lr = last.get((name, v.id))
                 exp += f" (last run: {lr})" if lr else " (no run recorded yet)"
             t.add_row(name if i == 0 else "", v.id + (" (default)" if i == 0 else ""), exp, v.provenance)

@@ -210,10 +210,7 @@ def run_cmd(
         run = Run(found, cfg, counts, Console(quiet=quiet))
     except (WorkloadError, UsageError) as e:
         _fail(str(e))
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        _fail(f"cannot create --out {out!r}: {e.strerror}")
+    _make_out(out)
     result = run.execute()
     _print_summary(result)
     if not no_store and result.run_dir:
@@ -235,6 +232,13 @@ def _write_html(db: str, target: str | None, path: str) -> bool:
         return False
     print(f"report: {written}")
     return True
+
+
+def _make_out(out: str) -> None:
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        _fail(f"cannot create --out {out!r}: {e.strerror}")
 
 
 def _default_db(out: str) -> str:
@@ -381,10 +385,7 @@ def soak_cmd(
                                          dur, it_dur, out, list(ctx.args), hung_timeout)
     except (WorkloadError, UsageError) as e:
         _fail(str(e))
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        _fail(f"cannot create --out {out!r}: {e.strerror}")
+    _make_out(out)
     store = _open_store(db, out, must_exist=False)
     try:
         code = soak_mod.start(store, plan, found)

@@ -36,6 +36,7 @@ Schema history: v1 (unreleased) gained ``soaks.spent_s``, ``resumes``, ``pid`` a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -280,8 +281,7 @@ class Store:
         metrics = list(_read_jsonl(os.path.join(run_dir, "metrics.jsonl")))
         v = summary.get("verdict") or {}
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(db):
             db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
             if soak_id is not None and iteration is not None:
                 db.execute("DELETE FROM runs WHERE soak_id = ? AND iteration = ?", (soak_id, iteration))
@@ -310,10 +310,6 @@ class Store:
                   json.dumps(f.get("traces") or {}, default=str)) for i, f in enumerate(findings)])
             if soak_id is not None and spent_s is not None:
                 db.execute("UPDATE soaks SET spent_s = ? WHERE id = ?", (float(spent_s), soak_id))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return run_id
 
     def begin_soak(self, soak_id: str, plan: dict, command: str, out_dir: str, duration_s: float) -> None:
@@ -330,8 +326,7 @@ class Store:
         transaction with the soak's time spent. Returns the row's id."""
         run_id = f"{soak_id}-i{iteration:04d}"
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(db):
             db.execute("DELETE FROM runs WHERE id = ? OR (soak_id = ? AND iteration = ?)",
                        (run_id, soak_id, iteration))
             db.execute(
@@ -343,10 +338,6 @@ class Store:
                  json.dumps({"run_id": run_id, "message": text, "exit_code": exit_code, "findings": []})))
             if spent_s is not None:
                 db.execute("UPDATE soaks SET spent_s = ? WHERE id = ?", (float(spent_s), soak_id))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return run_id
 
     def claim_soak(self, soak_id: str, pid: int, host: str, resumed: bool = False) -> None:
@@ -505,22 +496,29 @@ class Store:
         raise StoreError(f"{ident!r} names {len(rows)} {what}s; give more of the id")
 
 
+@contextlib.contextmanager
+def _immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction (taken at once, so concurrent writers queue): all or nothing."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 def _migrate(db: sqlite3.Connection, path: str) -> None:
     v = db.execute("PRAGMA user_version").fetchone()[0]
     if v > SCHEMA_VERSION:
         raise StoreError(f"{path} has schema version {v}; this stress knows up to {SCHEMA_VERSION} (upgrade stress)")
     while v < SCHEMA_VERSION:
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(db):
             if db.execute("PRAGMA user_version").fetchone()[0] == v:  # another process may have done it
                 for stmt in _MIGRATIONS[v].split(";"):
                     if stmt.strip():
                         db.execute(stmt)
                 db.execute(f"PRAGMA user_version = {v + 1}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         v = db.execute("PRAGMA user_version").fetchone()[0]
     if v == 1:
         _add_late_columns(db)

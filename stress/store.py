@@ -381,16 +381,8 @@ class Store:
     def runs(self, workload: str | None = None, variant: str | None = None, since: float | None = None,
              soak_id: str | None = None, limit: int | None = None) -> list[RunRow]:
         """Runs, oldest first (the newest ``limit`` when given)."""
-        where, args = [], []
-        for col, val in (("workload", workload), ("variant", variant), ("soak_id", soak_id)):
-            if val is not None:
-                where.append(f"{col} = ?")
-                args.append(val)
-        if since is not None:
-            where.append("started_at >= ?")
-            args.append(since)
-        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY started_at DESC, iteration DESC"
+        where, args = _where(workload=workload, variant=variant, soak_id=soak_id, since=since)
+        sql = "SELECT * FROM runs" + where + " ORDER BY started_at DESC, iteration DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return [RunRow.from_sql(r) for r in reversed(self.db.execute(sql, args).fetchall())]
@@ -443,15 +435,8 @@ class Store:
                 soak_id: str | None = None) -> list[VariantHistory]:
         """Detection rate, time to detect and outcomes per workload and variant."""
         groups: dict[tuple[str, str], list[tuple[RunRow, list[str]]]] = {}
-        where, args = [], []
-        for col, val in (("workload", workload), ("soak_id", soak_id)):
-            if val is not None:
-                where.append(f"{col} = ?")
-                args.append(val)
-        if since is not None:
-            where.append("started_at >= ?")
-            args.append(since)
-        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY started_at"
+        where, args = _where(workload=workload, soak_id=soak_id, since=since)
+        sql = "SELECT * FROM runs" + where + " ORDER BY started_at"
         for r in self.db.execute(sql, args).fetchall():
             row = RunRow.from_sql(r)
             found = (json.loads(r["summary_json"]).get("verdict") or {}).get("found") or []
@@ -494,6 +479,19 @@ class Store:
         if not rows:
             raise StoreError(f"no {what} {ident!r} in {self.path} (see: stress runs)")
         raise StoreError(f"{ident!r} names {len(rows)} {what}s; give more of the id")
+
+
+def _where(since: float | None = None, **equal: str | None) -> tuple[str, list]:
+    """A WHERE clause over ``runs``: columns equal to the given values, started since a time."""
+    conds, args = [], []
+    for col, val in equal.items():
+        if val is not None:
+            conds.append(f"{col} = ?")
+            args.append(val)
+    if since is not None:
+        conds.append("started_at >= ?")
+        args.append(since)
+    return (" WHERE " + " AND ".join(conds) if conds else ""), args
 
 
 @contextlib.contextmanager

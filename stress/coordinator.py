@@ -253,7 +253,7 @@ class Run:
         self._signatures.add(f.signature)
         f.known = self.variant.known.get(f.outcome, "")
         if "subject" in f.details and "subject_events" not in f.details and self.world.arena is not None:
-            # an inline finding about one subject (an IRQ): its history from every worker
+            # a finding about one subject (an IRQ): its history from every worker
             f.details["subject_events"] = [e for e in subject_events(self.world, f.details["subject"],
                                                                      tuple(self.world.cls.key_events))
                                            if not f.t_ns or e["t_ns"] <= f.t_ns]  # what led to it
@@ -299,8 +299,7 @@ class Run:
                 details: dict[str, Any] = {"message": v.message, "check": self.checks,
                                            "how": "checked with every worker parked at a safe point"}
                 if v.subject is not None:
-                    details["subject"] = v.subject
-                    details["subject_events"] = subject_events(world, v.subject, tuple(world.cls.key_events))
+                    details["subject"] = v.subject  # _add gathers its history, as for inline findings
                 self._add(Finding(f"invariant:{name}", f"BUG: invariant {name} violated", -1, details,
                                   t_ns=now_ns(), signature=f"invariant:{name}"), world_traces=True)
         finally:

@@ -5,9 +5,10 @@ One :class:`Cpu` exists per worker process (a physical CPU of the model). It own
 - the **soft interrupt mask** (``masked``): physical interrupts are real signals
   (``IRQ_SIGNAL``) whose handler runs the model's ISR at once when interrupts are enabled
   and only records them as pending when masked; ``local_irq_restore`` replays pending
-  ones. A Python flag costs ~40 ns against 1.5-4 us for a ``pthread_sigmask`` pair
-  (FACTS.md), and the lock bookkeeping itself runs masked so an ISR never sees a
-  half-recorded lock;
+  ones. A flag in the C base class costs ~35 ns a save/restore pair against 1.5-4 us for
+  ``pthread_sigmask`` (FACTS.md). The lock fast path is C and runs no bytecode, so a
+  signal's handler cannot run inside it; its calls back into Python run masked, so an
+  ISR never sees a half-recorded lock;
 - two **contexts**, task (0) and interrupt (1), each with its own held-lock stack and
   waiting record, so the wait-for graph stays right when an ISR blocks on a lock its own
   task holds (a one-worker cycle). As in Linux hardirq context, an ISR runs with
@@ -33,8 +34,12 @@ import traceback
 from typing import Any, Callable, Protocol
 
 from . import sites
-from .arena import (H_STOP, IRQ_RING, W_FINDINGS, W_IN_IRQ, W_IRQS, W_IRQS_DEFERRED, EV_WORDS,
-                    Geometry)
+try:
+    from ._fastlock import CpuCore
+except ImportError as e:  # a source tree used without installing it
+    raise ImportError("shm_model's C fast path (shm_model/_fastlock.c) is not built: run `pip install -e .` in "
+                      "the repository (it needs gcc and the Python headers)") from e
+from .arena import H_STOP, IRQ_RING, W_FINDINGS, W_IN_IRQ, W_IRQS, W_IRQS_DEFERRED, Geometry
 from .trace import EV_IRQ_ENTER, EV_IRQ_EXIT, EV_IRQ_RAISE, EV_USER
 
 IRQ_SIGNAL = signal.SIGUSR1
@@ -61,16 +66,19 @@ class Hooks(Protocol):
         """Interrupts are being enabled while task-context locks are held."""
 
 
-class Cpu:
-    """Execution context of one worker process. Attributes are read on the lock fast path:
-    keep them plain attributes of a slotted object."""
+class Cpu(CpuCore):
+    """Execution context of one worker process. The state the lock fast path reads
+    (``masked``, ``irq_pending``, ``ctx``, ``held``, ``chains``, ``hooks``, ``noise``,
+    ``trace_locks``) lives in the C base class, as do ``local_irq_save``/``restore``/
+    ``disable``/``enable``, ``trace`` and ``now``: an interrupt's handler never runs inside
+    them (they run no bytecode), which is what the soft mask gave the Python bookkeeping."""
 
-    __slots__ = ("mv", "geo", "wid", "ws", "ctx", "masked", "irq_pending", "held", "oid", "chains",
-                 "hooks", "isr", "noise", "rng", "trace_locks", "_th", "_tmask", "_rings_in", "_pids",
-                 "user_events", "_stop_i", "now", "stats_base")
+    __slots__ = ("mv", "geo", "wid", "ws", "oid", "isr", "rng", "_rings_in", "_pids", "user_events", "_stop_i",
+                 "stats_base")
 
     def __init__(self, mv: memoryview, geo: Geometry, wid: int, hooks: Hooks, *, seed: int = 0,
                  noise: float = 0.0, trace_locks: bool = False) -> None:
+        self._attach(mv, wid, geo.trace(wid), geo.trace_events)
         self.mv = mv
         self.geo = geo
         self.wid = wid
@@ -78,44 +86,19 @@ class Cpu:
         self.ctx = TASK
         self.masked = False
         self.irq_pending = False
-        self.held: tuple[list, list] = ([], [])
+        self.held = ([], [])
         self.oid = (wid * 2, wid * 2 + 1)  # owner ids of the task and irq contexts
-        self.chains: dict[int, int] = {}
+        self.chains = {}
         self.hooks = hooks
         self.isr: Callable[[int], None] | None = None
         self.noise = noise
         self.rng = random.Random(seed)
         self.trace_locks = trace_locks
-        self._th = geo.trace(wid)
-        self._tmask = geo.trace_events
         self._rings_in = [geo.ring(s, wid) for s in range(geo.n_workers + 1)]
         self._pids: list[int] = []
         self.user_events: dict[str, int] = {}
         self._stop_i = H_STOP
-        self.now = time.monotonic_ns
         self.stats_base = geo.sslot(wid, 0)
-
-    # -- interrupt mask ---------------------------------------------------------------------
-    def local_irq_save(self) -> bool:
-        """Disable interrupts on this CPU; return the previous state (Xen's ``flags``)."""
-        flags = self.masked
-        self.masked = True
-        return flags
-
-    def local_irq_restore(self, flags: bool) -> None:
-        """Restore the state saved by :meth:`local_irq_save`; run interrupts that arrived
-        while masked."""
-        if not flags and self.masked and self.held[TASK] and self.ctx == TASK:
-            self.hooks.irqs_enabled_holding(self)
-        self.masked = flags
-        if not flags and self.irq_pending:
-            self.run_irqs()
-
-    def local_irq_disable(self) -> None:
-        self.masked = True
-
-    def local_irq_enable(self) -> None:
-        self.local_irq_restore(False)
 
     def in_irq(self) -> bool:
         return self.ctx == IRQ
@@ -174,7 +157,7 @@ class Cpu:
                         self.hooks.finding(self, "invariant:irq-returned-with-locks",
                                            "BUG: ISR returned with locks held", {"locks": [lk.path for lk, _ in held]})
                     for lk, _ in reversed(held):
-                        lk._force_release(self)
+                        lk._force_release()
                     held.clear()
                 mv[self.ws + W_IN_IRQ] = 0
                 self.ctx = TASK
@@ -225,25 +208,7 @@ class Cpu:
             else:
                 time.sleep(self.rng.random() * 50e-6)
 
-    # -- trace ------------------------------------------------------------------------------
-    def trace(self, kind: int, name: int, a: int = 0, b: int = 0, c: int = 0) -> None:
-        """Append an event to this CPU's ring (masked: an ISR never interleaves)."""
-        m = self.masked
-        self.masked = True
-        mv = self.mv
-        th = self._th
-        h = mv[th]
-        i = th + 1 + (h % self._tmask) * EV_WORDS
-        mv[i] = self.now()
-        mv[i + 1] = kind | (self.ctx << 8) | (name << 16)
-        mv[i + 2] = a
-        mv[i + 3] = b
-        mv[i + 4] = c
-        mv[th] = h + 1
-        self.masked = m
-        if self.irq_pending and not m:
-            self.run_irqs()
-
+    # -- trace (``trace`` itself is the C base class's) -----------------------------------
     def event(self, name: str, a: int = 0, b: int = 0, c: int = 0) -> None:
         """A model event for the trace, e.g. ``cpu.event("migrate", irq, old, new)``."""
         nid = self.user_events.get(name)

@@ -5,35 +5,42 @@ owner (worker * 2 + context), class, the site of the current acquisition and its
 Per worker and class the arena keeps acquisitions, contentions, wait and hold maxima, and
 log2 histograms of hold times (every release) and wait times (every contended acquire).
 
-Fast path (``spin_lock`` of a free lock whose held-class chain this worker has seen):
-mask, chain-cache lookup, ``sem_trywait``, four arena writes, unmask. Slow paths:
+Fast path, in C (``shm_model/_fastlock.c``; ``spin_lock`` of a free lock whose held-class
+chain this worker has seen): chain-cache lookup, ``sem_trywait``, four arena writes and the
+held stack; ``spin_unlock``: the hold time and its histogram bucket, ``sem_post``. It runs no
+Python bytecode, so it is atomic with respect to the ISR (a signal's handler runs only
+between bytecodes) without touching the soft mask. Slow paths, here in Python, called by
+the C code with interrupts soft-masked:
 
 - first sighting of a held-class chain: the engine's lockdep validates it (class graph,
-  interrupt usage) and the exact call site is captured;
-- contention: the exact site is captured, the waiting record (lock, site, since, seq) is
-  published for the wait-for graph, and the worker blocks in ``sem_timedwait`` slices of
-  5 ms with interrupts in the state the caller had them: a signal interrupts the wait, the
-  ISR runs, the wait resumes (posix_ipc raises ``SignalError`` without taking the lock,
-  FACTS.md); the slices also catch a signal that landed just before the kernel wait and
-  the coordinator's stop request, so a deadlocked worker still exits cleanly.
+  interrupt usage) and the exact call site is captured (``Hooks.new_chain``);
+- contention (:meth:`Lock._contended`): the exact site is captured, the waiting record
+  (lock, site, since, seq) is published for the wait-for graph, and the worker blocks in
+  ``sem_timedwait`` slices of 5 ms with interrupts in the state the caller had them: a
+  signal interrupts the wait, the ISR runs, the wait resumes (posix_ipc raises
+  ``SignalError`` without taking the lock, FACTS.md); the slices also catch a signal that
+  landed just before the kernel wait and the coordinator's stop request, so a deadlocked
+  worker still exits cleanly;
+- an unlock that is not of the innermost held lock (:meth:`Lock._unlock_out_of_order`),
+  and an unlock of a lock this context does not hold (lockdep's "bad unlock balance").
 
-Locking rules: bookkeeping runs with the soft interrupt mask set; the only lock taken
-inside is the semaphore itself. Model spinlocks are not recursive: taking one this
-context already holds is reported (lockdep's "possible recursive locking") and then
+Locking rules: bookkeeping runs with interrupts off (C) or soft-masked (Python); the only
+lock taken inside is the semaphore itself. Model spinlocks are not recursive: taking one
+this context already holds is reported (lockdep's "possible recursive locking") and then
 deadlocks for real, as in Xen.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import posix_ipc
 
 from . import sites
+from ._fastlock import (LockCore, spin_is_locked, spin_lock, spin_lock_irq, spin_lock_irqsave, spin_trylock,
+                        spin_unlock, spin_unlock_irq, spin_unlock_irqrestore)
 from .arena import (H_HOLD, H_WAIT, L_CLASS, L_OWNER, L_SINCE, L_SITE, NO_OWNER, S_ACQ, S_CONTENDED, S_HOLD_MAX,
                     S_WAIT_MAX, S_WAIT_NS, W_WAIT, W_WAIT_CALLERS, WAIT_CALLERS, Geometry)
-from .cpu import TASK, Cpu
-from .trace import EV_ACQUIRE, EV_ACQUIRED, EV_CONTEND, EV_RELEASE, EV_TRYLOCK_FAIL
+from .cpu import Cpu
+from .trace import EV_ACQUIRED, EV_CONTEND
 
 sites.internal(__file__)
 
@@ -41,17 +48,23 @@ WAIT_SLICE_S = 0.005
 _Busy = posix_ipc.BusyError
 _Signal = posix_ipc.SignalError
 
+# the C fast path hard-codes these layout facts: keep them true
+assert S_ACQ == 0 and S_HOLD_MAX == 4 and H_HOLD == 0
 
-class Lock:
-    """One spinlock instance in one process. Built before fork; :meth:`bind` gives it the
-    worker's :class:`Cpu` after fork."""
+__all__ = ["Lock", "assert_held", "spin_is_locked", "spin_lock", "spin_lock_irq", "spin_lock_irqsave",
+           "spin_trylock", "spin_unlock", "spin_unlock_irq", "spin_unlock_irqrestore"]
 
-    __slots__ = ("index", "cls", "cls_name", "path", "sem", "mv", "o_owner", "o_site", "o_since",
-                 "key", "cpu", "st", "hh", "_try", "_wait", "_rel", "geo")
+
+class Lock(LockCore):
+    """One spinlock instance in one process. Built before fork (it opens its semaphore);
+    :meth:`bind` gives it the worker's :class:`Cpu` after fork. ``lock``, ``unlock``,
+    ``trylock``, ``with lock:``, ``is_locked``, ``held_by_me`` and ``owner`` are the C base
+    class's."""
+
+    __slots__ = ("cls", "cls_name", "path", "sem", "mv", "geo", "_wait")
 
     def __init__(self, index: int, cls: int, cls_name: str, path: str, sem: posix_ipc.Semaphore,
                  mv: memoryview, geo: Geometry) -> None:
-        self.index = index
         self.cls = cls
         self.cls_name = cls_name
         self.path = path
@@ -59,91 +72,21 @@ class Lock:
         self.mv = mv
         self.geo = geo
         base = geo.lslot(index)
-        self.o_owner = base + L_OWNER
-        self.o_site = base + L_SITE
-        self.o_since = base + L_SINCE
-        mv[self.o_owner] = NO_OWNER
+        mv[base + L_OWNER] = NO_OWNER
         mv[base + L_CLASS] = cls
-        self.key = (cls + 1) << 2  # chain-key digit: class, then ctx and irq-state bits
-        self.cpu: Cpu | None = None
-        self.st = 0
-        self.hh = 0
-        self._try = sem.acquire
+        # chain-key digit: class, then ctx and irq-state bits
+        self._open(sem.name, index, (cls + 1) << 2, base + L_OWNER, base + L_SITE, base + L_SINCE)
         self._wait = sem.acquire
-        self._rel = sem.release
 
     def __repr__(self) -> str:
         return f"<lock {self.path} ({self.cls_name})>"
 
     def bind(self, cpu: Cpu) -> None:
-        self.cpu = cpu
         self.st = self.geo.sslot(cpu.wid, self.cls)
         self.hh = self.geo.hslot(cpu.wid, self.cls) + H_HOLD
+        self.cpu = cpu
 
-    # -- acquire ----------------------------------------------------------------------------
-    def lock(self) -> None:
-        """``spin_lock``: take the lock, spinning (blocking) while another context holds it."""
-        cpu = self.cpu
-        m = cpu.masked
-        cpu.masked = True
-        ctx = cpu.ctx
-        held = cpu.held[ctx]
-        key = ((held[-1][1] << 9) if held else 0) | self.key | (ctx << 1) | m
-        site = cpu.chains.get(key)
-        if site is None:
-            site = cpu.hooks.new_chain(cpu, self, key, held, not m and ctx == TASK, False)
-            cpu.chains[key] = site
-        if cpu.noise:
-            cpu.jitter()
-        try:
-            self._try(0)
-        except _Busy:
-            site = self._contended(cpu, ctx, m)
-        mv = self.mv
-        mv[self.o_owner] = cpu.oid[ctx]
-        mv[self.o_site] = site
-        mv[self.o_since] = cpu.now()
-        mv[self.st] += 1
-        held.append((self, key))
-        if cpu.trace_locks:
-            cpu.trace(EV_ACQUIRE, 0, self.index, site)
-        cpu.masked = m
-        if cpu.irq_pending and not m:
-            cpu.run_irqs()
-
-    def trylock(self) -> bool:
-        """``spin_trylock``: take the lock if it is free. Adds no dependency edge into the
-        lock (a trylock cannot deadlock), as lockdep; locks taken under it do get edges."""
-        cpu = self.cpu
-        m = cpu.masked
-        cpu.masked = True
-        ctx = cpu.ctx
-        held = cpu.held[ctx]
-        key = ((held[-1][1] << 9) if held else 0) | self.key | (ctx << 1) | m
-        try:
-            self._try(0)
-        except _Busy:
-            if cpu.trace_locks:
-                cpu.trace(EV_TRYLOCK_FAIL, 0, self.index)
-            cpu.masked = m
-            if cpu.irq_pending and not m:
-                cpu.run_irqs()
-            return False
-        site = cpu.chains.get(~key)  # trylock chains: their own keys
-        if site is None:
-            site = cpu.hooks.new_chain(cpu, self, key, held, not m and ctx == TASK, True)
-            cpu.chains[~key] = site
-        mv = self.mv
-        mv[self.o_owner] = cpu.oid[ctx]
-        mv[self.o_site] = site
-        mv[self.o_since] = cpu.now()
-        mv[self.st] += 1
-        held.append((self, key))
-        cpu.masked = m
-        if cpu.irq_pending and not m:
-            cpu.run_irqs()
-        return True
-
+    # -- slow paths, called by the C fast path with interrupts soft-masked ------------------
     def _contended(self, cpu: Cpu, ctx: int, m: bool) -> int:
         """Slow path: publish the wait, block in slices taking interrupts, then account."""
         mv = self.mv
@@ -186,33 +129,6 @@ class Lock:
         cpu.trace(EV_ACQUIRED, 0, self.index, waited)
         return site
 
-    # -- release ----------------------------------------------------------------------------
-    def unlock(self) -> None:
-        """``spin_unlock``."""
-        cpu = self.cpu
-        m = cpu.masked
-        cpu.masked = True
-        held = cpu.held[cpu.ctx]
-        if held and held[-1][0] is self:
-            held.pop()
-        elif not self._unlock_out_of_order(cpu, held):
-            cpu.masked = m
-            if cpu.irq_pending and not m:
-                cpu.run_irqs()
-            return
-        mv = self.mv
-        hold = cpu.now() - mv[self.o_since]
-        if hold > mv[self.st - S_ACQ + S_HOLD_MAX]:
-            mv[self.st - S_ACQ + S_HOLD_MAX] = hold
-        mv[self.hh + hold.bit_length()] += 1
-        mv[self.o_owner] = NO_OWNER
-        self._rel()
-        if cpu.trace_locks:
-            cpu.trace(EV_RELEASE, 0, self.index)
-        cpu.masked = m
-        if cpu.irq_pending and not m:
-            cpu.run_irqs()
-
     def _unlock_out_of_order(self, cpu: Cpu, held: list) -> bool:
         for i in range(len(held) - 1, -1, -1):
             if held[i][0] is self:
@@ -227,75 +143,8 @@ class Lock:
                     ctx="irq" if cpu.ctx else "task")
         return False
 
-    def _force_release(self, cpu: Cpu) -> None:
-        """Release on behalf of a context that cannot (an ISR that returned holding it)."""
-        self.mv[self.o_owner] = NO_OWNER
-        self._rel()
-
-    # -- queries ----------------------------------------------------------------------------
-    def is_locked(self) -> bool:
-        """``spin_is_locked``: held by anyone."""
-        return self.mv[self.o_owner] != NO_OWNER
-
-    def held_by_me(self) -> bool:
-        """Held by this CPU, in either context (lockdep's ``lockdep_is_held``)."""
-        return self.mv[self.o_owner] // 2 == self.cpu.wid and self.mv[self.o_owner] != NO_OWNER
-
-    def owner(self) -> int:
-        return self.mv[self.o_owner]
-
-    # -- context manager: ``with lock:`` is spin_lock/spin_unlock ---------------------------
-    def __enter__(self) -> "Lock":
-        self.lock()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.unlock()
-
 
 # ---- Xen's API ------------------------------------------------------------------------------
-
-def spin_lock(lock: Lock) -> None:
-    """Take ``lock`` with interrupts as they are."""
-    lock.lock()
-
-
-def spin_unlock(lock: Lock) -> None:
-    lock.unlock()
-
-
-def spin_trylock(lock: Lock) -> bool:
-    return lock.trylock()
-
-
-def spin_lock_irq(lock: Lock) -> None:
-    """Disable interrupts, then take ``lock`` (``spin_unlock_irq`` enables them again)."""
-    lock.cpu.masked = True
-    lock.lock()
-
-
-def spin_unlock_irq(lock: Lock) -> None:
-    lock.unlock()
-    lock.cpu.local_irq_enable()
-
-
-def spin_lock_irqsave(lock: Lock) -> bool:
-    """Save the interrupt state, disable interrupts, take ``lock``; returns the flags."""
-    cpu = lock.cpu
-    flags = cpu.masked
-    cpu.masked = True
-    lock.lock()
-    return flags
-
-
-def spin_unlock_irqrestore(lock: Lock, flags: bool) -> None:
-    lock.unlock()
-    lock.cpu.local_irq_restore(flags)
-
-
-def spin_is_locked(lock: Lock) -> bool:
-    return lock.is_locked()
-
 
 def assert_held(lock: Lock) -> bool:
     """Xen's ``ASSERT(spin_is_locked(&lock))``, checked strictly: the lock must be held by

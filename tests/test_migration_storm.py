@@ -48,9 +48,10 @@ def test_unlocked_target_read_breaks_affinity_with_the_interleaving(runs_dir):
     assert r.summary["verdict"]["found"] == ["invariant:affinity-follows-target"]
     text = r.out[r.out.index("BUG: invariant affinity-follows-target violated"):]
     history = text[text.index("the history of"):text.index("last events")]
-    # the subject's migrations and affinity writes, from more than one worker
-    assert history.count("ITARGETSR") >= 2 and history.count("irq_set_affinity ->") >= 2
-    assert "eoi_migrate" in history and len({ln.split("(vcpu)")[0][-9:] for ln in history.splitlines()
+    # the race's steps on the subject, from more than one worker: a migration while in an LR
+    # (MIGRATING set), a second migration, the EOI path's affinity write from a stale target
+    assert history.count("ITARGETSR") >= 2 and "MIGRATING set" in history
+    assert "irq_set_affinity ->" in history and "eoi_migrate" in history and len({ln.split("(vcpu)")[0][-9:] for ln in history.splitlines()
                                              if "(vcpu)" in ln}) >= 2
 
 
@@ -96,9 +97,12 @@ def test_stale_target_injection_is_reported_as_a_data_race_with_both_vcpus(runs_
     Reported as known (it does not decide the verdict) with the IRQ's history."""
     import re
 
-    for seed in (2, 6, 3, 1, 5):  # it shows within seconds in most seeds (benchmarks/results.md)
-        r = run_cli(WL + ["--variant", "drop-vgic-then-rank", "--seed", str(seed), "--duration", "20s"], runs_dir,
-                    timeout=60)
+    # The window (target read, then the vgic lock) is a few hundred ns since the lock fast
+    # path is in C: more noise at lock operations than the default widens it (2 of 3 seeds
+    # showed it in 20 s with 0.6, 0 of 3 with the default 0.2, on an otherwise idle machine).
+    for seed in (2, 3, 6, 1, 5):
+        r = run_cli(WL + ["--variant", "drop-vgic-then-rank", "--seed", str(seed), "--duration", "20s",
+                          "--noise", "0.6"], runs_dir, timeout=60)
         known = [f for f in r.summary["findings"] if f["outcome"] == "invariant:vgic-list-lock"]
         if known:
             break

@@ -1,0 +1,885 @@
+/*
+ * The lock fast path in C: spin_lock / spin_unlock / spin_trylock, the irq-save forms, the
+ * soft interrupt mask and trace events, on the arena's words and the run's named semaphores.
+ *
+ * Why C: the fast path does the same work as the Python version it replaced (chain-cache
+ * lookup, sem_trywait, owner/site/since and statistics in the arena, the held stack, hold
+ * time and its log2 bucket on release), but in Python ~1.1 us of a 1.9 us pair was the
+ * interpreter's own work (benchmarks/results.md). Here the pair costs a few hundred ns.
+ *
+ * Interrupts: a physical interrupt is a signal whose Python handler runs only between
+ * bytecodes (FACTS.md). Code in this file runs no bytecode, so a fast-path acquisition or
+ * release is atomic with respect to the ISR without touching the soft mask. Whenever this
+ * file calls back into Python (the chain validation of a new held-class chain, scheduling
+ * noise, a contended wait, an out-of-order unlock, a trace of the contended path), it sets
+ * ``masked`` first, exactly as the Python bookkeeping did, and on the way out restores the
+ * caller's state and runs interrupts that arrived meanwhile.
+ *
+ * Locking rules: the only lock taken here is the semaphore itself; the Python slow paths it
+ * calls may take the arena's graph semaphore (lockdep), never another model lock.
+ *
+ * Everything not hot stays in Python (shm_model/cpu.py, shm_model/spinlock.py): the types
+ * here are base classes, and the slow paths are methods of the Python subclasses.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <semaphore.h>
+#include <stdint.h>
+#include <time.h>
+
+#define TASK 0
+#define EV_WORDS 5
+#define EV_ACQUIRE 3
+#define EV_RELEASE 4
+#define EV_TRYLOCK_FAIL 11
+#define NO_OWNER (-1)
+#define KEY_DIGIT_BITS 9
+/* a chain key is exact: one 9-bit digit per held lock. Up to this value the next key fits in
+ * a signed 64-bit word; deeper chains are computed with Python ints (never truncated). */
+#define KEY_FAST_MAX (((int64_t)1) << (63 - KEY_DIGIT_BITS))
+
+static inline int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);  /* time.monotonic_ns()'s clock */
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static inline int bit_length(int64_t v) {
+    if (v <= 0)
+        return 0;
+    return 64 - __builtin_clzll((unsigned long long)v);
+}
+
+static PyObject *str_new_chain, *str_jitter, *str_contended, *str_unlock_out_of_order, *str_run_irqs,
+    *str_irqs_enabled_holding;
+
+/* ---- CpuCore ---------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    volatile int64_t *w; /* the arena's words; valid while buf is held */
+    Py_buffer buf;
+    int has_buf;
+    Py_ssize_t nwords;
+    char masked;
+    char irq_pending;
+    char trace_locks;
+    int ctx;
+    double noise;
+    PyObject *held;   /* (task list, irq list) of (lock, chain key) */
+    PyObject *chains; /* chain key -> site */
+    PyObject *hooks;
+    int64_t oid[2];
+    Py_ssize_t th;     /* trace ring head word */
+    int64_t tevents;   /* events in the ring */
+} CpuCore;
+
+static PyTypeObject CpuCoreType;
+
+static int cpu_traverse(CpuCore *self, visitproc visit, void *arg) {
+    Py_VISIT(self->held);
+    Py_VISIT(self->chains);
+    Py_VISIT(self->hooks);
+    /* not buf.obj: the arena's memoryview refers to nothing that could lead back here, and
+     * the collector clearing it while exported would break its release */
+    return 0;
+}
+
+static int cpu_clear(CpuCore *self) {
+    Py_CLEAR(self->held);
+    Py_CLEAR(self->chains);
+    Py_CLEAR(self->hooks);
+    return 0;
+}
+
+static void cpu_release_buf(CpuCore *self) {
+    if (self->has_buf) {
+        self->has_buf = 0;
+        self->w = NULL;
+        PyBuffer_Release(&self->buf);
+    }
+}
+
+static void cpu_dealloc(CpuCore *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    cpu_clear(self);
+    cpu_release_buf(self);
+    tp->tp_free((PyObject *)self); /* a heap subtype's own dealloc drops its type */
+}
+
+static PyObject *cpu_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    CpuCore *self = (CpuCore *)type->tp_alloc(type, 0);
+    if (!self)
+        return NULL;
+    self->held = Py_BuildValue("([][])");
+    self->chains = PyDict_New();
+    Py_INCREF(Py_None);
+    self->hooks = Py_None;
+    self->oid[0] = self->oid[1] = NO_OWNER;
+    if (!self->held || !self->chains) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+/* _attach(mv, wid, trace_head, trace_events): map the arena's words (a memoryview cast to
+ * 'q'), this worker's owner ids and trace ring. */
+static PyObject *cpu_attach(CpuCore *self, PyObject *args) {
+    PyObject *mv;
+    long long wid, th, tev;
+    if (!PyArg_ParseTuple(args, "OLLL", &mv, &wid, &th, &tev))
+        return NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(mv, &b, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_ND) < 0)
+        return NULL;
+    if (b.itemsize != 8 || !b.format || (strcmp(b.format, "q") && strcmp(b.format, "@q"))) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_TypeError, "the arena must be a memoryview cast to 'q'");
+        return NULL;
+    }
+    if (th < 0 || tev <= 0 || th + 1 + tev * EV_WORDS > (long long)(b.len / 8)) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_ValueError, "trace ring outside the arena");
+        return NULL;
+    }
+    cpu_release_buf(self);
+    self->buf = b;
+    self->has_buf = 1;
+    self->w = (volatile int64_t *)b.buf;
+    self->nwords = b.len / 8;
+    self->oid[0] = wid * 2;
+    self->oid[1] = wid * 2 + 1;
+    self->th = (Py_ssize_t)th;
+    self->tevents = tev;
+    Py_RETURN_NONE;
+}
+
+static PyObject *cpu_detach(CpuCore *self, PyObject *unused) {
+    cpu_release_buf(self);
+    Py_RETURN_NONE;
+}
+
+static inline void c_trace(CpuCore *cpu, int64_t kind, int64_t name, int64_t a, int64_t b, int64_t c) {
+    volatile int64_t *w = cpu->w;
+    Py_ssize_t th = cpu->th;
+    int64_t h = w[th];
+    Py_ssize_t i = th + 1 + (Py_ssize_t)((h % cpu->tevents) * EV_WORDS);
+    w[i] = now_ns();
+    w[i + 1] = kind | ((int64_t)cpu->ctx << 8) | (name << 16);
+    w[i + 2] = a;
+    w[i + 3] = b;
+    w[i + 4] = c;
+    w[th] = h + 1;
+}
+
+static int need_arena(CpuCore *cpu) {
+    if (!cpu->has_buf) {
+        PyErr_SetString(PyExc_RuntimeError, "this Cpu has no arena (detached or not attached)");
+        return -1;
+    }
+    return 0;
+}
+
+/* trace(kind, name, a=0, b=0, c=0): append an event to this CPU's ring. */
+static PyObject *cpu_trace(CpuCore *self, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t v[5] = {0, 0, 0, 0, 0};
+    if (nargs < 2 || nargs > 5) {
+        PyErr_SetString(PyExc_TypeError, "trace(kind, name, a=0, b=0, c=0)");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        v[i] = PyLong_AsLongLong(args[i]);
+        if (v[i] == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    if (need_arena(self) < 0)
+        return NULL;
+    c_trace(self, v[0], v[1], v[2], v[3], v[4]);
+    Py_RETURN_NONE;
+}
+
+static PyObject *cpu_now(CpuCore *self, PyObject *unused) { return PyLong_FromLongLong(now_ns()); }
+
+/* Run interrupts that arrived while masked (the Python ``run_irqs``). */
+static inline int run_pending(CpuCore *cpu, int m) {
+    if (cpu->irq_pending && !m) {
+        PyObject *r = PyObject_CallMethodNoArgs((PyObject *)cpu, str_run_irqs);
+        if (!r)
+            return -1;
+        Py_DECREF(r);
+    }
+    return 0;
+}
+
+static PyObject *cpu_local_irq_save(CpuCore *self, PyObject *unused) {
+    int flags = self->masked;
+    self->masked = 1;
+    return PyBool_FromLong(flags);
+}
+
+static int c_irq_restore(CpuCore *self, int flags) {
+    if (!flags && self->masked && self->ctx == TASK && PyList_GET_SIZE(PyTuple_GET_ITEM(self->held, TASK))) {
+        PyObject *r = PyObject_CallMethodOneArg(self->hooks, str_irqs_enabled_holding, (PyObject *)self);
+        if (!r)
+            return -1;
+        Py_DECREF(r);
+    }
+    self->masked = (char)flags;
+    return run_pending(self, flags);
+}
+
+static PyObject *cpu_local_irq_restore(CpuCore *self, PyObject *flags) {
+    int f = PyObject_IsTrue(flags);
+    if (f < 0 || c_irq_restore(self, f) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *cpu_local_irq_disable(CpuCore *self, PyObject *unused) {
+    self->masked = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *cpu_local_irq_enable(CpuCore *self, PyObject *unused) {
+    if (c_irq_restore(self, 0) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static int set_held(CpuCore *self, PyObject *v, void *closure) {
+    if (!v || !PyTuple_CheckExact(v) || PyTuple_GET_SIZE(v) != 2 || !PyList_CheckExact(PyTuple_GET_ITEM(v, 0)) ||
+        !PyList_CheckExact(PyTuple_GET_ITEM(v, 1))) {
+        PyErr_SetString(PyExc_TypeError, "held must be a tuple of two lists (task, irq)");
+        return -1;
+    }
+    Py_INCREF(v);
+    Py_SETREF(self->held, v);
+    return 0;
+}
+
+static PyObject *get_held(CpuCore *self, void *closure) { return Py_NewRef(self->held); }
+
+static int set_chains(CpuCore *self, PyObject *v, void *closure) {
+    if (!v || !PyDict_CheckExact(v)) {
+        PyErr_SetString(PyExc_TypeError, "chains must be a dict");
+        return -1;
+    }
+    Py_INCREF(v);
+    Py_SETREF(self->chains, v);
+    return 0;
+}
+
+static PyObject *get_chains(CpuCore *self, void *closure) { return Py_NewRef(self->chains); }
+
+static int set_ctx(CpuCore *self, PyObject *v, void *closure) {
+    long c = v ? PyLong_AsLong(v) : -1;
+    if (c == -1 && PyErr_Occurred())
+        return -1;
+    if (c != 0 && c != 1) {
+        PyErr_SetString(PyExc_ValueError, "ctx is 0 (task) or 1 (irq)");
+        return -1;
+    }
+    self->ctx = (int)c;
+    return 0;
+}
+
+static PyObject *get_ctx(CpuCore *self, void *closure) { return PyLong_FromLong(self->ctx); }
+
+static PyObject *get_attached(CpuCore *self, void *closure) { return PyBool_FromLong(self->has_buf); }
+
+static PyMemberDef cpu_members[] = {
+    {"masked", T_BOOL, offsetof(CpuCore, masked), 0, "soft interrupt mask (interrupts disabled)"},
+    {"irq_pending", T_BOOL, offsetof(CpuCore, irq_pending), 0, "an interrupt arrived while masked"},
+    {"trace_locks", T_BOOL, offsetof(CpuCore, trace_locks), 0, "trace every acquire and release"},
+    {"noise", T_DOUBLE, offsetof(CpuCore, noise), 0, "probability of scheduling noise at a lock operation"},
+    {"hooks", T_OBJECT_EX, offsetof(CpuCore, hooks), 0, "the engine's Hooks"},
+    {NULL}};
+
+static PyGetSetDef cpu_getset[] = {
+    {"held", (getter)get_held, (setter)set_held, "held locks per context: ([(lock, key)], [(lock, key)])", NULL},
+    {"chains", (getter)get_chains, (setter)set_chains, "chain cache: held-class chain key -> site", NULL},
+    {"ctx", (getter)get_ctx, (setter)set_ctx, "current context: 0 task, 1 interrupt", NULL},
+    {"attached", (getter)get_attached, NULL, "the arena is mapped", NULL},
+    {NULL}};
+
+static PyMethodDef cpu_methods[] = {
+    {"_attach", (PyCFunction)cpu_attach, METH_VARARGS, "_attach(mv, wid, trace_head, trace_events)"},
+    {"detach", (PyCFunction)cpu_detach, METH_NOARGS, "Release the arena's buffer (the Cpu is unusable after)."},
+    {"trace", (PyCFunction)(void (*)(void))cpu_trace, METH_FASTCALL,
+     "trace(kind, name, a=0, b=0, c=0): append an event to this CPU's ring (atomic w.r.t. the ISR)."},
+    {"now", (PyCFunction)cpu_now, METH_NOARGS, "time.monotonic_ns()"},
+    {"local_irq_save", (PyCFunction)cpu_local_irq_save, METH_NOARGS,
+     "Disable interrupts on this CPU; return the previous state (Xen's flags)."},
+    {"local_irq_restore", (PyCFunction)cpu_local_irq_restore, METH_O,
+     "Restore the state saved by local_irq_save; run interrupts that arrived while masked."},
+    {"local_irq_disable", (PyCFunction)cpu_local_irq_disable, METH_NOARGS, "Disable interrupts."},
+    {"local_irq_enable", (PyCFunction)cpu_local_irq_enable, METH_NOARGS,
+     "Enable interrupts; run those that arrived while masked."},
+    {NULL}};
+
+static PyTypeObject CpuCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shm_model._fastlock.CpuCore",
+    .tp_basicsize = sizeof(CpuCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The hot state of a model CPU (base of shm_model.cpu.Cpu).",
+    .tp_new = cpu_new,
+    .tp_dealloc = (destructor)cpu_dealloc,
+    .tp_traverse = (traverseproc)cpu_traverse,
+    .tp_clear = (inquiry)cpu_clear,
+    .tp_members = cpu_members,
+    .tp_getset = cpu_getset,
+    .tp_methods = cpu_methods,
+};
+
+/* ---- LockCore --------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    CpuCore *cpu; /* NULL until bind */
+    sem_t *sem;
+    Py_ssize_t index;
+    int64_t key; /* this lock's chain-key digit: (class + 1) << 2 */
+    Py_ssize_t o_owner, o_site, o_since;
+    Py_ssize_t st, hh; /* this worker's class statistics and hold histogram */
+} LockCore;
+
+static PyTypeObject LockCoreType;
+
+static int lock_traverse(LockCore *self, visitproc visit, void *arg) {
+    Py_VISIT(self->cpu);
+    return 0;
+}
+
+static int lock_clear(LockCore *self) {
+    Py_CLEAR(self->cpu);
+    return 0;
+}
+
+static void lock_dealloc(LockCore *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    lock_clear(self);
+    if (self->sem) {
+        sem_close(self->sem);
+        self->sem = NULL;
+    }
+    tp->tp_free((PyObject *)self); /* a heap subtype's own dealloc drops its type */
+}
+
+/* _open(sem_name, index, key_digit, o_owner, o_site, o_since): open this process's mapping of
+ * the lock's named semaphore and remember where its record lives in the arena. */
+static PyObject *lock_open(LockCore *self, PyObject *args) {
+    const char *name;
+    Py_ssize_t index, o_owner, o_site, o_since;
+    long long key;
+    if (!PyArg_ParseTuple(args, "snLnnn", &name, &index, &key, &o_owner, &o_site, &o_since))
+        return NULL;
+    sem_t *s = sem_open(name, 0);
+    if (s == SEM_FAILED)
+        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, name);
+    if (self->sem)
+        sem_close(self->sem);
+    self->sem = s;
+    self->index = index;
+    self->key = key;
+    self->o_owner = o_owner;
+    self->o_site = o_site;
+    self->o_since = o_since;
+    Py_RETURN_NONE;
+}
+
+static inline CpuCore *bound_cpu(LockCore *self) {
+    CpuCore *cpu = self->cpu;
+    if (!cpu || !self->sem) {
+        PyErr_Format(PyExc_RuntimeError, "lock %zd is not bound to a Cpu", self->index);
+        return NULL;
+    }
+    if (!cpu->has_buf) {
+        PyErr_SetString(PyExc_RuntimeError, "the lock's Cpu has no arena (detached)");
+        return NULL;
+    }
+    return cpu;
+}
+
+/* The chain key of taking this lock on top of ``held``: the top entry's key shifted by one
+ * digit, or'ed with (class digit | ctx << 1 | masked). New reference. */
+static PyObject *chain_key(LockCore *self, PyObject *held, Py_ssize_t n, int ctx, int m) {
+    int64_t digit = self->key | ((int64_t)ctx << 1) | m;
+    if (!n)
+        return PyLong_FromLongLong(digit);
+    PyObject *top = PyList_GET_ITEM(held, n - 1);
+    if (!PyTuple_CheckExact(top) || PyTuple_GET_SIZE(top) != 2) {
+        PyErr_SetString(PyExc_TypeError, "held entries are (lock, key) tuples");
+        return NULL;
+    }
+    PyObject *tk = PyTuple_GET_ITEM(top, 1);
+    int overflow = 0;
+    long long k = PyLong_AsLongLongAndOverflow(tk, &overflow);
+    if (k == -1 && PyErr_Occurred())
+        return NULL;
+    if (!overflow && k >= 0 && k < KEY_FAST_MAX)
+        return PyLong_FromLongLong((k << KEY_DIGIT_BITS) | digit);
+    /* deep chain: exact Python-int arithmetic */
+    PyObject *nine = PyLong_FromLong(KEY_DIGIT_BITS), *d = PyLong_FromLongLong(digit), *sh = NULL, *r = NULL;
+    if (nine && d && (sh = PyNumber_Lshift(tk, nine)))
+        r = PyNumber_Or(sh, d);
+    Py_XDECREF(nine);
+    Py_XDECREF(d);
+    Py_XDECREF(sh);
+    return r;
+}
+
+static inline int push_held(LockCore *self, PyObject *held, PyObject *key) {
+    PyObject *t = PyTuple_New(2);
+    if (!t)
+        return -1;
+    Py_INCREF(self);
+    PyTuple_SET_ITEM(t, 0, (PyObject *)self);
+    Py_INCREF(key);
+    PyTuple_SET_ITEM(t, 1, key);
+    int r = PyList_Append(held, t);
+    Py_DECREF(t);
+    return r;
+}
+
+/* Validate a held-class chain not seen before (lockdep), masked; cache and return its site. */
+static int new_chain(CpuCore *cpu, LockCore *self, PyObject *key, PyObject *cache_key, PyObject *held, int m,
+                     int ctx, int trylock, int64_t *site) {
+    PyObject *args[7] = {cpu->hooks, (PyObject *)cpu, (PyObject *)self, key, held,
+                         (!m && ctx == TASK) ? Py_True : Py_False, trylock ? Py_True : Py_False};
+    cpu->masked = 1;
+    PyObject *r = PyObject_VectorcallMethod(str_new_chain, args, 7 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (!r)
+        return -1;
+    *site = PyLong_AsLongLong(r);
+    if ((*site == -1 && PyErr_Occurred()) || PyDict_SetItem(cpu->chains, cache_key, r) < 0) {
+        Py_DECREF(r);
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+static inline int trywait(sem_t *s) {
+    int r;
+    do
+        r = sem_trywait(s);
+    while (r != 0 && errno == EINTR);
+    if (r == 0)
+        return 1;
+    if (errno == EAGAIN)
+        return 0;
+    PyErr_SetFromErrno(PyExc_OSError);
+    return -1;
+}
+
+/* spin_lock */
+static PyObject *c_lock(LockCore *self) {
+    CpuCore *cpu = bound_cpu(self);
+    if (!cpu)
+        return NULL;
+    int m = cpu->masked, ctx = cpu->ctx;
+    PyObject *held = PyTuple_GET_ITEM(cpu->held, ctx);
+    PyObject *key = chain_key(self, held, PyList_GET_SIZE(held), ctx, m);
+    if (!key)
+        return NULL;
+    int64_t site;
+    PyObject *s = PyDict_GetItemWithError(cpu->chains, key);
+    if (s) {
+        site = PyLong_AsLongLong(s);
+    } else {
+        if (PyErr_Occurred() || new_chain(cpu, self, key, key, held, m, ctx, 0, &site) < 0)
+            goto fail;
+    }
+    if (cpu->noise > 0.0) {
+        cpu->masked = 1;
+        PyObject *r = PyObject_CallMethodNoArgs((PyObject *)cpu, str_jitter);
+        if (!r)
+            goto fail;
+        Py_DECREF(r);
+    }
+    int got = trywait(self->sem);
+    if (got < 0)
+        goto fail;
+    if (!got) {
+        PyObject *args[4] = {(PyObject *)self, (PyObject *)cpu, NULL, NULL};
+        args[2] = PyLong_FromLong(ctx);
+        args[3] = PyBool_FromLong(m);
+        cpu->masked = 1;
+        PyObject *r = args[2] ? PyObject_VectorcallMethod(str_contended, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL)
+                              : NULL;
+        Py_XDECREF(args[2]);
+        Py_DECREF(args[3]);
+        if (!r)
+            goto fail;
+        site = PyLong_AsLongLong(r);
+        Py_DECREF(r);
+        if (site == -1 && PyErr_Occurred())
+            goto fail;
+    }
+    volatile int64_t *w = cpu->w;
+    w[self->o_owner] = cpu->oid[ctx];
+    w[self->o_site] = site;
+    w[self->o_since] = now_ns();
+    w[self->st] += 1;
+    if (push_held(self, held, key) < 0) {
+        Py_DECREF(key);
+        return NULL; /* out of memory with the lock taken: nothing sane is left to do */
+    }
+    Py_DECREF(key);
+    if (cpu->trace_locks)
+        c_trace(cpu, EV_ACQUIRE, 0, self->index, site, 0);
+    cpu->masked = (char)m;
+    if (run_pending(cpu, m) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(key);
+    cpu->masked = (char)m;
+    return NULL;
+}
+
+/* spin_trylock: no dependency edge into the lock (a trylock cannot deadlock), as lockdep;
+ * trylock chains are cached under the key's complement. */
+static PyObject *c_trylock(LockCore *self) {
+    CpuCore *cpu = bound_cpu(self);
+    if (!cpu)
+        return NULL;
+    int m = cpu->masked, ctx = cpu->ctx;
+    PyObject *held = PyTuple_GET_ITEM(cpu->held, ctx);
+    int got = trywait(self->sem);
+    if (got < 0)
+        return NULL;
+    if (!got) {
+        if (cpu->trace_locks)
+            c_trace(cpu, EV_TRYLOCK_FAIL, 0, self->index, 0, 0);
+        Py_RETURN_FALSE;
+    }
+    PyObject *key = chain_key(self, held, PyList_GET_SIZE(held), ctx, m);
+    PyObject *ckey = key ? PyNumber_Invert(key) : NULL;
+    int64_t site = 0;
+    if (!ckey)
+        goto fail;
+    PyObject *s = PyDict_GetItemWithError(cpu->chains, ckey);
+    if (s) {
+        site = PyLong_AsLongLong(s);
+    } else if (PyErr_Occurred() || new_chain(cpu, self, key, ckey, held, m, ctx, 1, &site) < 0) {
+        goto fail;
+    }
+    Py_DECREF(ckey);
+    volatile int64_t *w = cpu->w;
+    w[self->o_owner] = cpu->oid[ctx];
+    w[self->o_site] = site;
+    w[self->o_since] = now_ns();
+    w[self->st] += 1;
+    int r = push_held(self, held, key);
+    Py_DECREF(key);
+    if (r < 0)
+        return NULL;
+    if (cpu->trace_locks)
+        c_trace(cpu, EV_ACQUIRE, 0, self->index, site, 0);
+    cpu->masked = (char)m;
+    if (run_pending(cpu, m) < 0)
+        return NULL;
+    Py_RETURN_TRUE;
+fail:
+    /* the lock was taken: give it back before reporting the error */
+    sem_post(self->sem);
+    Py_XDECREF(key);
+    Py_XDECREF(ckey);
+    cpu->masked = (char)m;
+    return NULL;
+}
+
+/* spin_unlock */
+static PyObject *c_unlock(LockCore *self) {
+    CpuCore *cpu = bound_cpu(self);
+    if (!cpu)
+        return NULL;
+    int m = cpu->masked;
+    PyObject *held = PyTuple_GET_ITEM(cpu->held, cpu->ctx);
+    Py_ssize_t n = PyList_GET_SIZE(held);
+    PyObject *top = n ? PyList_GET_ITEM(held, n - 1) : NULL;
+    if (top && PyTuple_CheckExact(top) && PyTuple_GET_SIZE(top) == 2 && PyTuple_GET_ITEM(top, 0) == (PyObject *)self) {
+        Py_SET_SIZE(held, n - 1); /* pop: the list keeps its allocation */
+        Py_DECREF(top);
+    } else {
+        PyObject *args[3] = {(PyObject *)self, (PyObject *)cpu, held};
+        cpu->masked = 1;
+        PyObject *r = PyObject_VectorcallMethod(str_unlock_out_of_order, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        int ok = r ? PyObject_IsTrue(r) : -1;
+        Py_XDECREF(r);
+        if (ok < 0) {
+            cpu->masked = (char)m;
+            return NULL;
+        }
+        if (!ok) { /* bad unlock balance: reported, nothing released */
+            cpu->masked = (char)m;
+            if (run_pending(cpu, m) < 0)
+                return NULL;
+            Py_RETURN_NONE;
+        }
+    }
+    volatile int64_t *w = cpu->w;
+    int64_t hold = now_ns() - w[self->o_since];
+    if (hold > w[self->st + 4 /* S_HOLD_MAX - S_ACQ */])
+        w[self->st + 4] = hold;
+    w[self->hh + bit_length(hold)] += 1;
+    w[self->o_owner] = NO_OWNER;
+    if (sem_post(self->sem) != 0) {
+        cpu->masked = (char)m;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (cpu->trace_locks)
+        c_trace(cpu, EV_RELEASE, 0, self->index, 0, 0);
+    cpu->masked = (char)m;
+    if (run_pending(cpu, m) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *lock_lock(LockCore *self, PyObject *unused) { return c_lock(self); }
+static PyObject *lock_unlock(LockCore *self, PyObject *unused) { return c_unlock(self); }
+static PyObject *lock_trylock(LockCore *self, PyObject *unused) { return c_trylock(self); }
+
+static PyObject *lock_enter(LockCore *self, PyObject *unused) {
+    PyObject *r = c_lock(self);
+    if (!r)
+        return NULL;
+    Py_DECREF(r);
+    return Py_NewRef(self);
+}
+
+static PyObject *lock_exit(LockCore *self, PyObject *const *args, Py_ssize_t nargs) { return c_unlock(self); }
+
+static PyObject *lock_is_locked(LockCore *self, PyObject *unused) {
+    CpuCore *cpu = bound_cpu(self);
+    if (!cpu)
+        return NULL;
+    return PyBool_FromLong(cpu->w[self->o_owner] != NO_OWNER);
+}
+
+static PyObject *lock_held_by_me(LockCore *self, PyObject *unused) {
+    CpuCore *cpu = bound_cpu(self);
+    if (!cpu)
+        return NULL;
+    int64_t o = cpu->w[self->o_owner];
+    return PyBool_FromLong(o != NO_OWNER && (o == cpu->oid[0] || o == cpu->oid[1]));
+}
+
+static PyObject *lock_owner(LockCore *self, PyObject *unused) {
+    CpuCore *cpu = bound_cpu(self);
+    if (!cpu)
+        return NULL;
+    return PyLong_FromLongLong(cpu->w[self->o_owner]);
+}
+
+/* _force_release(): release on behalf of a context that cannot (an ISR that returned
+ * holding it): owner cleared, semaphore posted, no accounting. */
+static PyObject *lock_force_release(LockCore *self, PyObject *unused) {
+    CpuCore *cpu = bound_cpu(self);
+    if (!cpu)
+        return NULL;
+    cpu->w[self->o_owner] = NO_OWNER;
+    if (sem_post(self->sem) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+static int set_cpu(LockCore *self, PyObject *v, void *closure) {
+    if (v && v != Py_None && !PyObject_TypeCheck(v, &CpuCoreType)) {
+        PyErr_SetString(PyExc_TypeError, "a lock binds to a shm_model Cpu");
+        return -1;
+    }
+    PyObject *old = (PyObject *)self->cpu;
+    self->cpu = (v && v != Py_None) ? (CpuCore *)Py_NewRef(v) : NULL;
+    Py_XDECREF(old);
+    return 0;
+}
+
+static PyObject *get_cpu(LockCore *self, void *closure) {
+    return self->cpu ? Py_NewRef((PyObject *)self->cpu) : Py_NewRef(Py_None);
+}
+
+static PyObject *get_key(LockCore *self, void *closure) { return PyLong_FromLongLong(self->key); }
+
+static PyMemberDef lock_members[] = {
+    {"index", T_PYSSIZET, offsetof(LockCore, index), READONLY, "the lock's index in the arena"},
+    {"o_owner", T_PYSSIZET, offsetof(LockCore, o_owner), READONLY, "arena word: owner"},
+    {"o_site", T_PYSSIZET, offsetof(LockCore, o_site), READONLY, "arena word: site of the acquisition"},
+    {"o_since", T_PYSSIZET, offsetof(LockCore, o_since), READONLY, "arena word: time of the acquisition"},
+    {"st", T_PYSSIZET, offsetof(LockCore, st), 0, "arena word: this worker's acquisitions of the class"},
+    {"hh", T_PYSSIZET, offsetof(LockCore, hh), 0, "arena word: this worker's hold histogram of the class"},
+    {NULL}};
+
+static PyGetSetDef lock_getset[] = {
+    {"cpu", (getter)get_cpu, (setter)set_cpu, "the Cpu this lock is bound to in this process", NULL},
+    {"key", (getter)get_key, NULL, "chain-key digit: (class + 1) << 2", NULL},
+    {NULL}};
+
+static PyMethodDef lock_methods[] = {
+    {"_open", (PyCFunction)lock_open, METH_VARARGS, "_open(sem_name, index, key_digit, o_owner, o_site, o_since)"},
+    {"lock", (PyCFunction)lock_lock, METH_NOARGS, "spin_lock: take the lock, spinning (blocking) while another context holds it."},
+    {"unlock", (PyCFunction)lock_unlock, METH_NOARGS, "spin_unlock."},
+    {"trylock", (PyCFunction)lock_trylock, METH_NOARGS,
+     "spin_trylock: take the lock if it is free. Adds no dependency edge into the lock."},
+    {"__enter__", (PyCFunction)lock_enter, METH_NOARGS, "with lock: is spin_lock/spin_unlock"},
+    {"__exit__", (PyCFunction)(void (*)(void))lock_exit, METH_FASTCALL, NULL},
+    {"is_locked", (PyCFunction)lock_is_locked, METH_NOARGS, "spin_is_locked: held by anyone."},
+    {"held_by_me", (PyCFunction)lock_held_by_me, METH_NOARGS, "Held by this CPU, in either context."},
+    {"owner", (PyCFunction)lock_owner, METH_NOARGS, "The owner word: worker * 2 + context, or -1."},
+    {"_force_release", (PyCFunction)lock_force_release, METH_NOARGS,
+     "Release on behalf of a context that cannot (an ISR that returned holding it)."},
+    {NULL}};
+
+static PyTypeObject LockCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shm_model._fastlock.LockCore",
+    .tp_basicsize = sizeof(LockCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The fast path of a model spinlock (base of shm_model.spinlock.Lock).",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)lock_dealloc,
+    .tp_traverse = (traverseproc)lock_traverse,
+    .tp_clear = (inquiry)lock_clear,
+    .tp_members = lock_members,
+    .tp_getset = lock_getset,
+    .tp_methods = lock_methods,
+};
+
+/* ---- Xen's API as module functions (one C call per operation) --------------------------- */
+
+static inline LockCore *as_lock(PyObject *o) {
+    if (!PyObject_TypeCheck(o, &LockCoreType)) {
+        PyErr_Format(PyExc_TypeError, "expected a model spinlock, got %.100s", Py_TYPE(o)->tp_name);
+        return NULL;
+    }
+    return (LockCore *)o;
+}
+
+static PyObject *m_spin_lock(PyObject *mod, PyObject *l) {
+    LockCore *lk = as_lock(l);
+    return lk ? c_lock(lk) : NULL;
+}
+
+static PyObject *m_spin_unlock(PyObject *mod, PyObject *l) {
+    LockCore *lk = as_lock(l);
+    return lk ? c_unlock(lk) : NULL;
+}
+
+static PyObject *m_spin_trylock(PyObject *mod, PyObject *l) {
+    LockCore *lk = as_lock(l);
+    return lk ? c_trylock(lk) : NULL;
+}
+
+static PyObject *m_spin_lock_irq(PyObject *mod, PyObject *l) {
+    LockCore *lk = as_lock(l);
+    CpuCore *cpu = lk ? bound_cpu(lk) : NULL;
+    if (!cpu)
+        return NULL;
+    cpu->masked = 1;
+    return c_lock(lk);
+}
+
+static PyObject *m_spin_unlock_irq(PyObject *mod, PyObject *l) {
+    LockCore *lk = as_lock(l);
+    CpuCore *cpu = lk ? bound_cpu(lk) : NULL;
+    if (!cpu)
+        return NULL;
+    PyObject *r = c_unlock(lk);
+    if (!r)
+        return NULL;
+    Py_DECREF(r);
+    if (c_irq_restore(cpu, 0) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *m_spin_lock_irqsave(PyObject *mod, PyObject *l) {
+    LockCore *lk = as_lock(l);
+    CpuCore *cpu = lk ? bound_cpu(lk) : NULL;
+    if (!cpu)
+        return NULL;
+    int flags = cpu->masked;
+    cpu->masked = 1;
+    PyObject *r = c_lock(lk);
+    if (!r) {
+        cpu->masked = (char)flags;
+        return NULL;
+    }
+    Py_DECREF(r);
+    return PyBool_FromLong(flags);
+}
+
+static PyObject *m_spin_unlock_irqrestore(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "spin_unlock_irqrestore(lock, flags)");
+        return NULL;
+    }
+    LockCore *lk = as_lock(args[0]);
+    CpuCore *cpu = lk ? bound_cpu(lk) : NULL;
+    if (!cpu)
+        return NULL;
+    int flags = PyObject_IsTrue(args[1]);
+    if (flags < 0)
+        return NULL;
+    PyObject *r = c_unlock(lk);
+    if (!r)
+        return NULL;
+    Py_DECREF(r);
+    if (c_irq_restore(cpu, flags) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *m_spin_is_locked(PyObject *mod, PyObject *l) {
+    LockCore *lk = as_lock(l);
+    return lk ? lock_is_locked(lk, NULL) : NULL;
+}
+
+static PyMethodDef module_methods[] = {
+    {"spin_lock", m_spin_lock, METH_O, "Take lock with interrupts as they are."},
+    {"spin_unlock", m_spin_unlock, METH_O, "Release lock."},
+    {"spin_trylock", m_spin_trylock, METH_O, "Take lock if it is free; return whether it was taken."},
+    {"spin_lock_irq", m_spin_lock_irq, METH_O,
+     "Disable interrupts, then take lock (spin_unlock_irq enables them again)."},
+    {"spin_unlock_irq", m_spin_unlock_irq, METH_O, "Release lock, then enable interrupts."},
+    {"spin_lock_irqsave", m_spin_lock_irqsave, METH_O,
+     "Save the interrupt state, disable interrupts, take lock; return the flags."},
+    {"spin_unlock_irqrestore", (PyCFunction)(void (*)(void))m_spin_unlock_irqrestore, METH_FASTCALL,
+     "Release lock, then restore the interrupt state saved by spin_lock_irqsave."},
+    {"spin_is_locked", m_spin_is_locked, METH_O, "Held by anyone."},
+    {NULL}};
+
+static struct PyModuleDef fastlock_module = {
+    PyModuleDef_HEAD_INIT, "shm_model._fastlock",
+    "The lock fast path of shm_model in C (see the comment at the top of _fastlock.c).", -1, module_methods};
+
+PyMODINIT_FUNC PyInit__fastlock(void) {
+#define INTERN(v, s)                                                                                                   \
+    if (!(v = PyUnicode_InternFromString(s)))                                                                          \
+        return NULL;
+    INTERN(str_new_chain, "new_chain");
+    INTERN(str_jitter, "jitter");
+    INTERN(str_contended, "_contended");
+    INTERN(str_unlock_out_of_order, "_unlock_out_of_order");
+    INTERN(str_run_irqs, "run_irqs");
+    INTERN(str_irqs_enabled_holding, "irqs_enabled_holding");
+    if (PyType_Ready(&CpuCoreType) < 0 || PyType_Ready(&LockCoreType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&fastlock_module);
+    if (!m)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "CpuCore", (PyObject *)&CpuCoreType) < 0 ||
+        PyModule_AddObjectRef(m, "LockCore", (PyObject *)&LockCoreType) < 0 ||
+        PyModule_AddIntConstant(m, "KEY_DIGIT_BITS", KEY_DIGIT_BITS) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -29,11 +29,13 @@ SUBJECT_KINDS = (EV_USER, EV_IRQ_ENTER, EV_IRQ_RAISE)
 
 
 def subject_events(world: Any, subject: int, key_events: tuple[str, ...] = (), key_last: int = 24,
-                   tail: int = 16) -> list[dict]:
+                   tail: int = 16, per_kind: int = 3) -> list[dict]:
     """Every worker's events about ``subject`` (a model event's first argument, an IRQ
     raised or entered), merged in time order: the interleaving behind a violation. Events
-    the workload names as key (state changes) are kept from the whole ring, the rest only
-    from the recent tail, so the cause is not pushed out by routine traffic."""
+    the workload names as key (state changes) are kept from the whole ring: the last
+    ``key_last`` of them, and the last ``per_kind`` of each key event, so that a rare state
+    change (a migration) is not pushed out by frequent ones (injections, EOIs); the rest
+    only from the recent tail."""
     key_ids = {world.event_names.index(n) for n in key_events if n in world.event_names}
     key: list[dict] = []
     rest: list[dict] = []
@@ -43,9 +45,17 @@ def subject_events(world: Any, subject: int, key_events: tuple[str, ...] = (), k
         for r, e in zip(mine, decode(mine, w, world.namer)):
             d = e.as_dict() | {"worker": w}
             is_key = (r[1] & 0xFF) == EV_USER and (r[1] >> 16) in key_ids
-            (key if is_key else rest).append(d | {"key": is_key})
+            (key if is_key else rest).append(d | {"key": is_key, "_name": r[1] >> 16})
     key.sort(key=lambda e: e["t_ns"])
     rest.sort(key=lambda e: e["t_ns"])
-    out = key[-key_last:] + rest[-tail:]
+    keep = {id(e) for e in key[-key_last:]}
+    by_kind: dict[int, list[dict]] = {}
+    for e in key:
+        by_kind.setdefault(e["_name"], []).append(e)
+    for evs in by_kind.values():
+        keep.update(id(e) for e in evs[-per_kind:])
+    out = [e for e in key if id(e) in keep] + rest[-tail:]
     out.sort(key=lambda e: e["t_ns"])
+    for e in out:
+        del e["_name"]
     return out

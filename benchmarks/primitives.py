@@ -53,21 +53,23 @@ class _Hooks:
 
 
 class Rig:
-    """A real arena with three semaphores: lock A (class 0) bound to CPU 0, lock B (class 1)
-    bound to CPU 1 whose lock tracing is on, and a bare semaphore for the baseline. The
-    geometry is a real run's (full-size trace rings)."""
+    """A real arena with four semaphores: locks A (class 0) and C (class 2) bound to CPU 0,
+    lock B (class 1) bound to CPU 1 whose lock tracing is on, and a bare semaphore for the
+    baseline. The geometry is a real run's (full-size trace rings)."""
 
     def __init__(self) -> None:
-        self.geo = Geometry(2, 3, 2, 0)
+        self.geo = Geometry(2, 4, 3, 0)
         self.arena = Arena(new_run_id(), self.geo)
         mv = self.arena.mv
         self.hooks = _Hooks()
         self.a = Lock(0, 0, "A", "a", self.arena.sems[0], mv, self.geo)
         self.b = Lock(1, 1, "B", "b", self.arena.sems[1], mv, self.geo)
+        self.c = Lock(3, 2, "C", "c", self.arena.sems[3], mv, self.geo)
         self.bare = self.arena.sems[2]
         self.cpu = Cpu(mv, self.geo, 0, self.hooks)
         self.cpu_traced = Cpu(mv, self.geo, 1, self.hooks, trace_locks=True)
         self.a.bind(self.cpu)
+        self.c.bind(self.cpu)
         self.b.bind(self.cpu_traced)
 
     def stat(self, lock: Lock, field: int) -> int:
@@ -107,15 +109,9 @@ def _cases() -> list[Case]:
              "f = save(); restore(f)", "save = cpu.local_irq_save; restore = cpu.local_irq_restore"),
         Case("trace", "`cpu.trace(kind, 0, a, b, c)` (one trace event: 5 shm words + head)", "tr(1, 0, 1, 2, 3)",
              "tr = cpu.trace"),
-        # the fast path's pieces, each alone (their sum against the whole pair)
-        Case("c_writes", "part: 4 shm word writes (owner, site, since; owner reset)",
-             "mv[o1] = 1; mv[o2] = 2; mv[o3] = 3; mv[o1] = -1",
-             "mv = lock.mv; o1 = lock.o_owner; o2 = lock.o_site; o3 = lock.o_since"),
-        Case("c_incr", "part: 2 shm increments (class statistics, hold histogram bucket)",
-             "mv[st] += 1; mv[hh] += 1", "mv = lock.mv; st = lock.st; hh = getattr(lock, 'hh', lock.st + 1)"),
-        Case("c_now", "part: 2 × `cpu.now()` (time.monotonic_ns)", "now(); now()", "now = cpu.now"),
-        Case("c_held", "part: held-stack push + pop", "held.append((l, 5)); held.pop()", "held = []; l = lock"),
-        Case("c_chain", "part: chain-cache lookup", "get(12345)", "get = cpu.chains.get"),
+        Case("nested", "nested: `spin_lock(a); spin_lock(c); spin_unlock(c); spin_unlock(a)`, per pair",
+             "spin_lock(a); spin_lock(c); spin_unlock(c); spin_unlock(a)",
+             "spin_lock = sl.spin_lock; spin_unlock = sl.spin_unlock; a = lock; c = lock_c"),
         Case("getframe", "`sys._getframe(1).f_lineno`", "gf(1).f_lineno", "gf = sys._getframe"),
         Case("capture", "`sites.capture()`", "cap()", "cap = sites.capture"),
         Case("capture_stack4", "`sites.capture_stack(1, 4)` (as on the contended path)", "cs(1, 4)",
@@ -125,7 +121,7 @@ def _cases() -> list[Case]:
 
 
 def _time_cases(ctx: Context, rig: Rig, repeats: int, min_time: float) -> dict[str, list[float]]:
-    ns = {"sem": rig.bare, "lock": rig.a, "lock_traced": rig.b, "cpu": rig.cpu, "sl": sl, "sites": sites,
+    ns = {"sem": rig.bare, "lock": rig.a, "lock_c": rig.c, "lock_traced": rig.b, "cpu": rig.cpu, "sl": sl, "sites": sites,
           "sys": sys}
     cases = _cases()
     timers = {c.key: timeit.Timer(c.stmt, c.setup, globals=ns) for c in cases}
@@ -148,7 +144,7 @@ def _time_cases(ctx: Context, rig: Rig, repeats: int, min_time: float) -> dict[s
             per[c.key].append(timers[c.key].timeit(n) / n * 1e9)
     # the fast path really was the fast path
     ctx.facts["primitives_chain_misses_while_timing"] = rig.hooks.chains - chains_warm
-    ctx.facts["primitives_contended"] = rig.stat(rig.a, S_CONTENDED) + rig.stat(rig.b, S_CONTENDED)
+    ctx.facts["primitives_contended"] = sum(rig.stat(lk, S_CONTENDED) for lk in (rig.a, rig.b, rig.c))
     ctx.facts["primitives_acquisitions"] = rig.stat(rig.a, S_ACQ) - acq0
     assert rig.arena.mv[rig.a.o_owner] == NO_OWNER and rig.a.sem.value == 1
     return per
@@ -229,18 +225,13 @@ def run(ctx: Context) -> list[Table]:
     raw["empty"] = list(empty_r)
     # derived: what masking adds to a plain instrumented pair, round by round
     raw["mask_extra"] = [a - b for a, b in zip(raw["irqsave"], raw["spin"])]
-    parts = ("bare_try", "c_writes", "c_incr", "c_now", "c_held", "c_chain")
-    raw["c_sum"] = [sum(raw[k][r] for k in parts) for r in range(len(empty_r))]
-    raw["c_rest"] = [a - b for a, b in zip(raw["spin"], raw["c_sum"])]
+    raw["nested"] = [x / 2 for x in raw["nested"]]  # two pairs per statement
     med = {k: median(v) for k, v in raw.items()}
     mins = {k: min(v) for k, v in raw.items()}
     maxs = {k: max(v) for k, v in raw.items()}
 
     labels = {c.key: c.label for c in _cases()}
     labels["mask_extra"] = "masking extra: irqsave pair − plain instrumented pair"
-    labels["c_sum"] = "parts' sum: `acq(0); rel()` + the five parts above"
-    labels["c_rest"] = "rest of the instrumented pair: the interpreter's work in lock()/unlock() (calls, attribute " \
-                       "loads, key arithmetic, branches)"
     t = Table("primitives: cost per operation (ns, uncontended, one process)",
               ["measurement", "median", "min", "max", "unit", "ratio", "ratio of mins", "ratio against", "target",
                "met"])
@@ -252,12 +243,10 @@ def run(ctx: Context) -> list[Table]:
             ratio = median([a / b for a, b in zip(raw[key], raw[base]) if b > 0])
             if key == "mask_extra":  # a difference: compare the difference of the mins
                 rmin = (mins["irqsave"] - mins["spin"]) / mins[base] if mins[base] > 0 else None
-            elif key == "c_rest":
-                rmin = (mins["spin"] - mins["c_sum"]) / mins[base] if mins[base] > 0 else None
             else:
                 rmin = mins[key] / mins[base] if mins[base] > 0 else None
         met = "" if target is None or ratio is None else ("yes" if ratio <= target else "NO")
-        derived = key in ("mask_extra", "c_rest")  # a difference: its per-round min/max are noise
+        derived = key == "mask_extra"  # a difference: its per-round min/max are noise
         t.add(labels[key], fmt_ns(med[key]), "–" if derived else fmt_ns(mins[key]),
               "–" if derived else fmt_ns(maxs[key]), "ns/op",
               fmt_ratio(ratio) if base else "", fmt_ratio(rmin) if base else "", base_label if base else "",
@@ -275,9 +264,7 @@ def run(ctx: Context) -> list[Table]:
     row("mask_extra", "bare", "bare pair", TARGET_MASKING)
     row("softmask", "bare", "bare pair", TARGET_MASKING)
     row("trace", "bare", "bare pair")
-    for k in ("c_writes", "c_incr", "c_now", "c_held", "c_chain", "c_sum"):
-        row(k, "bare", "bare pair")
-    row("c_rest", "spin", "plain instrumented pair")
+    row("nested", "bare", "bare pair", TARGET_INSTRUMENTED)
     row("getframe", "getframe", "sys._getframe(1).f_lineno (baseline)")
     row("capture", "getframe", "sys._getframe(1).f_lineno")
     row("capture_stack4", "getframe", "sys._getframe(1).f_lineno")
@@ -301,6 +288,7 @@ def run(ctx: Context) -> list[Table]:
         f"disturbed rounds (for a difference row: the difference of the mins). Figures move ±25 % between runs "
         f"on a quiet machine (FACTS.md) and more on this shared one: trust the ratios.",
         f"Instrumented rows: Lock bound to a Cpu on a real arena (shm_model.arena.Arena), engine hooks stubbed; "
+        f"the fast path is C (shm_model/_fastlock.c), the slow paths Python; "
         f"chain-cache misses while timing: {ctx.facts['primitives_chain_misses_while_timing']}, contended "
         f"acquisitions: {ctx.facts['primitives_contended']} (so every timed pair took the fast path).",
         "Targets: instrumented pair ≤ 3.0× a bare pair; interrupt masking ≤ 1× a bare pair — both the extra cost "

@@ -43,7 +43,10 @@ def test_deadlock_report_is_the_thread_cycle(runs_dir):
 
 @pytest.mark.timeout(120)
 def test_unlocked_target_read_breaks_affinity_with_the_interleaving(runs_dir):
-    r = run_cli(WL + ["--variant", "unlocked-target-read", "--seed", "2", "--duration", "60s"], runs_dir)
+    # 4 vCPUs on 2 cores: more preemption inside the race window (seeds 2 and 3 showed it in
+    # 0.7 s and 2.6 s, against 15 s and 30 s with the default 2)
+    r = run_cli(WL + ["--variant", "unlocked-target-read", "--seed", "2", "--duration", "60s", "--vcpus", "4"],
+                runs_dir)
     assert r.code == 0, r.out + r.err
     assert r.summary["verdict"]["found"] == ["invariant:affinity-follows-target"]
     text = r.out[r.out.index("BUG: invariant affinity-follows-target violated"):]
@@ -98,11 +101,12 @@ def test_stale_target_injection_is_reported_as_a_data_race_with_both_vcpus(runs_
     import re
 
     # The window (target read, then the vgic lock) is a few hundred ns since the lock fast
-    # path is in C: more noise at lock operations than the default widens it (2 of 3 seeds
-    # showed it in 20 s with 0.6, 0 of 3 with the default 0.2, on an otherwise idle machine).
+    # path is in C; what opens it is a preemption there. 6 vCPUs on 2 cores: seeds 2 and 3
+    # showed it in 0.4 s and 8.3 s (the default 2 vCPUs: 0 of 3 seeds in 20 s on an idle
+    # machine; more noise, 0.6 or 1.0, did not do it reliably).
     for seed in (2, 3, 6, 1, 5):
         r = run_cli(WL + ["--variant", "drop-vgic-then-rank", "--seed", str(seed), "--duration", "20s",
-                          "--noise", "0.6"], runs_dir, timeout=60)
+                          "--vcpus", "6"], runs_dir, timeout=60)
         known = [f for f in r.summary["findings"] if f["outcome"] == "invariant:vgic-list-lock"]
         if known:
             break

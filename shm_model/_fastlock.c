@@ -448,6 +448,22 @@ static inline int push_held(LockCore *self, PyObject *held, PyObject *key) {
     return r;
 }
 
+/* Record an acquisition: the lock's owner, site and time, this worker's count of the class,
+ * the held stack; trace it when asked. */
+static inline int record_acquire(LockCore *self, CpuCore *cpu, PyObject *held, PyObject *key, int ctx,
+                                 int64_t site) {
+    volatile int64_t *w = cpu->w;
+    w[self->o_owner] = cpu->oid[ctx];
+    w[self->o_site] = site;
+    w[self->o_since] = now_ns();
+    w[self->st] += 1;
+    if (push_held(self, held, key) < 0)
+        return -1; /* out of memory with the lock taken: nothing sane is left to do */
+    if (cpu->trace_locks)
+        c_trace(cpu, EV_ACQUIRE, 0, self->index, site, 0);
+    return 0;
+}
+
 /* Validate a held-class chain not seen before (lockdep), masked; cache and return its site. */
 static int new_chain(CpuCore *cpu, LockCore *self, PyObject *key, PyObject *cache_key, PyObject *held, int m,
                      int ctx, int trylock, int64_t *site) {
@@ -480,10 +496,7 @@ static inline int trywait(sem_t *s) {
 }
 
 /* spin_lock */
-static PyObject *c_lock(LockCore *self) {
-    CpuCore *cpu = bound_cpu(self);
-    if (!cpu)
-        return NULL;
+static PyObject *c_lock(LockCore *self, CpuCore *cpu) {
     int m = cpu->masked, ctx = cpu->ctx;
     PyObject *held = PyTuple_GET_ITEM(cpu->held, ctx);
     PyObject *key = chain_key(self, held, PyList_GET_SIZE(held), ctx, m);
@@ -523,18 +536,10 @@ static PyObject *c_lock(LockCore *self) {
         if (site == -1 && PyErr_Occurred())
             goto fail;
     }
-    volatile int64_t *w = cpu->w;
-    w[self->o_owner] = cpu->oid[ctx];
-    w[self->o_site] = site;
-    w[self->o_since] = now_ns();
-    w[self->st] += 1;
-    if (push_held(self, held, key) < 0) {
-        Py_DECREF(key);
-        return NULL; /* out of memory with the lock taken: nothing sane is left to do */
-    }
+    int r = record_acquire(self, cpu, held, key, ctx, site);
     Py_DECREF(key);
-    if (cpu->trace_locks)
-        c_trace(cpu, EV_ACQUIRE, 0, self->index, site, 0);
+    if (r < 0)
+        return NULL;
     cpu->masked = (char)m;
     if (run_pending(cpu, m) < 0)
         return NULL;
@@ -547,10 +552,7 @@ fail:
 
 /* spin_trylock: no dependency edge into the lock (a trylock cannot deadlock), as lockdep;
  * trylock chains are cached under the key's complement. */
-static PyObject *c_trylock(LockCore *self) {
-    CpuCore *cpu = bound_cpu(self);
-    if (!cpu)
-        return NULL;
+static PyObject *c_trylock(LockCore *self, CpuCore *cpu) {
     int m = cpu->masked, ctx = cpu->ctx;
     PyObject *held = PyTuple_GET_ITEM(cpu->held, ctx);
     int got = trywait(self->sem);
@@ -573,17 +575,10 @@ static PyObject *c_trylock(LockCore *self) {
         goto fail;
     }
     Py_DECREF(ckey);
-    volatile int64_t *w = cpu->w;
-    w[self->o_owner] = cpu->oid[ctx];
-    w[self->o_site] = site;
-    w[self->o_since] = now_ns();
-    w[self->st] += 1;
-    int r = push_held(self, held, key);
+    int r = record_acquire(self, cpu, held, key, ctx, site);
     Py_DECREF(key);
     if (r < 0)
         return NULL;
-    if (cpu->trace_locks)
-        c_trace(cpu, EV_ACQUIRE, 0, self->index, site, 0);
     cpu->masked = (char)m;
     if (run_pending(cpu, m) < 0)
         return NULL;
@@ -598,10 +593,7 @@ fail:
 }
 
 /* spin_unlock */
-static PyObject *c_unlock(LockCore *self) {
-    CpuCore *cpu = bound_cpu(self);
-    if (!cpu)
-        return NULL;
+static PyObject *c_unlock(LockCore *self, CpuCore *cpu) {
     int m = cpu->masked;
     PyObject *held = PyTuple_GET_ITEM(cpu->held, cpu->ctx);
     Py_ssize_t n = PyList_GET_SIZE(held);
@@ -644,19 +636,30 @@ static PyObject *c_unlock(LockCore *self) {
     Py_RETURN_NONE;
 }
 
-static PyObject *lock_lock(LockCore *self, PyObject *unused) { return c_lock(self); }
-static PyObject *lock_unlock(LockCore *self, PyObject *unused) { return c_unlock(self); }
-static PyObject *lock_trylock(LockCore *self, PyObject *unused) { return c_trylock(self); }
+static PyObject *lock_lock(LockCore *self, PyObject *unused) {
+    CpuCore *cpu = bound_cpu(self);
+    return cpu ? c_lock(self, cpu) : NULL;
+}
+
+static PyObject *lock_unlock(LockCore *self, PyObject *unused) {
+    CpuCore *cpu = bound_cpu(self);
+    return cpu ? c_unlock(self, cpu) : NULL;
+}
+
+static PyObject *lock_trylock(LockCore *self, PyObject *unused) {
+    CpuCore *cpu = bound_cpu(self);
+    return cpu ? c_trylock(self, cpu) : NULL;
+}
 
 static PyObject *lock_enter(LockCore *self, PyObject *unused) {
-    PyObject *r = c_lock(self);
+    PyObject *r = lock_lock(self, NULL);
     if (!r)
         return NULL;
     Py_DECREF(r);
     return Py_NewRef(self);
 }
 
-static PyObject *lock_exit(LockCore *self, PyObject *const *args, Py_ssize_t nargs) { return c_unlock(self); }
+static PyObject *lock_exit(LockCore *self, PyObject *const *args, Py_ssize_t nargs) { return lock_unlock(self, NULL); }
 
 static PyObject *lock_is_locked(LockCore *self, PyObject *unused) {
     CpuCore *cpu = bound_cpu(self);
@@ -754,44 +757,45 @@ static PyTypeObject LockCoreType = {
 
 /* ---- Xen's API as module functions (one C call per operation) --------------------------- */
 
-static inline LockCore *as_lock(PyObject *o) {
+/* The CPU a model spinlock is bound to, or NULL with the error set. */
+static inline CpuCore *cpu_of(PyObject *o) {
     if (!PyObject_TypeCheck(o, &LockCoreType)) {
         PyErr_Format(PyExc_TypeError, "expected a model spinlock, got %.100s", Py_TYPE(o)->tp_name);
         return NULL;
     }
-    return (LockCore *)o;
+    return bound_cpu((LockCore *)o);
 }
 
 static PyObject *m_spin_lock(PyObject *mod, PyObject *l) {
-    LockCore *lk = as_lock(l);
-    return lk ? c_lock(lk) : NULL;
+    CpuCore *cpu = cpu_of(l);
+    return cpu ? c_lock((LockCore *)l, cpu) : NULL;
 }
 
 static PyObject *m_spin_unlock(PyObject *mod, PyObject *l) {
-    LockCore *lk = as_lock(l);
-    return lk ? c_unlock(lk) : NULL;
+    CpuCore *cpu = cpu_of(l);
+    return cpu ? c_unlock((LockCore *)l, cpu) : NULL;
 }
 
 static PyObject *m_spin_trylock(PyObject *mod, PyObject *l) {
-    LockCore *lk = as_lock(l);
-    return lk ? c_trylock(lk) : NULL;
+    CpuCore *cpu = cpu_of(l);
+    return cpu ? c_trylock((LockCore *)l, cpu) : NULL;
 }
 
 static PyObject *m_spin_lock_irq(PyObject *mod, PyObject *l) {
-    LockCore *lk = as_lock(l);
-    CpuCore *cpu = lk ? bound_cpu(lk) : NULL;
+    LockCore *lk = (LockCore *)l;
+    CpuCore *cpu = cpu_of(l);
     if (!cpu)
         return NULL;
     cpu->masked = 1;
-    return c_lock(lk);
+    return c_lock(lk, cpu);
 }
 
 static PyObject *m_spin_unlock_irq(PyObject *mod, PyObject *l) {
-    LockCore *lk = as_lock(l);
-    CpuCore *cpu = lk ? bound_cpu(lk) : NULL;
+    LockCore *lk = (LockCore *)l;
+    CpuCore *cpu = cpu_of(l);
     if (!cpu)
         return NULL;
-    PyObject *r = c_unlock(lk);
+    PyObject *r = c_unlock(lk, cpu);
     if (!r)
         return NULL;
     Py_DECREF(r);
@@ -801,13 +805,13 @@ static PyObject *m_spin_unlock_irq(PyObject *mod, PyObject *l) {
 }
 
 static PyObject *m_spin_lock_irqsave(PyObject *mod, PyObject *l) {
-    LockCore *lk = as_lock(l);
-    CpuCore *cpu = lk ? bound_cpu(lk) : NULL;
+    LockCore *lk = (LockCore *)l;
+    CpuCore *cpu = cpu_of(l);
     if (!cpu)
         return NULL;
     int flags = cpu->masked;
     cpu->masked = 1;
-    PyObject *r = c_lock(lk);
+    PyObject *r = c_lock(lk, cpu);
     if (!r) {
         cpu->masked = (char)flags;
         return NULL;
@@ -821,14 +825,14 @@ static PyObject *m_spin_unlock_irqrestore(PyObject *mod, PyObject *const *args, 
         PyErr_SetString(PyExc_TypeError, "spin_unlock_irqrestore(lock, flags)");
         return NULL;
     }
-    LockCore *lk = as_lock(args[0]);
-    CpuCore *cpu = lk ? bound_cpu(lk) : NULL;
+    LockCore *lk = (LockCore *)args[0];
+    CpuCore *cpu = cpu_of(args[0]);
     if (!cpu)
         return NULL;
     int flags = PyObject_IsTrue(args[1]);
     if (flags < 0)
         return NULL;
-    PyObject *r = c_unlock(lk);
+    PyObject *r = c_unlock(lk, cpu);
     if (!r)
         return NULL;
     Py_DECREF(r);
@@ -838,8 +842,7 @@ static PyObject *m_spin_unlock_irqrestore(PyObject *mod, PyObject *const *args, 
 }
 
 static PyObject *m_spin_is_locked(PyObject *mod, PyObject *l) {
-    LockCore *lk = as_lock(l);
-    return lk ? lock_is_locked(lk, NULL) : NULL;
+    return cpu_of(l) ? lock_is_locked((LockCore *)l, NULL) : NULL;
 }
 
 static PyMethodDef module_methods[] = {

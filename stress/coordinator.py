@@ -369,10 +369,10 @@ class Run:
         verdict: Verdict | None = None
         code = EXIT_HARNESS
         if self.stop_reason in ("duration", "finding"):
-            verdict = judge(self.variant.outcomes, self.findings, incomplete)
+            verdict = judge(self.variant.outcomes, self.findings, incomplete, self.variant.id)
             code = verdict.exit_code
         elif self.stop_reason == "worker-died" and self._decisive():
-            verdict = judge(self.variant.outcomes, self.findings, incomplete)
+            verdict = judge(self.variant.outcomes, self.findings, incomplete, self.variant.id)
             code = verdict.exit_code
         elif self.stop_reason == "interrupted":
             code = EXIT_SIGINT
@@ -394,6 +394,8 @@ class Run:
             "seed": self.cfg.seed, "stop_reason": self.stop_reason, "message": self.message,
             "elapsed_s": round(elapsed, 3), "startup_s": round(self.startup_s, 4), "exit_code": code,
             "verdict": None if verdict is None else {"status": verdict.status, "text": verdict.text,
+                                                     "headline": verdict.headline, "match": verdict.match,
+                                                     "known": verdict.known, "info": verdict.info,
                                                      "found": list(verdict.found)},
             "command": self.cfg.command, "run_dir": self.rundir.path if self.rundir else "",
             "findings": [{"outcome": f.outcome, "title": f.title, "since_start_s": round(f.since_start_s, 4),

@@ -46,7 +46,22 @@ __all__ = [
 
 #: Outcomes a variant may expect. ``invariant:<name>`` names one of the workload's
 #: invariants (or ``assert-held``); ``open`` is a question the run answers with evidence.
-OUTCOMES = ("clean", "open", "deadlock", "lock-order-inversion", "held-by-dead-worker", "hung",
+#: The lock outcomes are lockdep's reports, one kind each:
+#:
+#: - ``deadlock``: a wait that really closed (the watchdog saw the cycle of waiters);
+#: - ``lock-order-inversion``: "possible circular locking dependency" (a class-graph cycle);
+#: - ``guarded-inversion``: such a cycle whose every edge was taken holding one same lock
+#:   instance: information (it cannot deadlock while that lock serialises the paths), unless
+#:   a variant expects it;
+#: - ``recursive-locking``: "possible recursive locking" (a class already held taken again);
+#: - ``inconsistent-lock-state``: a class taken in interrupt context and with interrupts on;
+#: - ``irq-lock-inversion``: "HARDIRQ-safe -> HARDIRQ-unsafe lock order".
+#:
+#: Before stress 0.2 the last three were counted as ``lock-order-inversion`` (and a possible
+#: AA as ``deadlock``): an old workload's expectation of those names is still met
+#: (``stress.verdict.LEGACY``), and the verdict says which precise outcome met it.
+OUTCOMES = ("clean", "open", "deadlock", "lock-order-inversion", "guarded-inversion", "recursive-locking",
+            "inconsistent-lock-state", "irq-lock-inversion", "held-by-dead-worker", "hung",
             "use-after-free", "null-deref", "stale-read", "lost-wakeup", "crash", "bad-unlock")
 
 

@@ -37,9 +37,14 @@
 #define EV_RELEASE 4
 #define EV_TRYLOCK_FAIL 11
 #define NO_OWNER (-1)
-#define KEY_DIGIT_BITS 9
-/* a chain key is exact: one 9-bit digit per held lock. Up to this value the next key fits in
- * a signed 64-bit word; deeper chains are computed with Python ints (never truncated). */
+#define KEY_DIGIT_BITS 15
+#define MAX_SUBCLASS 8
+#define MAX_INTERNAL 32
+/* a chain key is exact: one 15-bit digit per held lock: (lock index + 1) << 5 | subclass << 2 |
+ * ctx << 1 | masked. Keys are per lock *instance* (not per class), so a chain with another
+ * instance under it is validated anew: lockdep's guards are instances (a guard counts only
+ * when every edge of a cycle was taken holding the same lock). Up to this value the next key
+ * fits in a signed 64-bit word; deeper chains are computed with Python ints (never truncated). */
 #define KEY_FAST_MAX (((int64_t)1) << (63 - KEY_DIGIT_BITS))
 
 static inline int64_t now_ns(void) {
@@ -53,6 +58,57 @@ static inline int bit_length(int64_t v) {
         return 0;
     return 64 - __builtin_clzll((unsigned long long)v);
 }
+
+/* co_filename objects of instrumentation modules (sites.internal): a site is taken in their
+ * callers. Compared by identity: every code object of a module shares its filename object. */
+static PyObject *internal_files[MAX_INTERNAL];
+static int n_internal;
+
+static inline int is_internal(PyCodeObject *code) {
+    PyObject *fn = code->co_filename;
+    for (int i = 0; i < n_internal; i++)
+        if (internal_files[i] == fn)
+            return 1;
+    return 0;
+}
+
+/* The site of the calling Python frame that is not instrumentation, as shm_model.sites.key_of
+ * makes it: (id(code) >> 4) << 16 | (f_lasti & 0xFFFF). 0 when there is none. */
+static int64_t capture_site(void) {
+    PyFrameObject *f = PyEval_GetFrame(); /* borrowed */
+    if (!f)
+        return 0;
+    Py_INCREF(f);
+    for (int depth = 0; f && depth < 16; depth++) {
+        PyCodeObject *code = PyFrame_GetCode(f);
+        if (!is_internal(code)) {
+            int64_t site = ((int64_t)((uintptr_t)code >> 4) << 16) | (PyFrame_GetLasti(f) & 0xFFFF);
+            Py_DECREF(code);
+            Py_DECREF(f);
+            return site;
+        }
+        Py_DECREF(code);
+        PyFrameObject *back = PyFrame_GetBack(f);
+        Py_DECREF(f);
+        f = back;
+    }
+    Py_XDECREF(f);
+    return 0;
+}
+
+static PyObject *m_set_internal(PyObject *mod, PyObject *fn) {
+    for (int i = 0; i < n_internal; i++)
+        if (internal_files[i] == fn)
+            Py_RETURN_NONE;
+    if (n_internal >= MAX_INTERNAL) {
+        PyErr_SetString(PyExc_OverflowError, "too many instrumentation files");
+        return NULL;
+    }
+    internal_files[n_internal++] = Py_NewRef(fn);
+    Py_RETURN_NONE;
+}
+
+static PyObject *m_capture_site(PyObject *mod, PyObject *unused) { return PyLong_FromLongLong(capture_site()); }
 
 static PyObject *str_new_chain, *str_jitter, *str_contended, *str_unlock_out_of_order, *str_run_irqs,
     *str_irqs_enabled_holding;
@@ -409,8 +465,8 @@ static inline CpuCore *bound_cpu(LockCore *self) {
 
 /* The chain key of taking this lock on top of ``held``: the top entry's key shifted by one
  * digit, or'ed with (class digit | ctx << 1 | masked). New reference. */
-static PyObject *chain_key(LockCore *self, PyObject *held, Py_ssize_t n, int ctx, int m) {
-    int64_t digit = self->key | ((int64_t)ctx << 1) | m;
+static PyObject *chain_key(LockCore *self, PyObject *held, Py_ssize_t n, int ctx, int m, int sub) {
+    int64_t digit = self->key | ((int64_t)sub << 2) | ((int64_t)ctx << 1) | m;
     if (!n)
         return PyLong_FromLongLong(digit);
     PyObject *top = PyList_GET_ITEM(held, n - 1);
@@ -464,22 +520,19 @@ static inline int record_acquire(LockCore *self, CpuCore *cpu, PyObject *held, P
     return 0;
 }
 
-/* Validate a held-class chain not seen before (lockdep), masked; cache and return its site. */
+/* Validate a held-lock chain not seen before (lockdep), masked, and cache it. The site is
+ * this acquisition's own (capture_site): the cache holds chains, never sites, so every
+ * acquisition records where it really happened. */
 static int new_chain(CpuCore *cpu, LockCore *self, PyObject *key, PyObject *cache_key, PyObject *held, int m,
-                     int ctx, int trylock, int64_t *site) {
+                     int ctx, int trylock) {
     PyObject *args[7] = {cpu->hooks, (PyObject *)cpu, (PyObject *)self, key, held,
                          (!m && ctx == TASK) ? Py_True : Py_False, trylock ? Py_True : Py_False};
     cpu->masked = 1;
     PyObject *r = PyObject_VectorcallMethod(str_new_chain, args, 7 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     if (!r)
         return -1;
-    *site = PyLong_AsLongLong(r);
-    if ((*site == -1 && PyErr_Occurred()) || PyDict_SetItem(cpu->chains, cache_key, r) < 0) {
-        Py_DECREF(r);
-        return -1;
-    }
     Py_DECREF(r);
-    return 0;
+    return PyDict_SetItem(cpu->chains, cache_key, Py_True);
 }
 
 static inline int trywait(sem_t *s) {
@@ -496,20 +549,16 @@ static inline int trywait(sem_t *s) {
 }
 
 /* spin_lock */
-static PyObject *c_lock(LockCore *self, CpuCore *cpu) {
+static PyObject *c_lock(LockCore *self, CpuCore *cpu, int sub) {
     int m = cpu->masked, ctx = cpu->ctx;
     PyObject *held = PyTuple_GET_ITEM(cpu->held, ctx);
-    PyObject *key = chain_key(self, held, PyList_GET_SIZE(held), ctx, m);
+    PyObject *key = chain_key(self, held, PyList_GET_SIZE(held), ctx, m, sub);
     if (!key)
         return NULL;
-    int64_t site;
-    PyObject *s = PyDict_GetItemWithError(cpu->chains, key);
-    if (s) {
-        site = PyLong_AsLongLong(s);
-    } else {
-        if (PyErr_Occurred() || new_chain(cpu, self, key, key, held, m, ctx, 0, &site) < 0)
-            goto fail;
-    }
+    int64_t site = capture_site();
+    int cached = PyDict_Contains(cpu->chains, key);
+    if (cached < 0 || (!cached && new_chain(cpu, self, key, key, held, m, ctx, 0) < 0))
+        goto fail;
     if (cpu->noise > 0.0) {
         cpu->masked = 1;
         PyObject *r = PyObject_CallMethodNoArgs((PyObject *)cpu, str_jitter);
@@ -563,17 +612,14 @@ static PyObject *c_trylock(LockCore *self, CpuCore *cpu) {
             c_trace(cpu, EV_TRYLOCK_FAIL, 0, self->index, 0, 0);
         Py_RETURN_FALSE;
     }
-    PyObject *key = chain_key(self, held, PyList_GET_SIZE(held), ctx, m);
+    PyObject *key = chain_key(self, held, PyList_GET_SIZE(held), ctx, m, 0);
     PyObject *ckey = key ? PyNumber_Invert(key) : NULL;
-    int64_t site = 0;
+    int64_t site = capture_site();
     if (!ckey)
         goto fail;
-    PyObject *s = PyDict_GetItemWithError(cpu->chains, ckey);
-    if (s) {
-        site = PyLong_AsLongLong(s);
-    } else if (PyErr_Occurred() || new_chain(cpu, self, key, ckey, held, m, ctx, 1, &site) < 0) {
+    int cached = PyDict_Contains(cpu->chains, ckey);
+    if (cached < 0 || (!cached && new_chain(cpu, self, key, ckey, held, m, ctx, 1) < 0))
         goto fail;
-    }
     Py_DECREF(ckey);
     int r = record_acquire(self, cpu, held, key, ctx, site);
     Py_DECREF(key);
@@ -638,7 +684,7 @@ static PyObject *c_unlock(LockCore *self, CpuCore *cpu) {
 
 static PyObject *lock_lock(LockCore *self, PyObject *unused) {
     CpuCore *cpu = bound_cpu(self);
-    return cpu ? c_lock(self, cpu) : NULL;
+    return cpu ? c_lock(self, cpu, 0) : NULL;
 }
 
 static PyObject *lock_unlock(LockCore *self, PyObject *unused) {
@@ -768,7 +814,7 @@ static inline CpuCore *cpu_of(PyObject *o) {
 
 static PyObject *m_spin_lock(PyObject *mod, PyObject *l) {
     CpuCore *cpu = cpu_of(l);
-    return cpu ? c_lock((LockCore *)l, cpu) : NULL;
+    return cpu ? c_lock((LockCore *)l, cpu, 0) : NULL;
 }
 
 static PyObject *m_spin_unlock(PyObject *mod, PyObject *l) {
@@ -787,7 +833,7 @@ static PyObject *m_spin_lock_irq(PyObject *mod, PyObject *l) {
     if (!cpu)
         return NULL;
     cpu->masked = 1;
-    return c_lock(lk, cpu);
+    return c_lock(lk, cpu, 0);
 }
 
 static PyObject *m_spin_unlock_irq(PyObject *mod, PyObject *l) {
@@ -811,7 +857,7 @@ static PyObject *m_spin_lock_irqsave(PyObject *mod, PyObject *l) {
         return NULL;
     int flags = cpu->masked;
     cpu->masked = 1;
-    PyObject *r = c_lock(lk, cpu);
+    PyObject *r = c_lock(lk, cpu, 0);
     if (!r) {
         cpu->masked = (char)flags;
         return NULL;
@@ -841,6 +887,52 @@ static PyObject *m_spin_unlock_irqrestore(PyObject *mod, PyObject *const *args, 
     Py_RETURN_NONE;
 }
 
+static int parse_sub(PyObject *v, int *sub) {
+    long s = PyLong_AsLong(v);
+    if (s == -1 && PyErr_Occurred())
+        return -1;
+    if (s < 0 || s >= MAX_SUBCLASS) {
+        PyErr_Format(PyExc_ValueError, "lockdep subclass must be 0..%d, not %ld", MAX_SUBCLASS - 1, s);
+        return -1;
+    }
+    *sub = (int)s;
+    return 0;
+}
+
+/* spin_lock_nested(lock, subclass): lockdep's annotation for two locks of one class nested in
+ * a known order; subclasses 0..7 of a class are distinct classes for ordering. */
+static PyObject *m_spin_lock_nested(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    int sub;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "spin_lock_nested(lock, subclass)");
+        return NULL;
+    }
+    CpuCore *cpu = cpu_of(args[0]);
+    if (!cpu || parse_sub(args[1], &sub) < 0)
+        return NULL;
+    return c_lock((LockCore *)args[0], cpu, sub);
+}
+
+static PyObject *m_spin_lock_irqsave_nested(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    int sub;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "spin_lock_irqsave_nested(lock, subclass)");
+        return NULL;
+    }
+    CpuCore *cpu = cpu_of(args[0]);
+    if (!cpu || parse_sub(args[1], &sub) < 0)
+        return NULL;
+    int flags = cpu->masked;
+    cpu->masked = 1;
+    PyObject *r = c_lock((LockCore *)args[0], cpu, sub);
+    if (!r) {
+        cpu->masked = (char)flags;
+        return NULL;
+    }
+    Py_DECREF(r);
+    return PyBool_FromLong(flags);
+}
+
 static PyObject *m_spin_is_locked(PyObject *mod, PyObject *l) {
     return cpu_of(l) ? lock_is_locked((LockCore *)l, NULL) : NULL;
 }
@@ -857,6 +949,12 @@ static PyMethodDef module_methods[] = {
     {"spin_unlock_irqrestore", (PyCFunction)(void (*)(void))m_spin_unlock_irqrestore, METH_FASTCALL,
      "Release lock, then restore the interrupt state saved by spin_lock_irqsave."},
     {"spin_is_locked", m_spin_is_locked, METH_O, "Held by anyone."},
+    {"spin_lock_nested", (PyCFunction)(void (*)(void))m_spin_lock_nested, METH_FASTCALL,
+     "spin_lock_nested(lock, subclass): take lock as subclass 0..7 of its class (lockdep's nesting annotation)."},
+    {"spin_lock_irqsave_nested", (PyCFunction)(void (*)(void))m_spin_lock_irqsave_nested, METH_FASTCALL,
+     "spin_lock_irqsave_nested(lock, subclass): as spin_lock_irqsave, as that subclass; returns the flags."},
+    {"_set_internal", m_set_internal, METH_O, "Register an instrumentation file's co_filename object."},
+    {"capture_site", m_capture_site, METH_NOARGS, "The site of the first non-instrumentation caller."},
     {NULL}};
 
 static struct PyModuleDef fastlock_module = {

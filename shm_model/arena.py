@@ -65,14 +65,19 @@ HSLOT = 2 * HBUCKETS
 # ---- class usage (lockdep's usage bits, with the first site and worker of each) ----------
 C_IN_IRQ, C_IN_IRQ_SITE, C_IN_IRQ_WORKER, C_IRQ_ON, C_IRQ_ON_SITE, C_IRQ_ON_WORKER = range(6)
 C_REPORTED = 6
+C_ORIGIN = 7  # a subclass made by spin_lock_nested: base class * 8 + subclass + 1 (0: declared)
 CSLOT = 8
 
 # ---- class graph edge records (one per ordered class pair) --------------------------------
+# E_GUARD: how many lock *instances* were held outside the edge's first lock on every
+# occasion (E_G0.. hold their indices), or NO_GUARD_YET before the first sighting
 E_SEQ, E_FROM_SITE, E_TO_SITE, E_WORKER, E_GUARD, E_CTX = range(6)
-ESLOT = 6
+E_G0 = 6
+GUARD_SLOTS = 4  # more outer instances than this: the innermost are kept (fewer guards: never a false one)
+ESLOT = E_G0 + GUARD_SLOTS
 NO_GUARD_YET = -1
 
-MAX_CLASSES = 62  # guard sets are bitmasks in one signed word
+MAX_CLASSES = 126  # declared classes plus the subclasses spin_lock_nested makes
 MAX_OPS = 64
 IRQ_RING = 64  # slots per (sender, target) ring
 TRACE_EVENTS = 16384  # events per worker ring (640 KiB)

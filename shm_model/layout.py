@@ -12,6 +12,7 @@ workers inherit it and only *attach* views to the mapped segment.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -42,10 +43,16 @@ class Int(Field):
 class Spinlock(Field):
     """A spinlock field. ``cls`` names its lock class (lockdep's key); every instance of
     the field (one per struct instance) shares that class. Default class name:
-    ``"&<struct>-><field>"``, the way lockdep names a lock from its C expression."""
+    ``"&<struct>-><field>"``, the way lockdep names a lock from its C expression.
 
-    def __init__(self, cls: str | None = None) -> None:
+    ``per_instance=True`` gives each instance a class of its own, named after the class and
+    the instance's array indices (``"bucket[3]"``; lockdep's dynamic keys): for locks of one
+    kind that are nested in a known order, e.g. per-bucket locks taken in index order. The
+    other answer is ``spin_lock_nested(lock, subclass)`` at the inner acquisition."""
+
+    def __init__(self, cls: str | None = None, per_instance: bool = False) -> None:
         self.cls = cls
+        self.per_instance = per_instance
 
 
 class Array(Field):
@@ -146,6 +153,8 @@ def _plan_field(f: Any, fname: str, options: Any, plan: Plan, cname: str, path: 
         return ("int", off)
     if isinstance(f, Spinlock) or f is Spinlock:
         cls = (f.cls if isinstance(f, Spinlock) else None) or f"&{cname}->{fname}"
+        if isinstance(f, Spinlock) and f.per_instance:
+            cls += "".join(re.findall(r"\[\d+\]", path))  # one class per instance: "bucket[3]"
         decl = LockDecl(len(plan.locks), cls, path)
         plan.locks.append(decl)
         return ("lock", decl.index)

@@ -20,8 +20,16 @@ _INTERNAL_FILES: set[str] = set()
 
 
 def internal(path: str) -> None:
-    """Mark a source file as instrumentation: sites are taken in its callers."""
+    """Mark a source file as instrumentation: sites are taken in its callers (call it at the
+    module's top level: the C fast path recognises the module's code by its filename object)."""
     _INTERNAL_FILES.add(path)
+    caller = sys._getframe(1).f_code.co_filename
+    _INTERNAL_FILES.add(caller)
+    try:
+        from ._fastlock import _set_internal
+    except ImportError:  # the extension is not built yet: shm_model.cpu says so
+        return
+    _set_internal(caller)
 
 
 internal(__file__)
@@ -45,7 +53,9 @@ def capture_stack(depth: int = 1, limit: int = 6) -> tuple[int, ...]:
     while f is not None and f.f_code.co_filename in _INTERNAL_FILES:
         f = f.f_back
     out = []
-    while f is not None and len(out) < limit:
+    # the chain ends at the workload's operation, as lockdep's ends at the syscall: the
+    # harness frames above it (the worker loop, the process start-up) are not the model's
+    while f is not None and len(out) < limit and f.f_code.co_filename not in _INTERNAL_FILES:
         out.append(key_of(f))
         f = f.f_back
     return tuple(out)

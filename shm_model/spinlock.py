@@ -35,8 +35,9 @@ from __future__ import annotations
 import posix_ipc
 
 from . import sites
-from ._fastlock import (LockCore, spin_is_locked, spin_lock, spin_lock_irq, spin_lock_irqsave, spin_trylock,
-                        spin_unlock, spin_unlock_irq, spin_unlock_irqrestore)
+from ._fastlock import (KEY_DIGIT_BITS, LockCore, spin_is_locked, spin_lock, spin_lock_irq, spin_lock_irqsave,
+                        spin_lock_irqsave_nested, spin_lock_nested, spin_trylock, spin_unlock, spin_unlock_irq,
+                        spin_unlock_irqrestore)
 from .arena import (H_HOLD, H_WAIT, L_CLASS, L_OWNER, L_SINCE, L_SITE, NO_OWNER, S_ACQ, S_CONTENDED, S_HOLD_MAX,
                     S_WAIT_MAX, S_WAIT_NS, W_WAIT, W_WAIT_CALLERS, WAIT_CALLERS, Geometry)
 from .cpu import Cpu
@@ -51,7 +52,23 @@ _Signal = posix_ipc.SignalError
 # the C fast path hard-codes these layout facts: keep them true
 assert S_ACQ == 0 and S_HOLD_MAX == 4 and H_HOLD == 0
 
+DIGIT_MASK = (1 << KEY_DIGIT_BITS) - 1
+#: locks a run may declare: a chain-key digit holds (lock index + 1) << 5 | subclass << 2 | ctx << 1 | masked
+MAX_LOCKS = (1 << (KEY_DIGIT_BITS - 5)) - 2
+
+
+def key_digit(index: int) -> int:
+    """The chain-key digit of lock ``index`` (subclass, context and irq state are or'ed in)."""
+    return (index + 1) << 5
+
+
+def subclass_of(key: int) -> int:
+    """The lockdep subclass (``spin_lock_nested``) of the acquisition whose chain key is ``key``."""
+    return (key >> 2) & 7
+
+
 __all__ = ["Lock", "assert_held", "spin_is_locked", "spin_lock", "spin_lock_irq", "spin_lock_irqsave",
+           "spin_lock_nested", "spin_lock_irqsave_nested", "key_digit", "subclass_of", "MAX_LOCKS",
            "spin_trylock", "spin_unlock", "spin_unlock_irq", "spin_unlock_irqrestore"]
 
 
@@ -74,8 +91,8 @@ class Lock(LockCore):
         base = geo.lslot(index)
         mv[base + L_OWNER] = NO_OWNER
         mv[base + L_CLASS] = cls
-        # chain-key digit: class, then ctx and irq-state bits
-        self._open(sem.name, index, (cls + 1) << 2, base + L_OWNER, base + L_SITE, base + L_SINCE)
+        # chain-key digit: the lock instance, then subclass, ctx and irq-state bits
+        self._open(sem.name, index, key_digit(index), base + L_OWNER, base + L_SITE, base + L_SINCE)
         self._wait = sem.acquire
 
     def __repr__(self) -> str:
@@ -135,7 +152,7 @@ class Lock(LockCore):
                 rest = held[i + 1:]
                 del held[i:]
                 for lk, k in rest:  # recompute the chain keys above the released lock
-                    held.append((lk, ((held[-1][1] << 9) if held else 0) | (k & 0x1FF)))
+                    held.append((lk, ((held[-1][1] << KEY_DIGIT_BITS) if held else 0) | (k & DIGIT_MASK)))
                 return True
         owner = self.mv[self.o_owner]
         cpu.finding("bad-unlock", "WARNING: bad unlock balance detected!",

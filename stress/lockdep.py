@@ -6,16 +6,23 @@ is validated here. The graph and the usage bits are shared by all workers in the
 
 - edge ``H -> C`` for every lock ``H`` held in the same context when ``C`` is taken (not
   for a trylock of ``C``), with the first site and worker of each and its *guard*: the set
-  of classes that were held outside ``H`` every time the edge was seen;
+  of lock *instances* that were held outside ``H`` every time the edge was seen (chain keys
+  are per instance, so another instance under the same classes is a chain of its own and
+  narrows the guard);
 - a new or narrowed edge that closes a cycle is a **circular locking dependency**, reported
-  with the shortest cycle. A cycle whose edges were all taken under one common outer class
-  is reported as **guarded** by it: informational (it cannot deadlock while the outer lock
-  serialises it), and re-reported as a plain inversion once an unguarded path appears;
+  with the shortest cycle. A cycle whose edges were all taken holding one same lock instance
+  is reported as **guarded** by it (``guarded-inversion``): informational (it cannot deadlock
+  while that lock serialises the paths), and re-reported as a plain inversion once an
+  unguarded path appears. Two instances of one class (``keepers[0]`` on one path,
+  ``keepers[1]`` on the other) serialise nothing: that cycle is a plain inversion;
+- classes are the declared ones and, for ``spin_lock_nested(lock, n)``, subclass ``n`` of
+  the lock's class (lockdep's nesting annotation: a distinct class for ordering), made on
+  first use in the arena (``C_ORIGIN``) so that every worker names it alike;
 - usage bits per class: taken in interrupt context, taken with interrupts enabled. Both on
   one class is an **inconsistent lock state**; a path from an irq-safe class to an
   irq-unsafe one is an **irq-safe -> irq-unsafe lock order**;
 - taking a class already held in this context is **recursive locking** (same instance: a
-  certain self-deadlock).
+  certain self-deadlock, which the watchdog then sees as a ``deadlock``).
 
 Locking: every graph update happens under the arena's graph semaphore, taken with
 interrupts soft-masked (the caller masks); nothing else is taken inside. A capacity that
@@ -32,9 +39,11 @@ import posix_ipc
 
 from shm_model import sites
 from shm_model.arena import (acquire_retrying, C_IN_IRQ, C_IN_IRQ_SITE, C_IN_IRQ_WORKER, C_IRQ_ON, C_IRQ_ON_SITE,
-                             C_IRQ_ON_WORKER, C_REPORTED, E_FROM_SITE, E_GUARD, E_SEQ, E_TO_SITE,
-                             E_WORKER, H_CAP_EDGES, H_EDGE_SEQ, H_EDGES, W_CHAIN_MISS)
+                             C_IRQ_ON_WORKER, C_ORIGIN, C_REPORTED, E_FROM_SITE, E_G0, E_GUARD, E_SEQ, E_TO_SITE,
+                             E_WORKER, GUARD_SLOTS, H_CAP_CLASSES, L_CLASS, H_CAP_EDGES, H_EDGE_SEQ, H_EDGES, H_NCLASSES,
+                             MAX_CLASSES, W_CHAIN_MISS)
 from shm_model.cpu import IRQ, Cpu
+from shm_model.spinlock import subclass_of
 
 from .findings import Finding, now_ns
 
@@ -49,10 +58,51 @@ class Lockdep:
         self.mv = world.mv
         self.geo = world.geo
         self.sem: posix_ipc.Semaphore = world.arena.graph_sem
-        self.n = world.geo.n_classes
+        self.declared = world.geo.n_classes
         self.names = world.class_names
         self.report = report
         self.reported: set[str] = set()
+        self._subs: dict[tuple[int, int], int] = {}  # (class, subclass) -> class id, known here
+
+    @property
+    def n(self) -> int:
+        """Classes in use: the declared ones and the subclasses made so far."""
+        return max(self.declared, min(self.mv[H_NCLASSES], MAX_CLASSES))
+
+    def _name(self, c: int) -> str:
+        return class_name(self.mv, self.geo, self.names, c)
+
+    def _lock_path(self, index: int, held: list = ()) -> str:
+        for h, _ in held:
+            if h.index == index:
+                return h.path
+        path = getattr(self.world, "lock_path", None)
+        return path(index) if path else f"lock#{index}"
+
+    def _cls(self, lock: Any, key: int) -> int:
+        """The class of an acquisition: the lock's, or its subclass (``spin_lock_nested``).
+        Requires: the graph semaphore (a new subclass is made in the arena)."""
+        sub = subclass_of(key)
+        if not sub:
+            return lock.cls
+        k = (lock.cls, sub)
+        c = self._subs.get(k)
+        if c is not None:
+            return c
+        mv, geo = self.mv, self.geo
+        origin = lock.cls * 8 + sub + 1
+        for x in range(self.declared, self.n):
+            if mv[geo.cslot(x) + C_ORIGIN] == origin:
+                self._subs[k] = x
+                return x
+        x = self.n
+        if x >= MAX_CLASSES:
+            mv[H_CAP_CLASSES] += 1  # ordered as the base class: the verdict says incomplete
+            return lock.cls
+        mv[geo.cslot(x) + C_ORIGIN] = origin
+        mv[H_NCLASSES] = x + 1
+        self._subs[k] = x
+        return x
 
     # -- entry point (Hooks.new_chain) ----------------------------------------------------------
     def new_chain(self, cpu: Cpu, lock: Any, key: int, held: list, irqs_on: bool, trylock: bool) -> int:
@@ -64,10 +114,11 @@ class Lockdep:
             mv[H_CAP_EDGES] += 1  # could not validate: the verdict says incomplete
             return site
         try:
-            c = lock.cls
-            for h, _ in held:
-                if h.cls == c and not trylock:  # a trylock cannot wait (lockdep skips it too)
-                    findings.append(self._recursive(cpu, lock, h, site, held))
+            c = self._cls(lock, key)
+            classes = [self._cls(h, hk) for h, hk in held]
+            for (h, hk), hc in zip(held, classes):
+                if hc == c and not trylock:  # a trylock cannot wait (lockdep skips it too)
+                    findings.append(self._recursive(cpu, lock, c, h, hc, site, held))
                     break
             if cpu.ctx == IRQ:
                 if self._mark(c, C_IN_IRQ, site, cpu):
@@ -76,11 +127,11 @@ class Lockdep:
                 if self._mark(c, C_IRQ_ON, site, cpu):
                     self._usage_changed(cpu, c, C_IRQ_ON, lock, site, findings)
             if not trylock:
-                outer = 0
-                for h, _ in held:
-                    if h.cls != c:
-                        self._edge(cpu, h, lock, site, outer, held, findings)
-                    outer |= 1 << h.cls
+                outer: list[int] = []  # lock instances held outside h, outermost first
+                for (h, hk), hc in zip(held, classes):
+                    if hc != c:
+                        self._edge(cpu, h, hc, lock, c, site, outer, held, findings)
+                    outer.append(h.index)
         finally:
             self.sem.release()
         self._emit(findings)
@@ -111,49 +162,62 @@ class Lockdep:
     def irqs_enabled_holding(self, cpu: Cpu) -> None:
         """Interrupts were enabled while task-context locks are held: each such class is
         now used with interrupts enabled (lockdep's mark_held_locks)."""
-        for h, _ in cpu.held[0]:
-            if not self.mv[self.geo.cslot(h.cls) + C_IRQ_ON]:
-                findings: list[Finding] = []
-                if not acquire_retrying(self.sem, GRAPH_LOCK_TIMEOUT_S):
-                    self.mv[H_CAP_EDGES] += 1
-                    return
-                try:
-                    if self._mark(h.cls, C_IRQ_ON, self.mv[h.o_site], cpu):
-                        self._usage_changed(cpu, h.cls, C_IRQ_ON, h, self.mv[h.o_site], findings)
-                finally:
-                    self.sem.release()
-                self._emit(findings)
+        for h, hk in cpu.held[0]:
+            findings: list[Finding] = []
+            if not acquire_retrying(self.sem, GRAPH_LOCK_TIMEOUT_S):
+                self.mv[H_CAP_EDGES] += 1
+                return
+            try:
+                hc = self._cls(h, hk)
+                if self._mark(hc, C_IRQ_ON, self.mv[h.o_site], cpu):
+                    self._usage_changed(cpu, hc, C_IRQ_ON, h, self.mv[h.o_site], findings)
+            finally:
+                self.sem.release()
+            self._emit(findings)
 
     # -- graph ----------------------------------------------------------------------------------
-    def _edge(self, cpu: Cpu, h: Any, lock: Any, site: int, outer: int, held: list,
+    def guards(self, a: int, b: int) -> list[int]:
+        """Lock instances held outside ``a`` on every occasion edge a -> b was taken."""
+        e = self.geo.eslot(a, b)
+        n = self.mv[e + E_GUARD]
+        return list(self.mv[e + E_G0:e + E_G0 + n]) if n > 0 else []
+
+    def _set_guards(self, e: int, g: list[int]) -> None:
+        g = g[-GUARD_SLOTS:]  # the innermost: dropping one can only make a cycle look less safe
+        for i, x in enumerate(g):
+            self.mv[e + E_G0 + i] = x
+        self.mv[e + E_GUARD] = len(g)
+
+    def _edge(self, cpu: Cpu, h: Any, hc: int, lock: Any, c: int, site: int, outer: list[int], held: list,
               findings: list[Finding]) -> None:
         mv = self.mv
-        e = self.geo.eslot(h.cls, lock.cls)
+        e = self.geo.eslot(hc, c)
         if mv[e + E_SEQ] == 0:
             seq = mv[H_EDGE_SEQ] + 1
             mv[H_EDGE_SEQ] = seq
             mv[e + E_FROM_SITE] = mv[h.o_site]
             mv[e + E_TO_SITE] = site
             mv[e + E_WORKER] = cpu.oid[cpu.ctx]
-            mv[e + E_GUARD] = outer
+            self._set_guards(e, outer)
             mv[e + E_SEQ] = seq
             mv[H_EDGES] += 1
-            self._edge_irq_check(cpu, h.cls, lock.cls, lock, site, findings)
+            self._edge_irq_check(cpu, hc, c, lock, site, findings)
         else:
-            g = mv[e + E_GUARD]
-            if g & outer == g:
+            g = self.guards(hc, c)
+            narrowed = [x for x in g if x in outer]
+            if narrowed == g:
                 return  # seen before with at least these guards: nothing new
-            mv[e + E_GUARD] = g & outer
-        path = self._path(lock.cls, h.cls)
+            self._set_guards(e, narrowed)
+        path = self._path(c, hc)
         if path is None:
             return
-        cycle = path + [lock.cls]  # C -> ... -> H -> C
-        guard = mv[e + E_GUARD]
+        cycle = path + [c]  # C -> ... -> H -> C
+        guard = set(self.guards(hc, c))
         for a, b in zip(path, path[1:]):
-            guard &= mv[self.geo.eslot(a, b) + E_GUARD]
-        for x in cycle:
-            guard &= ~(1 << x)
-        findings.append(self._circular(cpu, lock, h, site, path, guard, held))
+            guard &= set(self.guards(a, b))
+        in_cycle = set(cycle)
+        guard = {x for x in guard if self.mv[self.geo.lslot(x) + L_CLASS] not in in_cycle}
+        findings.append(self._circular(cpu, lock, c, h, hc, site, path, sorted(guard), held))
 
     def _path(self, src: int, dst: int) -> list[int] | None:
         """Shortest path src -> ... -> dst in the class graph (BFS), or None."""
@@ -232,53 +296,54 @@ class Lockdep:
             findings.append(self._irq_order(cpu, safe[0], unsafe[0], fwd, back, lock, site, via=(a, b)))
 
     # -- findings -------------------------------------------------------------------------------
-    def _lock_info(self, lk: Any, site: int | None = None) -> dict:
-        return {"lock": lk.path, "cls": lk.cls_name,
+    def _lock_info(self, lk: Any, site: int | None = None, cls: int | None = None) -> dict:
+        return {"lock": lk.path, "cls": self._name(lk.cls if cls is None else cls),
                 "site": site if site is not None else self.mv[lk.o_site]}
 
     def _held_info(self, held: list) -> list[dict]:
-        return [self._lock_info(h) for h, _ in held]
+        return [self._lock_info(h, cls=self._cls(h, hk)) for h, hk in held]
 
     def _edge_info(self, a: int, b: int) -> dict:
         mv = self.mv
         e = self.geo.eslot(a, b)
-        g = mv[e + E_GUARD]
-        return {"from": self.names[a], "to": self.names[b], "from_site": mv[e + E_FROM_SITE],
+        return {"from": self._name(a), "to": self._name(b), "from_site": mv[e + E_FROM_SITE],
                 "to_site": mv[e + E_TO_SITE], "owner": mv[e + E_WORKER],
-                "guards": [self.names[i] for i in range(self.n) if g & (1 << i)]}
+                "guards": [self._lock_path(x) for x in self.guards(a, b)]}
 
     def _new(self, cpu: Cpu, outcome: str, title: str, signature: str, details: dict, info: bool = False) -> Finding:
         details.setdefault("owner", cpu.oid[cpu.ctx])
         return Finding(outcome, title, cpu.wid, details, t_ns=now_ns(), signature=signature, info=info,
                        potential=True)
 
-    def _circular(self, cpu: Cpu, lock: Any, h: Any, site: int, path: list[int], guard: int, held: list) -> Finding:
+    def _circular(self, cpu: Cpu, lock: Any, c: int, h: Any, hc: int, site: int, path: list[int],
+                  guard: list[int], held: list) -> Finding:
         chain = [self._edge_info(a, b) for a, b in zip(path, path[1:])]
-        names = [self.names[x] for x in path]
-        guarded = [self.names[i] for i in range(self.n) if guard & (1 << i)]
-        acquiring = self._lock_info(lock, site)
+        names = [self._name(x) for x in path]
+        guarded = [self._lock_path(x, held) for x in guard]
+        acquiring = self._lock_info(lock, site, c)
         acquiring["callers_site"] = list(sites.capture_stack(1, 4)[1:])
         details = {
             "acquiring": acquiring,
-            "holding": self._lock_info(h),
+            "holding": self._lock_info(h, cls=hc),
             "chain": chain,  # existing C -> ... -> H, in order
-            "new_edge": {"from": h.cls_name, "to": lock.cls_name, "from_site": self.mv[h.o_site],
+            "new_edge": {"from": self._name(hc), "to": self._name(c), "from_site": self.mv[h.o_site],
                          "to_site": site, "owner": cpu.oid[cpu.ctx]},
             "cycle": names + [names[0]],
-            "guarded_by": guarded,
+            "guarded_by": guarded,  # lock instances (paths) held on every edge of the cycle
+            "guarded_by_cls": [self._name(self.mv[self.geo.lslot(x) + L_CLASS]) for x in guard],
             "held": self._held_info(held),
         }
         sig = "circular:" + "->".join(sorted(set(names))) + (":guarded" if guarded else "")
         title = "WARNING: possible circular locking dependency detected"
-        return self._new(cpu, "lock-order-inversion", title, sig, details, info=bool(guarded))
+        return self._new(cpu, "guarded-inversion" if guarded else "lock-order-inversion", title, sig, details,
+                         info=bool(guarded))
 
-    def _recursive(self, cpu: Cpu, lock: Any, h: Any, site: int, held: list) -> Finding:
+    def _recursive(self, cpu: Cpu, lock: Any, c: int, h: Any, hc: int, site: int, held: list) -> Finding:
         same = h is lock
-        details = {"acquiring": self._lock_info(lock, site), "holding": self._lock_info(h),
+        details = {"acquiring": self._lock_info(lock, site, c), "holding": self._lock_info(h, cls=hc),
                    "same_instance": same, "held": self._held_info(held)}
-        outcome = "deadlock" if same else "lock-order-inversion"
-        return self._new(cpu, outcome, "WARNING: possible recursive locking detected",
-                         f"recursive:{lock.cls_name}:{same}", details)
+        return self._new(cpu, "recursive-locking", "WARNING: possible recursive locking detected",
+                         f"recursive:{self._name(c)}:{same}", details)
 
     def _usage(self, c: int, bit: int) -> dict:
         s = self.geo.cslot(c)
@@ -286,19 +351,31 @@ class Lockdep:
 
     def _inconsistent(self, cpu: Cpu, c: int, bit: int, lock: Any, site: int) -> Finding:
         new, old = ("IN-HARDIRQ-W", "HARDIRQ-ON-W") if bit == C_IN_IRQ else ("HARDIRQ-ON-W", "IN-HARDIRQ-W")
-        details = {"cls": self.names[c], "lock": lock.path, "usage_new": new, "usage_old": old,
+        details = {"cls": self._name(c), "lock": lock.path, "usage_new": new, "usage_old": old,
                    "site": site,
                    "in_irq": self._usage(c, C_IN_IRQ), "irq_on": self._usage(c, C_IRQ_ON),
                    "held": self._held_info(cpu.held[cpu.ctx])}
-        return self._new(cpu, "lock-order-inversion", "WARNING: inconsistent lock state",
-                         f"inconsistent:{self.names[c]}", details)
+        return self._new(cpu, "inconsistent-lock-state", "WARNING: inconsistent lock state",
+                         f"inconsistent:{self._name(c)}", details)
 
     def _irq_order(self, cpu: Cpu, safe: int, unsafe: int, fwd: dict | None, back: dict | None,
                    lock: Any, site: int, via: tuple[int, int] | None = None) -> Finding:
         path = self._path(safe, unsafe) or [safe, unsafe]
-        details = {"safe": self.names[safe], "unsafe": self.names[unsafe],
+        details = {"safe": self._name(safe), "unsafe": self._name(unsafe),
                    "chain": [self._edge_info(a, b) for a, b in zip(path, path[1:])],
                    "in_irq": self._usage(safe, C_IN_IRQ), "irq_on": self._usage(unsafe, C_IRQ_ON),
                    "acquiring": self._lock_info(lock, site)}
-        return self._new(cpu, "lock-order-inversion", "WARNING: HARDIRQ-safe -> HARDIRQ-unsafe lock order detected",
-                         f"irq-order:{self.names[safe]}:{self.names[unsafe]}", details)
+        return self._new(cpu, "irq-lock-inversion", "WARNING: HARDIRQ-safe -> HARDIRQ-unsafe lock order detected",
+                         f"irq-order:{self._name(safe)}:{self._name(unsafe)}", details)
+
+
+def class_name(mv: Any, geo: Any, declared: list[str], c: int) -> str:
+    """A class's name: a declared one, or ``<base>/<n>`` for subclass n of a declared class
+    (spin_lock_nested), as lockdep prints it."""
+    if 0 <= c < len(declared):
+        return declared[c]
+    origin = mv[geo.cslot(c) + C_ORIGIN] if 0 <= c < MAX_CLASSES else 0
+    if origin <= 0:
+        return f"class#{c}"
+    base, sub = divmod(origin - 1, 8)
+    return f"{declared[base] if base < len(declared) else f'class#{base}'}/{sub}"

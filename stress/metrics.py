@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from shm_model.arena import (H_HOLD, H_WAIT, HBUCKETS, E_FROM_SITE, E_GUARD, E_SEQ, E_TO_SITE, E_WORKER, H_CAP_CLASSES, H_CAP_EDGES, H_EDGES, MAX_OPS, S_ACQ, S_CONTENDED, S_HOLD_MAX,
+from shm_model.arena import (H_HOLD, H_WAIT, HBUCKETS, E_FROM_SITE, E_G0, E_GUARD, E_SEQ, E_TO_SITE, E_WORKER, H_CAP_CLASSES, H_CAP_EDGES, H_EDGES, MAX_OPS, S_ACQ, S_CONTENDED, S_HOLD_MAX,
                              S_WAIT_MAX, S_WAIT_NS, W_CHAIN_MISS, W_IRQS, W_IRQS_DEFERRED, W_OP, W_OPS, W_PID,
                              W_STATE, W_WAIT, WORKER_STATES, L_OWNER)
 
@@ -114,10 +114,12 @@ def class_graph(world: Any) -> dict:
     """The lock-class dependency graph as lockdep built it: every edge A -> B (B taken while
     A was held) in the order first seen, with the first sites, the first worker and the
     classes held outside both on every occasion (the guards)."""
-    mv, geo, names = world.mv, world.geo, world.class_names
+    mv, geo = world.mv, world.geo
+    n = world.n_classes_now()
+    names = [world.class_name(c) for c in range(n)]
     edges = []
-    for a in range(len(names)):
-        for b in range(len(names)):
+    for a in range(n):
+        for b in range(n):
             e = geo.eslot(a, b)
             if not mv[e + E_SEQ]:
                 continue
@@ -125,9 +127,10 @@ def class_graph(world: Any) -> dict:
             edges.append({"from": names[a], "to": names[b], "seq": mv[e + E_SEQ],
                           "from_site": world.site(mv[e + E_FROM_SITE]), "to_site": world.site(mv[e + E_TO_SITE]),
                           "first_by": world.owner_label(mv[e + E_WORKER]),
-                          "guards": [names[i] for i in range(len(names)) if g > 0 and g & (1 << i)]})
+                          # lock instances held outside on every occasion (the guard candidates)
+                          "guards": [world.lock_path(x) for x in mv[e + E_G0:e + E_G0 + g]] if g > 0 else []})
     edges.sort(key=lambda d: d["seq"])
-    return {"classes": list(names), "edges": edges}
+    return {"classes": names, "edges": edges}
 
 
 def class_histograms(world: Any) -> dict[str, dict[str, list[int]]]:

@@ -103,8 +103,9 @@ def render_circular(f: Finding, roster: Roster) -> list[str]:
     else:
         lines += _scenario(cols, steps)
     if d.get("guarded_by"):
-        g = ", ".join(f"({c})" for c in d["guarded_by"])
-        lines += ["", f" Every edge of this cycle was taken while holding {g}:",
+        cls = d.get("guarded_by_cls") or [None] * len(d["guarded_by"])
+        g = ", ".join(f"({c}) {p}" if c and c != p else f"({p})" for c, p in zip(cls, d["guarded_by"]))
+        lines += ["", f" Every edge of this cycle was taken while holding {g}, the same lock instance:",
                   " the outer lock serialises the paths, so this cycle cannot deadlock as long",
                   " as that stays true. Reported for information (lockdep would call it a",
                   " plain inversion)."]
@@ -180,9 +181,12 @@ def _member_lines(roster: Roster, m: dict) -> list[str]:
         for c in wt.get("callers", []):
             out.append(f"      called from {c}")
         if wt.get("owner", -1) >= 0:
-            out.append(f"which is held by {_who(roster, wt['owner'])}.")
+            ost = wt.get("owner_state")
+            out.append(f"which is held by {_who(roster, wt['owner'])}" + (f", {ost['text']}." if ost else "."))
     elif m.get("interrupted"):
         out.append(f"{who} is interrupted: it runs again only when its interrupt handler returns.")
+    if m.get("state") and ("waiting" in m or m.get("interrupted")):
+        out.append(f"({who} is itself {m['state']['text']}.)")
     out.append("")
     return out
 
@@ -247,10 +251,30 @@ def render_hung(f: Finding, roster: Roster) -> list[str]:
         lines += _member_lines(roster, m)
     h = d["holder"]
     proc = h.get("process", {})
-    lines.append(f"{_who(roster, h['owner'])} is not waiting for any lock; its process is "
-                 f"'{proc.get('status', '?')}' (cpu {proc.get('cpu_s', '?')} s)"
-                 + (f", in operation {h['op']} for {h['op_age_ms']:.0f} ms." if h.get("op") else "."))
-    lines.append("")
+    who = _who(roster, h["owner"])
+    st = h.get("state")
+    where = (f", in operation {h['op']} for {h['op_age_ms']:.0f} ms" if h.get("op")
+             else ", between operations")
+    if st:  # stopped or not scheduled: the watchdog saw it for that long
+        state = f"it is {st['text']} (process '{proc.get('status', '?')}', cpu {proc.get('cpu_s', '?')} s)"
+    else:
+        state = f"its process is '{proc.get('status', '?')}' (cpu {proc.get('cpu_s', '?')} s)"
+    kind = d.get("kind")
+    if kind in ("stopped", "in-operation"):  # no progress, whoever waits for it
+        if "waiting" in h:
+            lines += _member_lines(roster, h)
+        lines.append(f"{who} has made no progress: {state}{where}.")
+        waiters = d.get("waiters", [])
+        lines.append("nobody is waiting for it." if not waiters else
+                     f"{len(waiters)} context{'s' if len(waiters) != 1 else ''} wait{'' if len(waiters) != 1 else 's'} for it:")
+        lines.append("")
+        for m in waiters:
+            lines += _member_lines(roster, m)
+    else:
+        lines.append(f"{who} is not waiting for any lock; {state}{where if h.get('op') else ''}.")
+        if h.get("earlier_stop"):
+            lines.append(f"({h['earlier_stop']['text']}.)")
+        lines.append("")
     lines += _held_block(roster, h["owner"], h["holds"])
     return lines
 

@@ -34,12 +34,13 @@ from typing import Any, Callable, Iterable
 from shm_model.cpu import Cpu
 from shm_model.layout import Array, Int, LayoutError, Nested, Spinlock, Struct, plan_struct
 from shm_model.spinlock import (Lock, assert_held, spin_is_locked, spin_lock, spin_lock_irq,
-                                spin_lock_irqsave, spin_trylock, spin_unlock, spin_unlock_irq,
-                                spin_unlock_irqrestore)
+                                spin_lock_irqsave, spin_lock_irqsave_nested, spin_lock_nested, spin_trylock,
+                                spin_unlock, spin_unlock_irq, spin_unlock_irqrestore)
 
 __all__ = [
     "Workload", "Role", "Variant", "Option", "Violation", "op", "isr", "invariant", "Struct", "Int", "Array", "Nested",
-    "Spinlock", "Lock", "Cpu", "spin_lock", "spin_unlock", "spin_trylock", "spin_lock_irq",
+    "Spinlock", "Lock", "Cpu", "spin_lock", "spin_unlock", "spin_trylock", "spin_lock_irq", "spin_lock_nested",
+    "spin_lock_irqsave_nested",
     "spin_unlock_irq", "spin_lock_irqsave", "spin_unlock_irqrestore", "spin_is_locked",
     "assert_held", "WorkloadError", "OUTCOMES",
 ]

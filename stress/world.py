@@ -13,7 +13,7 @@ from typing import Any
 from shm_model.arena import MAX_CLASSES, MAX_OPS, Arena, Geometry
 from shm_model.layout import LayoutError, plan_struct
 from shm_model.sites import SiteResolver
-from shm_model.spinlock import Lock
+from shm_model.spinlock import MAX_LOCKS, Lock
 from shm_model.trace import (EV_ACQUIRE, EV_ACQUIRED, EV_CONTEND, EV_IRQ_ENTER, EV_IRQ_EXIT,
                              EV_IRQ_RAISE, EV_OP_START, EV_RELEASE, EV_TRYLOCK_FAIL, EV_USER)
 
@@ -79,6 +79,8 @@ class World:
                 self.class_names.append(d.cls)
         if len(self.class_names) > MAX_CLASSES:
             raise WorkloadError(f"{len(self.class_names)} lock classes: at most {MAX_CLASSES} are supported")
+        if len(self.plan.locks) > MAX_LOCKS:
+            raise WorkloadError(f"{len(self.plan.locks)} locks: at most {MAX_LOCKS} are supported")
         self.workers: list[WorkerInfo] = []
         for role, n in counts.per_role.items():
             for i in range(n):
@@ -133,6 +135,20 @@ class World:
         """Owner ids are worker * 2 + context."""
         w, c = divmod(owner, 2)
         return self.worker_label(w) + (" [irq]" if c else "")
+
+    def lock_path(self, index: int) -> str:
+        """The lock instance's path in the state, e.g. ``ranks[0].lock``."""
+        return self.plan.locks[index].path if 0 <= index < len(self.plan.locks) else f"lock#{index}"
+
+    def class_name(self, c: int) -> str:
+        """Any class id's name: declared, or a subclass made by spin_lock_nested (``A/1``)."""
+        from .lockdep import class_name
+        return class_name(self.mv, self.geo, self.class_names, c)
+
+    def n_classes_now(self) -> int:
+        """Classes in use now: declared ones plus subclasses made so far."""
+        from shm_model.arena import H_NCLASSES
+        return max(len(self.class_names), min(self.mv[H_NCLASSES], MAX_CLASSES))
 
     def lock_label(self, index: int) -> str:
         if 0 <= index < len(self.plan.locks):

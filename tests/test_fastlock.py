@@ -18,9 +18,9 @@ from shm_model.cpu import IRQ_SIGNAL, TASK, Cpu, Stop
 from shm_model.spinlock import Lock, spin_lock, spin_lock_irqsave, spin_trylock, spin_unlock, spin_unlock_irqrestore
 from shm_model.trace import EV_ACQUIRE, EV_RELEASE, EV_TRYLOCK_FAIL
 
-from test_spinlock import FakeHooks, no_leaks  # noqa: F401  (the autouse leak check)
+from test_spinlock import FakeHooks, line_of, this_line, no_leaks  # noqa: F401  (the autouse leak check)
 
-N = 12  # locks, one class each: a 12-deep chain key needs 108 bits
+N = 12  # locks, one class each: a 12-deep chain key needs 180 bits
 
 
 class Rig:
@@ -48,10 +48,11 @@ def rig():
 
 
 def expected_key(chain: list[int], ctx: int = TASK, masked: bool = False) -> int:
-    """The chain key as spinlock.py documents it: one 9-bit digit per held lock, as a Python int."""
+    """The chain key as spinlock.py documents it: one digit per held lock *instance*
+    ((index + 1) << 5 | subclass << 2 | ctx << 1 | masked), as a Python int."""
     key = 0
-    for cls in chain:
-        key = (key << KEY_DIGIT_BITS) | ((cls + 1) << 2) | (ctx << 1) | int(masked)
+    for index in chain:
+        key = (key << KEY_DIGIT_BITS) | ((index + 1) << 5) | (ctx << 1) | int(masked)
     return key
 
 
@@ -140,11 +141,13 @@ def test_trace_events_are_written_by_the_c_fast_path(rig):
     a, b = rig.locks[0], rig.locks[1]
     th = rig.geo.trace(0)
     f = spin_lock_irqsave(a)
+    first = this_line() - 1
     assert spin_trylock(b)
     spin_unlock(b)
     spin_unlock_irqrestore(a, f)
     cpu.trace_locks = False
     spin_lock(a)
+    again = this_line() - 1
     spin_unlock(a)
     head = rig.mv[th]
     assert head == 4
@@ -152,7 +155,8 @@ def test_trace_events_are_written_by_the_c_fast_path(rig):
     kinds = [(kc & 0xFF, a_) for _, kc, a_, _, _ in events]
     assert kinds == [(EV_ACQUIRE, 0), (EV_ACQUIRE, 1), (EV_RELEASE, 1), (EV_RELEASE, 0)]
     assert [t for t, *_ in events] == sorted(t for t, *_ in events) and events[0][0] > 0
-    assert events[0][3] == rig.hooks.chains[0].site  # the acquisition's site
+    assert line_of(events[0][3]) == first  # the acquisition's own site
+    assert line_of(rig.mv[rig.geo.lslot(0) + 2]) == again, "the record holds the latest acquisition's site"
     # the ring wraps (8 events here) and keeps counting
     for i in range(20):
         cpu.trace(EV_TRYLOCK_FAIL, 0, i)

@@ -17,7 +17,7 @@ from shm_model.arena import (C_IN_IRQ, C_IRQ_ON, C_REPORTED, E_FROM_SITE, E_GUAR
                              E_WORKER, H_EDGE_SEQ, H_EDGES, IRQ_RING, PREFIX, W_CHAIN_MISS, Arena, Geometry,
                              new_run_id)
 from shm_model.cpu import Cpu
-from shm_model.spinlock import Lock, spin_lock_irqsave, spin_unlock_irqrestore
+from shm_model.spinlock import Lock, spin_lock_irqsave, spin_lock_nested, spin_unlock, spin_unlock_irqrestore
 from stress.lockdep import Lockdep
 
 CIRCULAR = "WARNING: possible circular locking dependency detected"
@@ -146,7 +146,7 @@ class Engine:
 
 class LdRig:
     def __init__(self) -> None:
-        locks = [(n, n) for n in NAMES] + [("A2", "A")]
+        locks = [(n, n) for n in NAMES] + [("A2", "A"), ("G2", "G")]
         self.geo = Geometry(2, len(locks), len(NAMES), 0, trace_events=64)
         self.arena = Arena(new_run_id(), self.geo)
         self.mv = self.arena.mv
@@ -252,12 +252,52 @@ def test_guarded_cycle_is_information_until_unguarded(ld):
     ld.take("G", "B", "A")
     assert ld.titles() == [CIRCULAR]
     f = ld.reports[0]
-    assert f.info and f.details["guarded_by"] == ["G"] and f.signature.endswith(":guarded")
+    assert f.info and f.outcome == "guarded-inversion" and f.details["guarded_by"] == ["g"]
+    assert f.details["guarded_by_cls"] == ["G"] and f.signature.endswith(":guarded")
     ld.take("B", "A")  # now without G: the edge B -> A loses its guard
     assert ld.edge("B", "A", E_GUARD) == 0
     assert ld.titles() == [CIRCULAR, CIRCULAR]
     g = ld.reports[1]
     assert not g.info and g.details["guarded_by"] == [] and g.signature == "circular:A->B"
+    assert g.outcome == "lock-order-inversion"
+
+
+def test_guard_counts_only_the_same_instance(ld):
+    """keepers[0] on one path and keepers[1] on the other serialise nothing: the cycle can
+    deadlock, so it is a plain inversion, never "guarded"."""
+    ld.take("G", "A", "B")
+    ld.take("G2", "B", "A")  # G2 is another instance of class G
+    f = ld.reports[0]
+    assert not f.info and f.outcome == "lock-order-inversion" and f.details["guarded_by"] == []
+
+
+def test_guard_narrows_when_one_worker_alternates_instances(ld):
+    """Chains are per instance: the same class sequence under another instance of G is a new
+    chain, so the edge's guard narrows to nothing and the cycle is reported plainly."""
+    ld.take("G", "A", "B")
+    ld.take("G2", "A", "B")  # same classes, another G: A -> B was not always under one lock
+    assert ld.edge("A", "B", E_GUARD) == 0
+    ld.take("G", "B", "A")
+    f = ld.reports[0]
+    assert not f.info and f.outcome == "lock-order-inversion"
+
+
+def test_nested_subclass_is_a_class_of_its_own(ld):
+    """spin_lock_nested(lock, 1): two locks of one class nested in a known order."""
+    ld["A"].lock()
+    spin_lock_nested(ld["A2"], 1)
+    spin_unlock(ld["A2"])
+    ld["A"].unlock()
+    assert ld.reports == [], "annotated nesting is not recursive locking"
+    sub = ld.lockdep._subs[(ld["A"].cls, 1)]
+    assert ld.lockdep._name(sub) == "A/1"
+    assert ld.mv[ld.geo.eslot(ld["A"].cls, sub) + E_SEQ], "an edge A -> A/1"
+    # the other order closes a cycle between the class and its subclass
+    spin_lock_nested(ld["A2"], 1)
+    ld["A"].lock()
+    ld["A"].unlock()
+    spin_unlock(ld["A2"])
+    assert ld.titles() == [CIRCULAR] and ld.reports[0].details["cycle"] in (["A", "A/1", "A"], ["A/1", "A", "A/1"])
 
 
 def test_trylock_adds_no_edge_into_the_lock(ld):
@@ -276,7 +316,7 @@ def test_same_class_twice_is_recursive_locking(ld):
     ld.take("A", "A2")
     assert ld.titles() == ["WARNING: possible recursive locking detected"]
     f = ld.reports[0]
-    assert f.details["same_instance"] is False and f.outcome == "lock-order-inversion"
+    assert f.details["same_instance"] is False and f.outcome == "recursive-locking"
     assert ld.edge("A", "A") == 0, "no self edge"
 
 

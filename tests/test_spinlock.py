@@ -29,6 +29,23 @@ LOCKS = [("A", "A"), ("B", "B"), ("C", "C"), ("D", "D"), ("A2", "A")]
 CLASSES = ["A", "B", "C", "D"]
 
 
+_RESOLVER = None
+
+
+def line_of(site: int) -> int:
+    """The source line of a site int (0 when it resolves to nothing)."""
+    global _RESOLVER
+    from shm_model.sites import SiteResolver
+    if _RESOLVER is None:
+        _RESOLVER = SiteResolver()
+    return _RESOLVER.resolve(site).line
+
+
+def this_line() -> int:
+    import sys
+    return sys._getframe(1).f_lineno
+
+
 class FakeHooks:
     """Records what the Cpu and the locks ask of the engine."""
 
@@ -177,7 +194,7 @@ def test_lock_unlock_updates_owner_held_stack_and_stats(rig):
     assert held_paths(cpu) == ["a"] and cpu.held[IRQ] == []
     rec = geo.lslot(A.index)
     assert mv[rec + L_CLASS] == A.cls
-    assert mv[rec + L_SITE] == rig.hooks.chains[0].site
+    assert line_of(mv[rec + L_SITE]) == this_line() - 6, "the site of the spin_lock(A) above"
     assert t0 <= mv[rec + L_SINCE] <= time.monotonic_ns()
     assert rig.stat(A, S_ACQ) == 1
     assert not cpu.masked, "the mask is restored after the bookkeeping"
@@ -358,28 +375,35 @@ def test_new_chain_once_per_held_class_sequence_and_irq_state(rig):
             with B:
                 pass
     assert [c.held for c in rig.hooks.chains] == [(), ("a",)]
-    A2.lock(); A2.unlock()  # same class as A: same chain
+    # same class as A, another instance: chains are per instance, so lockdep sees which
+    # instance is held under another (a guard counts only when it is the same lock)
+    A2.lock(); A2.unlock()
     with A2:
         with B:
             pass
-    assert len(rig.hooks.chains) == 2
+    assert [c.held for c in rig.hooks.chains] == [(), ("a",), (), ("a2",)]
+    for _ in range(2):
+        with A2:
+            with B:
+                pass
+    assert len(rig.hooks.chains) == 4
     for _ in range(2):
         flags = spin_lock_irqsave(A)
         spin_unlock_irqrestore(A, flags)
-    assert len(rig.hooks.chains) == 3 and rig.hooks.chains[-1].irqs_on is False
+    assert len(rig.hooks.chains) == 5 and rig.hooks.chains[-1].irqs_on is False
     flags = cpu.local_irq_save()
     with A:
         with B:
             pass
     cpu.local_irq_restore(flags)
-    assert len(rig.hooks.chains) == 4, "A masked was seen; (A, B) masked is new"
+    assert len(rig.hooks.chains) == 6, "A masked was seen; (A, B) masked is new"
     assert rig.hooks.findings == []
 
 
 @pytest.mark.timeout(60)
 def test_property_chain_cache_and_out_of_order_unlocks():
     """Random nestings, with interrupts masked or not at each acquisition, released in a
-    random order: new_chain runs exactly once per distinct (class, masked) sequence, and the
+    random order: new_chain runs exactly once per distinct (lock, masked) sequence, and the
     chain key of a held stack depends only on that sequence (also after out-of-order
     unlocks)."""
     names = [n for n, _ in LOCKS]
@@ -393,7 +417,7 @@ def test_property_chain_cache_and_out_of_order_unlocks():
         def check(rounds):
             rig.reset()
             cpu = rig.cpu
-            seen_keys: dict[tuple, int] = {}  # (class, masked) sequence -> chain key
+            seen_keys: dict[tuple, int] = {}  # (lock, masked) sequence -> chain key
             expected_chains = set()
             for takes, order in rounds:
                 stack: list[tuple[str, bool]] = []
@@ -404,7 +428,7 @@ def test_property_chain_cache_and_out_of_order_unlocks():
                     if masked:
                         cpu.local_irq_restore(flags)
                     stack.append((name, masked))
-                    seq = tuple((rig[n].cls, m) for n, m in stack)
+                    seq = tuple((rig[n].index, m) for n, m in stack)
                     expected_chains.add(seq)
                     key = cpu.held[TASK][-1][1]
                     assert seen_keys.setdefault(seq, key) == key
@@ -414,7 +438,7 @@ def test_property_chain_cache_and_out_of_order_unlocks():
                     stack.remove(takes[i])
                     assert held_paths(cpu) == [n.lower() for n, _ in stack]
                     for depth in range(1, len(stack) + 1):
-                        seq = tuple((rig[n].cls, m) for n, m in stack[:depth])
+                        seq = tuple((rig[n].index, m) for n, m in stack[:depth])
                         key = cpu.held[TASK][depth - 1][1]
                         assert seen_keys.setdefault(seq, key) == key
             assert len(rig.hooks.chains) == len(expected_chains)

@@ -6,7 +6,9 @@ suite runs every variant as real processes. CPU ``i`` plays column ``i`` of the 
 ``device`` role raises interrupt 7 on the CPUs the case names.
 
 Locks and order: classes A, B, C, D and L are the cases' own; G guards (outer) where a
-case says so. Nothing here is a hypervisor protocol.
+case says so; K[0] and K[1] are two instances of one class K (two keepers, two buckets);
+P[0] and P[1] are declared ``per_instance``: a class each. In ``ORDERS`` a name ``K1/1``
+means ``spin_lock_nested(K[1], 1)``. Nothing here is a hypervisor protocol.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import os
 import signal
 import time
 
-from stress.workload import (Int, Option, Role, Spinlock, Struct, Variant, Workload, op, isr, spin_lock,
-                             spin_lock_irqsave, spin_unlock, spin_unlock_irqrestore)
+from stress.workload import (Array, Int, Option, Role, Spinlock, Struct, Variant, Workload, op, isr, spin_lock,
+                             spin_lock_irqsave, spin_lock_nested, spin_unlock, spin_unlock_irqrestore)
 
 IRQ = 7
 
@@ -28,6 +30,8 @@ class State(Struct):
     D = Spinlock("D")
     L = Spinlock("L")
     G = Spinlock("G")
+    K = Array(Spinlock("K"), 2)
+    P = Array(Spinlock("P", per_instance=True), 2)
     done = Int()
 
 
@@ -39,7 +43,20 @@ ORDERS: dict[str, list[list[str] | None]] = {
     "ABBCCDDA": [["A", "B"], ["B", "C"], ["C", "D"], ["D", "A"]],
     "nested-ok": [["A", "B", "C"], ["A", "B", "C"], ["B", "C"], ["A", "C"]],
     "guarded-ABBA": [["G", "A", "B"], ["G", "B", "A"], None, None],
+    "two-keepers-ABBA": [["K0", "A", "B"], ["K1", "B", "A"], None, None],
+    "AA-two-instances": [["K0", "K1"], None, None, None],
+    "nested-annotated": [["K0", "K1/1"], ["K0", "K1/1"], None, None],
+    "nested-annotation-lies": [["K0", "K1/1"], ["K1", "K0/1"], None, None],
+    "per-instance-ordered": [["P0", "P1"], ["P0", "P1"], None, None],
+    "per-instance-inverted": [["P0", "P1"], ["P1", "P0"], None, None],
 }
+
+
+def _lock(s, name: str):
+    """(lock, subclass) of a name in ORDERS: ``A``, ``K1`` (s.K[1]), ``K1/1`` (subclass 1)."""
+    name, _, sub = name.partition("/")
+    lk = getattr(s, name[0])[int(name[1:])] if name[1:].isdigit() else getattr(s, name)
+    return lk, int(sub or 0)
 
 
 def _v(id: str, expect, doc: str) -> Variant:
@@ -55,19 +72,34 @@ class LockdepSelftest(Workload):
     hung_timeout = 1.0  # the 'hung' case must be reported within the run
     check_interval = 0.0
     variants = [
-        _v("AA", "deadlock", "one CPU takes A twice: recursive locking, then a one-context wait cycle"),
+        _v("AA", ["recursive-locking", "deadlock"],
+           "one CPU takes A twice: recursive locking, then a one-context wait cycle"),
+        _v("AA-two-instances", "recursive-locking",
+           "one CPU takes K[0] then K[1], two instances of one class, without a nesting annotation"),
+        _v("nested-annotated", "clean", "K[0] then spin_lock_nested(K[1], 1) on two CPUs: lockdep's annotation"),
+        _v("nested-annotation-lies", "deadlock",
+           "K[0] then K[1] as subclass 1 on CPU 0, K[1] then K[0] as subclass 1 on CPU 1: the class graph "
+           "sees one order (K -> K/1), as lockdep would, and the watchdog sees the real deadlock"),
+        _v("per-instance-ordered", "clean", "P[0] then P[1] everywhere; P is declared per_instance: a class each"),
+        _v("per-instance-inverted", ["lock-order-inversion", "deadlock"],
+           "P[0] -> P[1] on CPU 0, P[1] -> P[0] on CPU 1: per-instance classes are ordered like any two"),
         _v("ABBA", ["lock-order-inversion", "deadlock"], "two CPUs, two orders"),
         _v("ABBCCA", ["lock-order-inversion", "deadlock"], "a 3-cycle over three CPUs"),
         _v("ABBCCDDA", ["lock-order-inversion", "deadlock"], "a 4-cycle over four CPUs"),
         _v("nested-ok", "clean", "consistent nesting A -> B -> C on every CPU"),
-        _v("guarded-ABBA", "clean", "ABBA under a common outer lock G: reported as guarded, not as a bug"),
-        _v("irq-inconsistent", "lock-order-inversion",
+        _v("guarded-ABBA", "guarded-inversion",
+           "ABBA under one common outer lock G: reported as guarded (information), not as a bug"),
+        _v("two-keepers-ABBA", ["lock-order-inversion", "deadlock"],
+           "ABBA with K[0] held on one path and K[1] on the other: two instances guard nothing"),
+        _v("irq-inconsistent", "inconsistent-lock-state",
            "L taken in an ISR on CPU 1 and with interrupts enabled on CPU 0: inconsistent lock state"),
         _v("irq-safe", "clean", "L taken in ISRs and with spin_lock_irqsave everywhere else"),
-        _v("irq-self-deadlock", ["lock-order-inversion", "deadlock"],
+        _v("irq-self-deadlock", ["inconsistent-lock-state", "deadlock"],
            "CPU 0 holds L with interrupts enabled; its ISR takes L: waits for itself"),
-        _v("irq-order", "lock-order-inversion",
+        _v("irq-order", "irq-lock-inversion",
            "L is irq-safe, L -> A is taken, A is taken with interrupts enabled: safe -> unsafe order"),
+        _v("irq-order-safe", "clean",
+           "L is irq-safe and L -> A is taken, but A is always taken with interrupts disabled"),
         _v("dead-holder", "held-by-dead-worker", "CPU 0 dies holding A while CPU 1 waits for it"),
         _v("hung", "hung", "CPU 0 holds A and never releases it, without waiting for anything"),
     ]
@@ -89,8 +121,11 @@ class LockdepSelftest(Workload):
                     return
                 taken = []
                 for name in order:
-                    lk = getattr(s, name)
-                    spin_lock(lk)
+                    lk, sub = _lock(s, name)
+                    if sub:
+                        spin_lock_nested(lk, sub)
+                    else:
+                        spin_lock(lk)
                     taken.append(lk)
                 for lk in reversed(taken):
                     spin_unlock(lk)
@@ -107,7 +142,7 @@ class LockdepSelftest(Workload):
                 spin_lock(s.L)  # interrupts enabled: our own ISR may come in here
                 _spin(hold)
                 spin_unlock(s.L)
-            elif v == "irq-order" and i == 0:
+            elif v in ("irq-order", "irq-order-safe") and i == 0:
                 flags = spin_lock_irqsave(s.L)
                 spin_lock(s.A)
                 spin_unlock(s.A)
@@ -115,6 +150,9 @@ class LockdepSelftest(Workload):
             elif v == "irq-order" and i == 1:
                 spin_lock(s.A)  # interrupts enabled
                 spin_unlock(s.A)
+            elif v == "irq-order-safe" and i == 1:
+                flags = spin_lock_irqsave(s.A)
+                spin_unlock_irqrestore(s.A, flags)
             elif v == "dead-holder" and i == 0:
                 spin_lock(s.A)
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -136,7 +174,7 @@ class LockdepSelftest(Workload):
 
         @isr
         def irq(self, s, irq):
-            if self.variant in ("irq-inconsistent", "irq-safe", "irq-self-deadlock", "irq-order"):
+            if self.variant in ("irq-inconsistent", "irq-safe", "irq-self-deadlock", "irq-order", "irq-order-safe"):
                 spin_lock(s.L)  # interrupt context: interrupts are off
                 spin_unlock(s.L)
 
@@ -148,7 +186,7 @@ class LockdepSelftest(Workload):
         @op(rate=2000)
         def raise_irq(self, s):
             targets = {"irq-inconsistent": [1], "irq-safe": [0, 1], "irq-self-deadlock": [0],
-                       "irq-order": [2]}.get(self.variant)
+                       "irq-order": [2], "irq-order-safe": [2]}.get(self.variant)
             if targets:
                 for t in targets:
                     self.cpu.raise_irq(t, IRQ)

@@ -191,9 +191,8 @@ class Run:
                 self._on_death(w)
             if self.stop_reason:
                 break
-            if now >= next_check:
-                self._check(invariants)
-                next_check = time.monotonic() + interval
+            # sample before a stop-the-world check, never right after one: the workers are
+            # then doing their work, not still leaving the park (issue 19's 8 in 10 frames)
             if now >= next_metrics:
                 next_metrics = now + METRICS_EVERY_S
                 snap = snapshot(world, elapsed)
@@ -202,6 +201,9 @@ class Run:
                 next_ui = now + UI_EVERY_S
                 snap = snapshot(world, elapsed)
                 self.console.update(snap, elapsed, self.cfg.duration, len(self._decisive()))
+            if now >= next_check:
+                self._check(invariants)
+                next_check = time.monotonic() + interval
             time.sleep(TICK_S)
         return snap
 
@@ -315,6 +317,12 @@ class Run:
                 mv[H_STOP] = 1
                 self.t_stop = time.monotonic()  # the run's length ends here, not after the dumps
                 mv[H_PARK] = mv[H_PARK] + (mv[H_PARK] & 1)
+                for p in self.procs:  # a stopped worker (SIGSTOP) would sit out the grace period
+                    if p.exitcode is None and p.pid:
+                        try:
+                            os.kill(p.pid, signal.SIGCONT)
+                        except OSError:
+                            pass
                 deadline = time.monotonic() + STOP_GRACE_S
                 for p in self.procs:
                     p.join(max(0.0, deadline - time.monotonic()))

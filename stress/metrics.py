@@ -8,7 +8,7 @@ from typing import Any
 
 from shm_model.arena import (H_HOLD, H_WAIT, HBUCKETS, E_FROM_SITE, E_G0, E_GUARD, E_SEQ, E_TO_SITE, E_WORKER, H_CAP_CLASSES, H_CAP_EDGES, H_EDGES, MAX_OPS, S_ACQ, S_CONTENDED, S_HOLD_MAX,
                              S_WAIT_MAX, S_WAIT_NS, W_CHAIN_MISS, W_IRQS, W_IRQS_DEFERRED, W_OP, W_OPS, W_PID,
-                             W_STATE, W_WAIT, WORKER_STATES, L_OWNER)
+                             W_STATE, W_WAIT, WORKER_STATES, WS_PARKED, H_PARK, L_OWNER)
 
 
 @dataclass
@@ -90,7 +90,10 @@ def snapshot(world: Any, t_s: float) -> Snapshot:
         waiting = world.plan.locks[wt].path if wt >= 0 else (world.plan.locks[wi].path + " [irq]" if wi >= 0 else "")
         irqs += mv[s + W_IRQS]
         misses += mv[s + W_CHAIN_MISS]
-        rows.append(WorkerRow(w, info.role, mv[s + W_PID], WORKER_STATES.get(mv[s + W_STATE], "?"),
+        state = WORKER_STATES.get(mv[s + W_STATE], "?")
+        if mv[s + W_STATE] == WS_PARKED and not mv[H_PARK] & 1:
+            state = "resuming"  # the check is over; this worker has not left its park yet
+        rows.append(WorkerRow(w, info.role, mv[s + W_PID], state,
                               world.ops[op].spec.name if 0 <= op < len(world.ops) else "",
                               mv[s + W_OPS], mv[s + W_IRQS], mv[s + W_IRQS_DEFERRED], owners.get(w, []), waiting))
     classes = []

@@ -18,6 +18,8 @@ taken only by the lockdep slow path, with interrupts soft-masked, and never nest
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import mmap
 import os
 import secrets
@@ -221,7 +223,28 @@ class Arena:
     # -- lifecycle ------------------------------------------------------------------------
     def _create(self) -> None:
         size = self.geo.total_words * 8
+        self._live_fd: int | None = None
         try:
+            # first the liveness file, locked before it has its name: a sweeper that sees
+            # ``stress-<run>-live`` and can take its lock knows the run is gone, in any PID
+            # namespace (the flock is on the file; forked workers share it, which is right)
+            tmp = os.path.join(SHM_DIR, f"{LIVE_TMP}{secrets.token_hex(8)}")
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                os.link(tmp, self.live_path())  # a rename that never replaces: EEXIST if taken
+            except FileExistsError:
+                os.close(fd)
+                raise posix_ipc.ExistentialError(f"{self.live_path()} exists: run id {self.run_id} is taken")
+            except BaseException:
+                os.close(fd)
+                raise
+            finally:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+            self._live_fd = fd
             self._shm = posix_ipc.SharedMemory(self.base_name, posix_ipc.O_CREX, mode=0o600, size=size)
             self._map = mmap.mmap(self._shm.fd, size)
             self._shm.close_fd()
@@ -276,19 +299,34 @@ class Arena:
             except BufferError:
                 pass  # views still exported; the mapping goes with the process
             self._map = None
+        fd = getattr(self, "_live_fd", None)
+        if fd is not None:  # last: until now a sweeper must see this run as alive
+            try:
+                os.unlink(self.live_path())
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+            self._live_fd = None
+
+    def live_path(self) -> str:
+        return os.path.join(SHM_DIR, f"{self.base_name[1:]}{LIVE_SUFFIX}")
 
     def names(self) -> list[str]:
         """The /dev/shm entries this arena owns (for tests and cleanup)."""
         n = self.base_name[1:]
-        return [n, f"sem.{n}-g"] + [f"sem.{n}-l{i}" for i in range(self.geo.n_locks)]
+        return [n, f"sem.{n}-g"] + [f"sem.{n}-l{i}" for i in range(self.geo.n_locks)] + [f"{n}{LIVE_SUFFIX}"]
+
+
+LIVE_SUFFIX = "-live"  # ``stress-<run>-live``: flock'ed by the run for its whole life
+LIVE_TMP = f"{PREFIX}live-tmp-"  # the liveness file before its rename: not a run's object
 
 
 def _run_of_entry(entry: str) -> str | None:
     name = entry[4:] if entry.startswith("sem.") else entry
-    if not name.startswith(PREFIX):
+    if not name.startswith(PREFIX) or name.startswith(LIVE_TMP):
         return None
     rest = name[len(PREFIX):]
-    # run id is "<stamp>-<pid>-<rand>"; semaphores add "-l<i>" or "-g"
+    # run id is "<stamp>-<pid>-<rand>"; semaphores add "-l<i>" or "-g", the liveness file "-live"
     parts = rest.split("-")
     return "-".join(parts[:3]) if len(parts) >= 3 else None
 
@@ -297,7 +335,7 @@ def list_objects(shm_dir: str = SHM_DIR) -> Iterator[tuple[str, str]]:
     """(entry, run id) of every stress object in /dev/shm."""
     try:
         entries = os.listdir(shm_dir)
-    except FileNotFoundError:
+    except OSError:  # missing, or not ours to read
         return
     for e in entries:
         run = _run_of_entry(e)
@@ -315,17 +353,99 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def sweep_orphans(shm_dir: str = SHM_DIR, include_live: bool = False) -> list[str]:
-    """Unlink the objects of runs whose coordinator is no longer alive. Returns the entries
-    removed. ``include_live`` also removes those of live coordinators (never the default)."""
-    removed = []
-    for entry, run in list_objects(shm_dir):
-        pid = pid_of_run(run)
-        if not include_live and (pid is None or pid == os.getpid() or _alive(pid)):
-            continue  # unparseable (not ours to judge), our own, or a live coordinator's
+def _lock_if_gone(shm_dir: str, run: str) -> int | None | bool:
+    """Judge a run by its liveness file. Returns an fd holding its lock when the run is gone
+    (keep it until its objects are unlinked), True when the run holds it (alive), False when
+    there is no liveness file we can open (an older run, or another user's: judge by pid)."""
+    path = os.path.join(shm_dir, f"{PREFIX}{run}{LIVE_SUFFIX}")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return True
+        return False
+    return fd
+
+
+LIVE_TMP_GRACE_S = 60.0
+
+
+def _sweep_live_tmp(shm_dir: str) -> list[str]:
+    """A liveness file that never got its name (its creator died in the microseconds between
+    creating and naming it): removed once it is old and nobody holds its lock."""
+    out = []
+    try:
+        entries = [e for e in os.listdir(shm_dir) if e.startswith(LIVE_TMP)]
+    except FileNotFoundError:
+        return out
+    for e in entries:
+        path = os.path.join(shm_dir, e)
         try:
-            os.unlink(os.path.join(shm_dir, entry))
-            removed.append(entry)
-        except FileNotFoundError:
-            pass
+            if time.time() - os.lstat(path).st_mtime < LIVE_TMP_GRACE_S:
+                continue
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(path)
+            out.append(e)
+        except OSError:
+            pass  # held (its run lives) or not ours to remove
+        finally:
+            os.close(fd)
+    return out
+
+
+def sweep_orphans(shm_dir: str = SHM_DIR, include_live: bool = False,
+                  skipped: list[tuple[str, int]] | None = None) -> list[str]:
+    """Unlink the objects of runs that are no longer alive. Returns the entries removed.
+    ``include_live`` also removes those of live runs (never the default).
+
+    A run is alive while it holds the flock of its liveness file (``stress-<run>-live``),
+    whatever PID namespace it runs in; a run without one (older versions) while the pid in
+    its id is. Objects that may not be removed (another user's: EPERM/EACCES) are skipped,
+    never fatal; ``skipped``, if given, receives (entry, owner uid) for each."""
+    runs: dict[str, list[str]] = {}
+    for entry, run in list_objects(shm_dir):
+        runs.setdefault(run, []).append(entry)
+    removed = _sweep_live_tmp(shm_dir)
+    for run, entries in runs.items():
+        fd: int | None = None
+        if not include_live:
+            pid = pid_of_run(run)
+            if pid is None or pid == os.getpid():
+                continue  # unparseable (not ours to judge), or our own
+            verdict = _lock_if_gone(shm_dir, run)
+            if verdict is True:
+                continue  # its run holds the lock: alive, maybe in another PID namespace
+            if verdict is False:
+                if _alive(pid):
+                    continue  # a live coordinator's (no liveness file we may ask)
+            else:
+                fd = verdict  # the lock of a run that is gone: held until its objects are
+        try:
+            live = f"{PREFIX}{run}{LIVE_SUFFIX}"
+            for entry in sorted(entries, key=lambda e: e == live):  # the liveness file last
+                path = os.path.join(shm_dir, entry)
+                try:
+                    os.unlink(path)
+                    removed.append(entry)
+                except FileNotFoundError:
+                    pass
+                except OSError:  # EPERM/EACCES: another user's (sticky /dev/shm), or read-only
+                    if skipped is not None:
+                        try:
+                            uid = os.lstat(path).st_uid
+                        except OSError:
+                            uid = -1
+                        skipped.append((entry, uid))
+        finally:
+            if fd is not None:
+                os.close(fd)
     return removed

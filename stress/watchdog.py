@@ -11,12 +11,22 @@ Nodes of the wait-for graph are contexts: (worker, task) and (worker, irq).
 - A lock whose owner is a dead process is held by a dead worker.
 - A context that has waited longer than the hung timeout for a chain of holders ending in
   a live context that is not waiting (stopped, spinning, sleeping) is hung.
+- A worker that makes no progress past the hung timeout is hung whatever it waits for:
+  (a) its process has been stopped (SIGSTOP, a tracer) that long, whether or not it holds
+  locks or anyone waits for it; (b) it has been inside one operation that long with nobody
+  waiting for it. A worker between operations (parked for an invariant check, sleeping
+  before a paced operation) is never hung unless its process is stopped.
+
+Every scan also reads each worker's process state with psutil: whether it is stopped
+(status 'stopped' or 'tracing-stop') and whether it is runnable but not scheduled (status
+'running' while its CPU time does not advance between scans), and since when. Reports name
+that state and its length ("stopped (SIGSTOP or SIGTSTP) for 4.1 s").
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from shm_model.arena import (L_OWNER, L_SINCE, L_SITE, NO_OWNER, W_IN_IRQ, W_OP, W_OP_START, W_WAIT,
                              W_WAIT_CALLERS, WAIT_CALLERS)
@@ -24,15 +34,92 @@ from shm_model.arena import (L_OWNER, L_SINCE, L_SITE, NO_OWNER, W_IN_IRQ, W_OP,
 from .findings import Finding, now_ns
 
 Node = tuple[int, int]  # (worker, context)
+Probe = Callable[[int], "tuple[str, float] | None"]  # worker -> (psutil status, cpu seconds)
+
+STOPPED = ("stopped", "tracing-stop")
 
 
 class Watchdog:
-    def __init__(self, world: Any, hung_timeout_s: float) -> None:
+    def __init__(self, world: Any, hung_timeout_s: float, probe: Probe | None = None) -> None:
         self.world = world
         self.hung_ns = int(hung_timeout_s * 1e9)
         self._seen: set[tuple] = set()  # cycles of the previous scan
         self.reported: set[str] = set()
         self.scans = 0
+        self.probe: Probe = probe if probe is not None else self._probe_psutil
+        self._procs: dict[int, Any] = {}  # pid -> psutil.Process (cached: one /proc read a scan)
+        self.status: dict[int, str] = {}  # worker -> psutil status at the last scan
+        self.stopped_since: dict[int, int] = {}  # worker -> when first seen stopped (now_ns)
+        self.last_stop: dict[int, tuple[int, int, str]] = {}  # worker -> (since, until, status) of its last stop
+        self.unsched_since: dict[int, int] = {}  # worker -> since when runnable with no CPU time
+        self._prev: dict[int, tuple[str, float, int]] = {}  # worker -> (status, cpu_s, t_ns) last scan
+
+    # -- the processes --------------------------------------------------------------------------
+    def _probe_psutil(self, w: int) -> tuple[str, float] | None:
+        workers = getattr(self.world, "workers", None)
+        if not workers or w >= len(workers) or not workers[w].pid:
+            return None
+        import psutil
+
+        pid = workers[w].pid
+        try:
+            p = self._procs.get(pid)
+            if p is None:
+                p = self._procs[pid] = psutil.Process(pid)
+            with p.oneshot():
+                st = p.status()
+                t = p.cpu_times()
+            return st, t.user + t.system
+        except psutil.Error:
+            self._procs.pop(pid, None)
+            return None
+
+    def _observe(self, alive: list[bool], now: int) -> None:
+        """Track, per worker, since when its process is stopped or runnable but not scheduled."""
+        for w in range(self.world.geo.n_workers):
+            r = self.probe(w) if alive[w] else None
+            if r is None:
+                self.status.pop(w, None)
+                self.stopped_since.pop(w, None)
+                self.unsched_since.pop(w, None)
+                self._prev.pop(w, None)
+                continue
+            st, cpu = r
+            self.status[w] = st
+            if st in STOPPED:
+                self.stopped_since.setdefault(w, now)
+            elif w in self.stopped_since:
+                self.last_stop[w] = (self.stopped_since.pop(w), now, self._prev.get(w, (st,))[0])
+            prev = self._prev.get(w)
+            if st == "running" and prev is not None and prev[0] == "running" and prev[1] == cpu:
+                self.unsched_since.setdefault(w, prev[2])
+            else:
+                self.unsched_since.pop(w, None)
+            self._prev[w] = (st, cpu, now)
+
+    def state_of(self, w: int, now: int | None = None) -> dict | None:
+        """Worker ``w``'s process state when it is not simply running or sleeping: stopped, or
+        runnable but not scheduled, with since how long (None otherwise, or unknown)."""
+        now = now_ns() if now is None else now
+        if w in self.stopped_since:
+            st = self.status.get(w, "stopped")
+            for_s = (now - self.stopped_since[w]) / 1e9
+            what = "stopped by a tracer (ptrace)" if st == "tracing-stop" else "stopped (SIGSTOP or SIGTSTP)"
+            return {"state": st, "for_s": round(for_s, 3), "text": f"{what} for {for_s:.1f} s"}
+        if w in self.unsched_since:
+            for_s = (now - self.unsched_since[w]) / 1e9
+            return {"state": "not-scheduled", "for_s": round(for_s, 3),
+                    "text": f"runnable but not scheduled (no CPU time) for {for_s:.1f} s"}
+        return None
+
+    def _earlier_stop(self, w: int, after_ns: int, now: int) -> dict | None:
+        """The stop of worker ``w`` that ended after ``after_ns`` (it ran again since), if any."""
+        ls = self.last_stop.get(w)
+        if ls is None or w in self.stopped_since or ls[1] <= after_ns:
+            return None
+        since, until, _ = ls
+        return {"for_s": round((until - since) / 1e9, 3), "ago_s": round((now - until) / 1e9, 3),
+                "text": f"it was stopped for {(until - since) / 1e9:.1f} s, until {(now - until) / 1e9:.1f} s ago"}
 
     # -- reading the arena ----------------------------------------------------------------------
     def _waits(self, alive: list[bool]) -> dict[Node, tuple[int, int, int, int, int]]:
@@ -86,14 +173,21 @@ class Watchdog:
             d["waiting"] = {"lock": world.plan.locks[lk].path, "cls": world.plan.locks[lk].cls,
                             "site": world.site(site), "callers": callers,
                             "for_ms": (now_ns() - since) / 1e6, "owner": owner}
+            ost = self.state_of(owner // 2) if owner != NO_OWNER else None
+            if ost is not None:
+                d["waiting"]["owner_state"] = ost
         elif c == 0 and mv[geo.wslot(w) + W_IN_IRQ]:
             d["interrupted"] = True
+        st = self.state_of(w)
+        if st is not None:
+            d["state"] = st
         return d
 
     # -- the scan -------------------------------------------------------------------------------
     def scan(self, alive: list[bool]) -> list[Finding]:
         self.scans += 1
         mv, geo = self.world.mv, self.world.geo
+        self._observe(alive, now_ns())
         waits = self._waits(alive)
         in_irq = [mv[geo.wslot(w) + W_IN_IRQ] if alive[w] else 0 for w in range(geo.n_workers)]
         findings: list[Finding] = []
@@ -112,6 +206,7 @@ class Watchdog:
         self._seen = seen_now
         findings.extend(self._dead_holders(alive, waits))
         findings.extend(self._hung(waits, in_irq, in_cycle, alive))
+        findings.extend(self._stalled(waits, in_cycle, alive))
         return findings
 
     def _cycles(self, waits: dict, in_irq: list[int]) -> list[list[Node]]:
@@ -185,8 +280,64 @@ class Watchdog:
             self.reported.add(sig)
             holder = self._member(cur, waits)
             holder["process"] = self.world.process_state(cur[0])
+            earlier = self._earlier_stop(cur[0], since, now)
+            if earlier is not None:
+                holder["earlier_stop"] = earlier
+            # this report names the holder's stall: not again as a stall of its own
+            if cur[0] in self.stopped_since:
+                self.reported.add(f"stopped:{cur[0]}:{self.stopped_since[cur[0]]}")
+            if self.world.mv[self.world.geo.wslot(cur[0]) + W_OP] >= 0:
+                self.reported.add(f"hung-op:{cur[0]}:{self.world.mv[self.world.geo.wslot(cur[0]) + W_OP_START]}")
             out.append(Finding("hung", f"INFO: worker {node[0]} blocked for more than "
                                        f"{self.hung_ns / 1e9:g} seconds", -1,
                                {"blocked": [self._member(n, waits) for n in chain], "holder": holder},
                                t_ns=now, signature=sig))
+        return out
+
+    def _stalled(self, waits: dict, in_cycle: set, alive: list[bool]) -> list[Finding]:
+        """Workers that make no progress past the hung timeout, whoever waits for them:
+        (a) stopped that long; (b) inside one operation that long, with nobody waiting for
+        them (a waiter's own report names them otherwise) and not waiting themselves."""
+        mv, geo, world = self.world.mv, self.world.geo, self.world
+        now = now_ns()
+        out = []
+        waited_for = {wt[1] // 2 for wt in waits.values() if wt[1] != NO_OWNER}
+        waiting = {n[0] for n in waits}
+        cyc_workers = {n[0] for n in in_cycle}
+        for w in range(geo.n_workers):
+            if not alive[w] or w in cyc_workers:
+                continue
+            ws = geo.wslot(w)
+            op = mv[ws + W_OP]
+            op_sig = f"hung-op:{w}:{mv[ws + W_OP_START]}" if op >= 0 else None
+            stop0 = self.stopped_since.get(w)
+            stop_sig = f"stopped:{w}:{stop0}" if stop0 is not None else None
+            if stop_sig is not None and now - stop0 >= self.hung_ns:
+                if stop_sig in self.reported:
+                    continue
+                self.reported.add(stop_sig)
+                if op_sig in self.reported:
+                    continue  # this very stall was reported as one operation that lasts
+                kind, sig = "stopped", stop_sig
+                title = f"INFO: worker {w} stopped for more than {self.hung_ns / 1e9:g} seconds"
+            elif (op_sig is not None and w not in waited_for and w not in waiting
+                  and now - mv[ws + W_OP_START] >= self.hung_ns):
+                if op_sig in self.reported:
+                    continue
+                self.reported.add(op_sig)
+                if stop_sig in self.reported:
+                    continue
+                kind, sig = "in-operation", op_sig
+                name = world.ops[op].spec.name if op < len(world.ops) else f"op#{op}"
+                title = (f"INFO: worker {w} in operation {name} for more than "
+                         f"{self.hung_ns / 1e9:g} seconds")
+            else:
+                continue
+            holder = self._member((w, 0), waits)
+            holder["holds"] = self.held_by(2 * w) + self.held_by(2 * w + 1)
+            holder["process"] = world.process_state(w)
+            waiters = [self._member(n, waits) for n, wt in waits.items()
+                       if wt[1] != NO_OWNER and wt[1] // 2 == w]
+            out.append(Finding("hung", title, -1, {"kind": kind, "blocked": [], "holder": holder,
+                                                   "waiters": waiters}, t_ns=now, signature=sig))
         return out

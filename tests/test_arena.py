@@ -92,7 +92,7 @@ def test_create_then_destroy_leaves_nothing():
     a = Arena(new_run_id(), Geometry(2, 3, 2, 4, trace_events=16))
     try:
         names = a.names()
-        assert len(names) == 1 + 1 + 3
+        assert len(names) == 1 + 1 + 3 + 1  # segment, graph semaphore, 3 locks, the liveness file
         assert present(names) == set(names)
         assert own_objects() - before == set(names)
         assert {e for e, run in list_objects() if run == a.run_id} == set(names)

@@ -74,7 +74,7 @@ def test_unlocked_target_read_assert_is_caught_by_the_assertion(runs_dir):
 def test_old_vcpu_lock_is_an_open_question_answered_with_evidence(runs_dir):
     r = run_cli(WL + ["--variant", "old-vcpu-lock", "--seed", "4", "--duration", "20s"], runs_dir)
     assert r.code == 0 and r.summary["verdict"]["status"] == "open", r.out + r.err
-    assert "open question; this run showed:" in r.out
+    assert "an open question for old-vcpu-lock: this run's evidence is the answer" in r.out
 
 
 @pytest.mark.timeout(120)

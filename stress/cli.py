@@ -22,19 +22,44 @@ import sys
 from typing import Any, Optional
 
 import typer
-from rich.console import Console as RichConsole
 from rich.table import Table
+from rich.text import Text
 
 from shm_model.arena import list_objects, new_run_id, sweep_orphans
 
-from .console import Console
+from .console import Console, make_console
 from .loader import Found, builtins, find
 from .verdict import EXIT_HARNESS, EXIT_USAGE
 from .workload import WorkloadError, role_counts
 from .world import RunConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,  # plain click help: flags show no "<bool>" as if they took a value
                   help="Stress-test hypervisor locking protocols with real processes, shared memory and signals.")
+
+#: what a printed repeat command repeats: a seed fixes the workload's choices, not the OS's interleavings
+REPEAT = "rerun (same configuration and seed; timing differs)"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("stress")
+    except PackageNotFoundError:
+        from . import __version__
+        return str(__version__)
+
+
+def _version_cb(value: bool) -> None:
+    if value:
+        print(f"stress {_version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version_cb, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """Stress-test hypervisor locking protocols with real processes, shared memory and signals."""
 
 
 class UsageError(Exception):
@@ -122,14 +147,41 @@ def repeat_command(cfg: RunConfig, found: Found, workers: int | None, rates_text
     return shlex.join(parts)
 
 
+def option_line(name: str, o: Any) -> str:
+    """``--vcpus N (default 2, 2..16): guest vCPUs``: a workload option as `stress list` shows it."""
+    kind = type(o.default)
+    meta = {int: "N", float: "X", str: "TEXT"}.get(kind, "VALUE")
+    facts = [f"default {o.default:g}" if isinstance(o.default, (int, float)) and not isinstance(o.default, bool)
+             else f"default {o.default!r}"]
+    if o.min is not None or o.max is not None:
+        lo = "" if o.min is None else f"{o.min:g}"
+        hi = "" if o.max is None else f"{o.max:g}"
+        facts.append(f"{lo}..{hi}")
+    return f"--{name} {meta} ({', '.join(facts)})" + (f": {o.help}" if o.help else "")
+
+
 @app.command("list")
-def list_cmd(out: str = typer.Option("stress-runs", help="where runs are recorded (for open variants' last verdict)")) -> None:
-    """Workloads, their variants, what each is expected to show, and where it comes from."""
+def list_cmd(out: str = typer.Option("stress-runs", help="where runs are recorded (for open variants' last verdict)"),
+             as_json: bool = typer.Option(False, "--json", help="print the list as JSON")) -> None:
+    """Workloads, their variants and options, what each variant is expected to show, and where it comes from."""
     try:
         table_ = builtins()
     except WorkloadError as e:
         _fail(str(e), EXIT_HARNESS)
     last = _last_runs(out)
+    if as_json:
+        doc = []
+        for name, f in sorted(table_.items()):
+            doc.append({"workload": name, "duration_s": float(f.cls.duration),
+                        "options": {k: {"default": o.default, "min": o.min, "max": o.max, "help": o.help}
+                                    for k, o in f.cls.options.items()},
+                        "variants": [{"id": v.id, "default": i == 0, "expected": list(v.outcomes),
+                                      "known": dict(v.known) if isinstance(v.known, dict) else list(v.known),
+                                      "answer": v.answer, "provenance": v.provenance,
+                                      "last_run": last.get((name, v.id))}
+                                     for i, v in enumerate(f.cls.variants)]})
+        print(json.dumps(doc, indent=2, default=str))
+        return
     t = Table(title="built-in workloads", show_lines=False)
     for c in ("workload", "variant", "expected", "provenance"):
         t.add_column(c, overflow="fold")
@@ -144,8 +196,15 @@ def list_cmd(out: str = typer.Option("stress-runs", help="where runs are recorde
                 lr = last.get((name, v.id))
                 exp += f" (last run: {lr})" if lr else " (no run recorded yet)"
             t.add_row(name if i == 0 else "", v.id + (" (default)" if i == 0 else ""), exp, v.provenance)
-    RichConsole(highlight=False).print(t)
-    RichConsole(highlight=False).print("A workload of your own: stress run --workload ./my_protocol.py (see README).")
+    con = make_console()
+    con.print(t)
+    con.print(Text("workload options (stress run --workload W --OPTION VALUE):", style="bold"))
+    for name, f in sorted(table_.items()):
+        opts = f.cls.options
+        con.print(Text(f"{name}:" + ("" if opts else " none")))
+        for k, o in opts.items():
+            con.print(Text("  " + option_line(k, o)))
+    con.print("A workload of your own: stress run --workload ./my_protocol.py (see README).")
 
 
 def _last_runs(out: str) -> dict[tuple[str, str], str]:
@@ -183,10 +242,13 @@ def run_cmd(
     db: Optional[str] = typer.Option(None, "--db", help="SQLite store to record the run in (default: <out>/stress.db)"),
     no_store: bool = typer.Option(False, "--no-store", help="do not record the run in the store"),
     html: Optional[str] = typer.Option(None, "--html", help="also write the run's HTML report to this file"),
+    as_json: bool = typer.Option(False, "--json", help="print summary.json on stdout at the end and nothing else "
+                                                       "there (progress, findings and the summary go to stderr)"),
+    junit_xml: Optional[str] = typer.Option(None, "--junit-xml", help="also write the run as a JUnit XML file"),
 ) -> None:
     """Run one workload variant and judge what it shows against what it is expected to show.
 
-    Workload-specific options (see `stress list` and the workload file) follow, e.g. --vcpus 4."""
+    Workload-specific options (listed with their defaults and limits by `stress list`) follow, e.g. --vcpus 4."""
     try:
         found = find(workload)
         v = found.cls.variant_named(variant)
@@ -207,20 +269,33 @@ def run_cmd(
                         trace_locks=trace_locks, hung_timeout=hung, run_id=new_run_id())
         cfg.command = repeat_command(cfg, found, workers, rate)
         from .coordinator import Run
-        run = Run(found, cfg, counts, Console(quiet=quiet))
+        run = Run(found, cfg, counts, Console(quiet=quiet, file=sys.stderr if as_json else None))
     except (WorkloadError, UsageError) as e:
         _fail(str(e))
     _make_out(out)
+    for path, what in ((html, "--html"), (junit_xml, "--junit-xml")):
+        if path:
+            _check_file_target(path, what)
+    store_path = db or _default_db(out)
+    if not no_store:
+        _check_store(store_path)  # before the run: never write into a corrupt store
     result = run.execute()
-    _print_summary(result)
+    con = make_console(sys.stderr if as_json else None)
+    _print_summary(result, con)
+    _append_report(result)
     if not no_store and result.run_dir:
-        recorded = _record_run(result.run_dir, db or _default_db(out))
+        recorded = _record_run(result.run_dir, store_path)
         if html and recorded:
-            _write_html(db or _default_db(out), result.run_id, html)
+            _write_html(store_path, result.run_id, html, sys.stderr if as_json else sys.stdout)
+    if junit_xml and result.run_dir:
+        _write_junit_run(result.run_dir, junit_xml, sys.stderr if as_json else sys.stdout)
+    if as_json:
+        sys.stdout.write(json.dumps(result.summary, indent=2, default=str) + "\n")
+        sys.stdout.flush()
     raise typer.Exit(result.exit_code)
 
 
-def _write_html(db: str, target: str | None, path: str) -> bool:
+def _write_html(db: str, target: str | None, path: str, say: Any = None) -> bool:
     """Render a report; a failure is one warning line (the run's exit status stands)."""
     import sqlite3
     from reports.html import write_report
@@ -230,15 +305,77 @@ def _write_html(db: str, target: str | None, path: str) -> bool:
     except (StoreError, sqlite3.Error, OSError) as e:
         sys.stderr.write(f"stress: warning: no HTML report written: {e}\n")
         return False
-    print(f"report: {written}")
+    (say or sys.stdout).write(f"report: {written}\n")
     return True
 
 
-def _make_out(out: str) -> None:
+def _write_junit_run(run_dir: str, path: str, say: Any) -> None:
+    from .junit import write_run
+    try:
+        write_run(run_dir, path)
+    except OSError as e:
+        sys.stderr.write(f"stress: warning: no JUnit XML written to {path}: {e.strerror or e}\n")
+        return
+    say.write(f"junit: {path}\n")
+
+
+def _probe_dir(d: str) -> str | None:
+    """None when a file can be created in directory ``d``, else why not. A real create and
+    remove: root passes os.access on a read-only file system or an immutable directory."""
+    import tempfile
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".stress-probe-", dir=d)
+    except OSError as e:
+        return e.strerror or str(e)
+    try:
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+def _make_out(out: str, what: str = "--out") -> None:
+    """The output directory exists (created if need be) and takes files; else one line, exit 2."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        _fail(f"{what} {out!r} is not a directory")
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
-        _fail(f"cannot create --out {out!r}: {e.strerror}")
+        _fail(f"cannot create {what} {out!r}: {e.strerror}")
+    why = _probe_dir(out)
+    if why:
+        _fail(f"cannot write to {what} {out!r}: {why}")
+
+
+def _check_file_target(path: str, what: str) -> None:
+    """A file the command will write (--html, --junit-xml, report -o): its directory takes files."""
+    if os.path.isdir(path):
+        _fail(f"{what} {path!r} is a directory; give a file name")
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        _fail(f"cannot write {what} {path!r}: no directory {d!r}")
+    why = _probe_dir(d)
+    if why:
+        _fail(f"cannot write {what} {path!r}: {why}")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        _fail(f"cannot write {what} {path!r}: the file is not writable")
+
+
+def _check_store(path: str) -> None:
+    """Before a run: a store whose pages are corrupt is refused (one line, exit 2), so that
+    nothing is written into it. Any other store problem (not a database, a newer schema) is
+    the one warning line after the run, as always: it does not change the exit status."""
+    import sqlite3
+    from .store import Store, StoreCorrupt, StoreError
+    if os.path.isdir(path):
+        _fail(f"{path} is a directory, not a store")
+    try:
+        Store(path).close()
+    except StoreCorrupt as e:
+        _fail(" ".join(str(e).split()))
+    except (StoreError, sqlite3.Error):
+        pass
 
 
 def _default_db(out: str) -> str:
@@ -259,47 +396,76 @@ def _record_run(run_dir: str, db: str) -> bool:
     return True
 
 
-def _print_summary(result: Any) -> None:
-    con = RichConsole(highlight=False, soft_wrap=True)
+def verdict_text(headline: str, match: str, text: str, exit_code: int | None, status: str) -> Text:
+    """``verdict: <what was found> — <whether it matched> (notes) (exit N)``, styled: the
+    headline red when something was found, green when clean; the match green or red."""
+    line = Text("verdict: ")
+    found = bool(headline) and headline not in ("clean", "nothing found")
+    if headline and match and text.startswith(f"{headline} — {match}"):
+        line.append(headline, style="bold red" if found else "bold green" if headline == "clean" else "bold yellow")
+        line.append(" — ")
+        line.append(match, style="green" if status in ("pass", "open") else "bold red")
+        line.append(text[len(f"{headline} — {match}"):])
+    else:  # a row recorded before the verdict led with what was found
+        line.append(text, style={"pass": "green", "open": "yellow"}.get(status, "bold red"))
+    if exit_code is not None:
+        line.append(f" (exit {exit_code})")
+    return line
+
+
+def _print_summary(result: Any, con: Any) -> None:
     s = result.summary
     con.print()
     if result.verdict is not None:
         v = result.verdict
-        style = {"pass": "bold green", "open": "bold yellow"}.get(v.status, "bold red")
-        con.print(f"verdict: [{style}]{v.status.upper()}[/] — {v.text} "
-                  f"(expected: {' or '.join(v.expected)})")
+        con.print(verdict_text(v.headline, v.match, v.text, v.exit_code, v.status))
     if result.message:
-        con.print(f"[bold red]{result.message}[/]" if result.exit_code else result.message)
+        con.print(Text(result.message, style="bold red" if result.exit_code else ""))
     if "ops" in s:
         t = Table(title=f"operations ({s['elapsed_s']:.1f} s, {s['total_ops_per_s']:.0f} ops/s)", title_justify="left")
         for c in ("operation", "count", "ops/s"):
-            t.add_column(c, justify="right" if c != "operation" else "left")
+            t.add_column(c, justify="right" if c != "operation" else "left", overflow="fold")
         for k, n in s["ops"].items():
             t.add_row(k, str(n), f"{s['ops_per_s'][k]:.0f}")
         con.print(t)
         t = Table(title="lock classes", title_justify="left")
         for c in ("class", "acquisitions", "contended %", "avg wait µs", "max wait µs", "max hold µs"):
-            t.add_column(c, justify="right" if c != "class" else "left")
+            t.add_column(c, justify="right" if c != "class" else "left", overflow="fold")
         for c in s["locks"]:
             t.add_row(c["class"], str(c["acquisitions"]), f"{c['contended_pct']:.2f}", f"{c['wait_avg_us']:.1f}",
                       f"{c['wait_max_us']:.1f}", f"{c['hold_max_us']:.1f}")
         con.print(t)
         d = s["detectors"]
-        con.print(f"detectors: {d['classes']} classes, {d['edges']} dependency edges, "
-                  f"{d['chains_checked']} chains checked, chain cache hit rate {100 * d['chain_cache_hit_rate']:.3f}%, "
-                  f"{d['watchdog_scans']} watchdog scans, {s['invariant_checks']} invariant checks"
-                  f" ({s['invariant_checks_skipped']} skipped: a worker was blocked), "
-                  f"{s['irqs_handled']} interrupts handled, {d['capacity_hits']} capacity hits, "
-                  f"{d['trace_overruns']} trace events overwritten")
+        con.print(Text(f"detectors: {d['classes']} classes, {d['edges']} dependency edges, "
+                       f"{d['chains_checked']} chains checked, chain cache hit rate "
+                       f"{100 * d['chain_cache_hit_rate']:.3f}%, "
+                       f"{d['watchdog_scans']} watchdog scans, {s['invariant_checks']} invariant checks"
+                       f" ({s['invariant_checks_skipped']} skipped: a worker was blocked), "
+                       f"{s['irqs_handled']} interrupts handled, {d['capacity_hits']} capacity hits, "
+                       f"{d['trace_overruns']} trace events overwritten"))
     if s.get("model"):
-        con.print("model: " + ", ".join(f"{k} {v}" for k, v in s["model"].items()))
+        con.print(Text("model: " + ", ".join(f"{k} {v}" for k, v in s["model"].items())))
     findings = s.get("findings", [])
     if findings:
-        con.print("findings: " + "; ".join(f"{f['outcome']} at {f['since_start_s']:.3f} s"
-                                         + (" (info)" if f["info"] else " (known)" if f.get("known") else "")
-                                         for f in findings))
-    con.print(f"repeat: {s.get('command', '')}")
-    con.print(f"run directory: {result.run_dir}")
+        con.print(Text("findings: " + "; ".join(f"{f['outcome']} at {f['since_start_s']:.3f} s"
+                                              + (" (info)" if f["info"] else " (known)" if f.get("known") else "")
+                                              for f in findings)))
+    con.print(Text(f"{REPEAT}: {s.get('command', '')}"))
+    con.print(Text(f"run directory: {result.run_dir}"))
+
+
+def _append_report(result: Any) -> None:
+    """report.txt ends with what the console printed at the end, as plain text."""
+    if not result.run_dir or not os.path.isdir(result.run_dir):
+        return
+    import io
+    buf = io.StringIO()
+    _print_summary(result, make_console(buf, color=False, width=10_000))
+    try:
+        with open(os.path.join(result.run_dir, "report.txt"), "a") as fh:
+            fh.write(buf.getvalue())
+    except OSError as e:
+        sys.stderr.write(f"stress: warning: report.txt not completed: {e.strerror or e}\n")
 
 
 def _open_store(db: str | None, out: str, must_exist: bool = True) -> Any:
@@ -314,7 +480,7 @@ def _open_store(db: str | None, out: str, must_exist: bool = True) -> Any:
     try:
         return Store(path)
     except (StoreError, sqlite3.Error) as e:
-        _fail(str(e))
+        _fail(" ".join(str(e).split()))
 
 
 def parse_since(text: str) -> float:
@@ -348,6 +514,8 @@ def soak_cmd(
     db: Optional[str] = typer.Option(None, "--db", help="SQLite store (default: <out>/stress.db)"),
     resume: Optional[str] = typer.Option(None, "--resume", help="continue the soak with this id (or a unique prefix) "
                                                                 "after it was killed or interrupted"),
+    junit_xml: Optional[str] = typer.Option(None, "--junit-xml", help="also write the soak as a JUnit XML file "
+                                                                      "(one testcase per iteration)"),
 ) -> None:
     """Run workload variants back to back, each iteration a fresh run with its own seed, until --duration is spent.
 
@@ -369,9 +537,11 @@ def soak_cmd(
             given += [a for a in ctx.args if a.startswith("--")]
             if given:
                 raise UsageError(f"--resume takes the soak's plan from the store; drop {', '.join(given)}")
+            if junit_xml:
+                _check_file_target(junit_xml, "--junit-xml")
             store = _open_store(db, out)
             try:
-                code = soak_mod.resume(store, resume)
+                code = soak_mod.resume(store, resume, junit_xml)
             except (StoreError, sqlite3.Error) as e:
                 _fail(f"the store failed: {e}", EXIT_HARNESS)
             finally:
@@ -386,9 +556,11 @@ def soak_cmd(
     except (WorkloadError, UsageError) as e:
         _fail(str(e))
     _make_out(out)
+    if junit_xml:
+        _check_file_target(junit_xml, "--junit-xml")
     store = _open_store(db, out, must_exist=False)
     try:
-        code = soak_mod.start(store, plan, found)
+        code = soak_mod.start(store, plan, found, junit_xml)
     except (StoreError, sqlite3.Error) as e:
         _fail(f"the store failed: {e}", EXIT_HARNESS)
     finally:
@@ -407,6 +579,17 @@ def _columns(rows: list[list[str]], right: set[int] = frozenset()) -> list[str]:
             for r in rows]
 
 
+def _row_dict(r: Any) -> dict:
+    from dataclasses import asdict
+    return asdict(r)
+
+
+def _found_cell(summary_found: list[str], known: dict[str, int]) -> str:
+    """What a run found: decisive outcomes, then known ones marked ``(known)``."""
+    parts = list(summary_found) + [f"{o}×{n} (known)" if n > 1 else f"{o} (known)" for o, n in sorted(known.items())]
+    return ", ".join(parts) or "-"
+
+
 @app.command("runs")
 def runs_cmd(
     workload: Optional[str] = typer.Option(None, help="only this workload"),
@@ -416,8 +599,12 @@ def runs_cmd(
     limit: int = typer.Option(50, help="list the newest N runs (the history below covers every matching run)"),
     out: str = typer.Option("stress-runs", help="where runs are recorded"),
     db: Optional[str] = typer.Option(None, "--db", help="SQLite store (default: <out>/stress.db)"),
+    as_json: bool = typer.Option(False, "--json", help="print the runs and the per-variant history as JSON"),
 ) -> None:
     """Recorded runs, one line each, then per workload and variant: detection rate and time to detect."""
+    import sqlite3
+    from dataclasses import asdict
+
     from .soak import console, history_table, print_flags
     from .store import StoreError
     try:
@@ -431,20 +618,29 @@ def runs_cmd(
         soak_id = store.soak(soak)["id"] if soak is not None else None
         rows = store.runs(workload, variant, t_since, soak_id, limit)
         history = [h for h in store.history(workload, t_since, soak_id) if variant is None or h.variant == variant]
-    except StoreError as e:
+        found = {}
+        for r in rows:
+            found[r.id] = _found_cell(store.found(r.id), store.known_findings(r.id))
+    except (StoreError, sqlite3.Error) as e:
         store.close()
-        _fail(str(e))
+        _fail(" ".join(str(e).split()))
     store.close()
+    if as_json:
+        doc = {"store": store.path,
+               "runs": [dict(_row_dict(r), found=found[r.id]) for r in rows],
+               "history": [dict(asdict(h), detection_rate=h.detection_rate) for h in history]}
+        print(json.dumps(doc, indent=2, default=str))
+        raise typer.Exit(0)
     con = console()
     if not rows:
         con.print(f"no recorded run matches (store {store.path})")
         raise typer.Exit(0)
     total = sum(h.runs for h in history)
-    table = [["run", "started", "workload", "variant", "seed", "status", "detect", "ops/s", "soak iteration"]]
+    table = [["run", "started", "workload", "variant", "seed", "status", "detect", "ops/s", "found", "soak iteration"]]
     for r in rows:
         table.append([r.id, _fmt_time(r.started_at), r.workload, r.variant, "" if r.seed is None else str(r.seed),
                       r.status, "-" if r.time_to_detect_s is None else f"{r.time_to_detect_s:.3f}s",
-                      "-" if r.total_ops_per_s is None else f"{r.total_ops_per_s:.0f}",
+                      "-" if r.total_ops_per_s is None else f"{r.total_ops_per_s:.0f}", found[r.id],
                       f"{r.soak_id} #{r.iteration}" if r.soak_id else "-"])
     lines = _columns(table, right={4, 6, 7})
     con.print(lines[0], style="bold")
@@ -462,36 +658,53 @@ def show_cmd(
     ident: str = typer.Argument(..., metavar="RUN_ID", help="a run id (or a unique prefix); a soak id shows its summary"),
     out: str = typer.Option("stress-runs", help="where runs are recorded"),
     db: Optional[str] = typer.Option(None, "--db", help="SQLite store (default: <out>/stress.db)"),
+    as_json: bool = typer.Option(False, "--json", help="print the run (or soak) as JSON"),
 ) -> None:
     """A recorded run in the console: verdict, configuration, repeat command, each finding's full report."""
-    from .soak import console, print_summary
+    import sqlite3
+    from .soak import console, print_summary, summarize
     from .store import StoreError
     store = _open_store(db, out)
     con = console()
     try:
         kind, full = store.kind_of(ident)
         if kind == "soak":
+            if as_json:
+                sm = summarize(store, full)
+                doc = {"kind": "soak", "soak": store.soak(full), "counts": sm["counts"],
+                       "exit_code": sm["exit_code"], "runs": [_row_dict(r) for r in sm["rows"]]}
+                store.close()
+                print(json.dumps(doc, indent=2, default=str))
+                raise typer.Exit(0)
             code = print_summary(store, full, con)
             store.close()
             raise typer.Exit(0 if code in (0, 1, 3) else code)
         d = store.run_detail(full)
-    except StoreError as e:
+    except (StoreError, sqlite3.Error) as e:
         store.close()
-        _fail(str(e))
+        _fail(" ".join(str(e).split()))
     store.close()
+    if as_json:
+        doc = {"kind": "run", "run": _row_dict(d["run"]), "config": d["config"], "summary": d["summary"],
+               "findings": d["findings"], "metrics": d["metrics"]}
+        print(json.dumps(doc, indent=2, default=str))
+        raise typer.Exit(0)
     _print_run(con, d)
 
 
 def _print_run(con: Any, d: dict) -> None:
-    from rich.text import Text
     r, cfg, s = d["run"], d["config"], d["summary"]
     con.print(Text(f"run {r.id}: {r.workload} --variant {r.variant}, seed {r.seed}", style="bold"))
     if r.soak_id:
         con.print(f"soak {r.soak_id}, iteration {r.iteration}")
     v = s.get("verdict") or {}
-    style = {"pass": "bold green", "open": "bold yellow"}.get(r.status, "bold red")
-    con.print(Text(f"verdict: {r.status.upper()} — {r.verdict_text or v.get('text', '')} "
-                   f"(expected: {' or '.join(r.expected) or '?'})", style=style))
+    text = r.verdict_text or v.get("text", "")
+    if v.get("headline") and v.get("text") == text:
+        con.print(verdict_text(v["headline"], v.get("match", ""), text, r.exit_code, r.status))
+    else:  # an old row, or a status the soak overruled: the words as recorded
+        line = verdict_text("", "", f"{text or r.status} [{r.status}]", r.exit_code, r.status)
+        con.print(line)
+    con.print(f"expected: {' or '.join(r.expected) or '?'}")
     facts = [f"started {_fmt_time(r.started_at)}"]
     if r.elapsed_s is not None:
         facts.append(f"ran {r.elapsed_s:.1f} s")
@@ -523,7 +736,7 @@ def _print_run(con: Any, d: dict) -> None:
     if conf:
         con.print("configuration: " + "; ".join(conf))
     if r.command:
-        con.print(f"repeat: {r.command}")
+        con.print(f"{REPEAT}: {r.command}")
     if r.run_dir:
         con.print(f"run directory: {r.run_dir}")
     fs = d["findings"]
@@ -552,13 +765,14 @@ def report_cmd(
     path = db or _default_db(out)
     if not os.path.exists(path):
         _fail(f"no store at {path} (run something first, or give --out/--db)")
+    _check_file_target(output, "-o")
     import sqlite3
     from reports.html import write_report
     from .store import StoreError
     try:
         written = write_report(path, target, output)
     except StoreError as e:
-        _fail(str(e))
+        _fail(" ".join(str(e).split()))
     except (sqlite3.Error, OSError) as e:
         _fail(f"cannot write the report: {e}", EXIT_HARNESS)
     print(f"report: {written} ({os.path.getsize(written) // 1024} KiB)")
@@ -568,15 +782,65 @@ def report_cmd(
 def cleanup_cmd(all_: bool = typer.Option(False, "--all", help="also remove objects of runs still alive")) -> None:
     """Remove shared-memory segments and semaphores left by killed runs."""
     before = list(list_objects())
-    removed = sweep_orphans(include_live=all_)
-    live = len(before) - len(removed)
+    skipped: list[tuple[str, int]] = []
+    removed = sweep_orphans(include_live=all_, skipped=skipped)
+    live = len(before) - len(removed) - len(skipped)
     print(f"removed {len(removed)} orphaned IPC object{'s' if len(removed) != 1 else ''}"
-          + (f"; {live} belong to runs still alive (--all removes them too)" if live else ""))
+          + (f"; {live} belong to runs still alive (--all removes them too)" if live > 0 else ""))
+    if skipped:  # objects we may not unlink (another user's, in sticky /dev/shm): never fatal
+        uids = sorted({u for _, u in skipped})
+        others = [u for u in uids if u != os.getuid()]
+        n = len(skipped)
+        print(f"skipped {n} object{'s' if n != 1 else ''} "
+              + (f"of other users (uid {', '.join(str(u) for u in others)}): remove them as that user or as root"
+                 if others else "that could not be removed: remove them as root"))
 
 
-def main() -> None:
+def _stdout_broken() -> bool:
     try:
-        app()
-    except KeyboardInterrupt:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        return True
+    return False
+
+
+def _quiet_stdout() -> None:
+    """No "Exception ignored ... BrokenPipeError" at exit when stdout's reader has gone."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def main(args: list[str] | None = None) -> None:
+    """Every usage error is one line on stderr (``stress: error: ... (see: stress CMD --help)``), exit 2."""
+    from typer._click import exceptions as cx
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=sys.argv[1:] if args is None else args, prog_name="stress", standalone_mode=False)
+    except cx.NoArgsIsHelpError as e:  # `stress` alone: the help
+        sys.stdout.write(e.ctx.get_help() + "\n")
+        sys.exit(0)
+    except cx.UsageError as e:  # BadParameter, missing option, no such option, extra arguments
+        where = e.ctx.command_path if e.ctx is not None else "stress"
+        sys.stderr.write(f"stress: error: {_one_line(e.format_message())} (see: {where} --help)\n")
+        sys.exit(e.exit_code)
+    except cx.ClickException as e:
+        sys.stderr.write(f"stress: error: {_one_line(e.format_message())}\n")
+        sys.exit(e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
         sys.stderr.write("stress: interrupted\n")
         sys.exit(130)
+    except BrokenPipeError:  # `stress runs | head`: the reader left
+        _quiet_stdout()
+        sys.exit(1)
+    except SystemExit:
+        if _stdout_broken():
+            _quiet_stdout()
+        raise
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -15,20 +15,31 @@ from rich.text import Text
 from .metrics import Snapshot
 
 PLAIN_EVERY_S = 5.0
+WIDE = 10_000  # without a terminal: never cut a lock class, a site or a command
 
 
-def _rate(x: float) -> str:
-    return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.0f}"
-
-
-def _dur(s: float) -> str:
-    return f"{s:.1f}s" if s < 120 else f"{int(s // 60)}m{int(s % 60):02d}s"
+def make_console(file: Any = None, markup: bool = True, color: bool | None = None, width: int | None = None) -> RichConsole:
+    """The one console factory (cli, the live view, soak): the real width on a terminal, a very
+    wide one otherwise (CI logs keep whole lock names; lines are not wrapped either)."""
+    stream = sys.stdout if file is None else file
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    kw: dict[str, Any] = {}
+    if color is False:
+        kw["no_color"] = True
+        kw["color_system"] = None
+    return RichConsole(file=file, highlight=False, markup=markup, emoji=False, soft_wrap=True,
+                       width=width if width is not None else (None if tty else WIDE), **kw)
 
 
 class Console:
-    def __init__(self, live: bool | None = None, quiet: bool = False) -> None:
-        self.out = RichConsole(highlight=False, soft_wrap=True)
-        self.live_enabled = (sys.stdout.isatty() if live is None else live) and not quiet
+    def __init__(self, live: bool | None = None, quiet: bool = False, file: Any = None) -> None:
+        """``file``: where progress, findings and the header go (stdout; stderr for --json)."""
+        self.out = make_console(file)
+        stream = sys.stdout if file is None else file
+        self.live_enabled = (stream.isatty() if live is None else live) and not quiet
         self.quiet = quiet
         self._live: Live | None = None
         self._prev: Snapshot | None = None
@@ -82,13 +93,13 @@ class Console:
                     f"findings {n_findings}{extra}", style="bold red" if n_findings else "bold")
         wt = Table(box=None, pad_edge=False, header_style="bold")
         for c in ("cpu", "role", "pid", "state", "ops/s", "operation", "locks held", "waiting for"):
-            wt.add_column(c)
+            wt.add_column(c, overflow="fold")
         for r in snap.workers:
             wt.add_row(str(r.wid), r.role, str(r.pid), r.state, _rate(self._wrates.get(r.wid, 0.0)), r.op,
                        ", ".join(r.held), r.waiting)
         ot = Table(box=None, pad_edge=False, header_style="bold")
         for c in ("operation", "total", "ops/s"):
-            ot.add_column(c)
+            ot.add_column(c, overflow="fold")
         for k, v in snap.ops.items():
             ot.add_row(k, str(v), _rate(self._rates.get(k, 0.0)))
         return Group(head, wt, ot)

@@ -48,7 +48,8 @@ from rich.text import Text
 
 from shm_model.arena import sweep_orphans
 
-from .cli import UsageError, parse_duration, parse_workload_options
+from .cli import REPEAT, UsageError, parse_duration, parse_workload_options
+from .console import make_console
 from .loader import Found, builtins, find
 from .store import RunRow, Store, StoreError
 from .verdict import EXIT_HARNESS, EXIT_MATCH, EXIT_MISMATCH, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE
@@ -552,7 +553,7 @@ class Soak:
                               style="green" if r.status in PASSING else "red"))
         t = Table(box=None, pad_edge=False, header_style="bold")
         for c in ("workload", "runs", "passed", "failed", "other"):
-            t.add_column(c)
+            t.add_column(c, overflow="fold")
         for w in dict.fromkeys(w for w, _ in self.plan.pairs):
             c = self.counts.get(w, {})
             t.add_row(w, str(sum(c.values())), str(sum(c.get(s, 0) for s in PASSING)), str(c.get("fail", 0)),
@@ -561,10 +562,9 @@ class Soak:
         return Group(*lines)
 
 
-def console() -> RichConsole:
-    """Plain text (no markup: a finding's ``[`` prints as is); wide when not a terminal."""
-    return RichConsole(highlight=False, markup=False, emoji=False, soft_wrap=True,
-                       width=None if sys.stdout.isatty() else 200)
+def console(file: Any = None) -> RichConsole:
+    """Plain text (no markup: a finding's ``[`` prints as is); very wide when not a terminal."""
+    return make_console(file, markup=False)
 
 
 def _tail(path: str) -> str:
@@ -643,7 +643,7 @@ def print_summary(store: Store, soak_id: str, con: RichConsole) -> int:
             con.print(f"  #{r.iteration} {r.workload} {r.variant} seed {r.seed}: {r.status.upper()} {r.verdict_text}"
                       f"  [run {r.id}]")
             if r.command:
-                con.print(f"      repeat: {r.command}")
+                con.print(f"      {REPEAT}: {r.command}")
     return int(sm["exit_code"])
 
 
@@ -656,34 +656,55 @@ def print_flags(con: RichConsole, history: list) -> None:
                            style="bold red"))
 
 
+def outcomes_seen(h: Any) -> str:
+    """Decisive outcomes seen, then known ones marked: ``deadlock×2, invariant:x×3 (known)``."""
+    parts = [f"{o}×{n}" for o, n in sorted(h.outcomes.items())]
+    parts += [f"{o}×{n} (known)" for o, n in sorted((getattr(h, "known_outcomes", None) or {}).items())]
+    return ", ".join(parts) or "-"
+
+
 def history_table(history: list) -> Table:
     t = Table(title="per variant", title_justify="left", header_style="bold")
-    for col in ("workload", "variant", "expected", "runs", "passed", "failed", "open/other", "detection",
+    # counted as the soak summary counts: an open run is a passed run ("passed 3 (1 open)")
+    for col in ("workload", "variant", "expected", "runs", "passed", "open", "failed", "other", "detection",
                 "ttd median", "ttd p90", "outcomes seen"):
-        t.add_column(col, justify="right" if col in ("runs", "passed", "failed", "open/other", "detection",
+        t.add_column(col, justify="right" if col in ("runs", "passed", "open", "failed", "other", "detection",
                                                      "ttd median", "ttd p90") else "left", overflow="fold")
     for h in history:
         rate = h.detection_rate
-        outcomes = ", ".join(f"{o}×{n}" for o, n in sorted(h.outcomes.items())) or "-"
+        opened = getattr(h, "open", 0)
         flag = h.expected == ["clean"] and bool(h.outcomes)
-        t.add_row(h.workload, h.variant, " or ".join(h.expected), str(h.runs), str(h.passed), str(h.failed),
-                  str(h.other), "-" if rate is None else f"{100 * rate:.0f}%",
+        t.add_row(h.workload, h.variant, " or ".join(h.expected), str(h.runs), str(h.passed + opened), str(opened),
+                  str(h.failed), str(h.other - opened), "-" if rate is None else f"{100 * rate:.0f}%",
                   "-" if h.ttd_median_s is None else f"{h.ttd_median_s:.3f}s",
                   "-" if h.ttd_p90_s is None else f"{h.ttd_p90_s:.3f}s",
-                  Text(outcomes + (" (clean variant showed findings)" if flag else ""),
+                  Text(outcomes_seen(h) + (" (clean variant showed findings)" if flag else ""),
                        style="bold red" if flag else ""))
     return t
 
 
 # -- entry points (called by the CLI) -------------------------------------------------------------
-def start(store: Store, plan: Plan, found: dict[str, Found]) -> int:
+def start(store: Store, plan: Plan, found: dict[str, Found], junit_xml: str | None = None) -> int:
     soak_id = new_soak_id()
     store.begin_soak(soak_id, plan.as_dict(), soak_command(plan), plan.out, plan.duration_s)
     store.claim_soak(soak_id, os.getpid(), socket.gethostname())
-    return Soak(store, soak_id, plan, found, resumed=False).run()
+    code = Soak(store, soak_id, plan, found, resumed=False).run()
+    _junit(store, soak_id, junit_xml)
+    return code
 
 
-def resume(store: Store, ident: str) -> int:
+def _junit(store: Store, soak_id: str, path: str | None) -> None:
+    """One <testcase> per iteration; a failure to write it is one warning line."""
+    if not path:
+        return
+    from .junit import write_soak
+    try:
+        write_soak(store, soak_id, path)
+    except OSError as e:
+        sys.stderr.write(f"stress: warning: no JUnit XML written to {path}: {e.strerror or e}\n")
+
+
+def resume(store: Store, ident: str, junit_xml: str | None = None) -> int:
     try:
         s = store.soak(ident)
     except StoreError as e:
@@ -692,14 +713,18 @@ def resume(store: Store, ident: str) -> int:
     if s["status"] == "done":
         con = console()
         con.print(f"soak {s['id']} already finished; its summary:")
-        return print_summary(store, s["id"], con)
+        code = print_summary(store, s["id"], con)
+        _junit(store, s["id"], junit_xml)
+        return code
     if s["status"] == "running" and s.get("pid") and s["pid"] != os.getpid() and \
             s.get("host") == socket.gethostname() and _is_soak(int(s["pid"])):
         raise UsageError(f"soak {s['id']} is still running (pid {s['pid']}); stop it first")
     found = check_plan(plan)
     store.mark_soak(s["id"], "running")
     store.claim_soak(s["id"], os.getpid(), socket.gethostname(), resumed=True)
-    return Soak(store, s["id"], plan, found, resumed=True).run()
+    code = Soak(store, s["id"], plan, found, resumed=True).run()
+    _junit(store, s["id"], junit_xml)
+    return code
 
 
 def _is_soak(pid: int) -> bool:

@@ -41,7 +41,7 @@ import json
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 SCHEMA_VERSION = 1
@@ -126,6 +126,10 @@ class StoreError(Exception):
     """The store cannot be used (a newer schema, a corrupt file, a missing run). One line."""
 
 
+class StoreCorrupt(StoreError):
+    """The store's pages are corrupt (``PRAGMA quick_check``): nothing may write into it."""
+
+
 @dataclass
 class RunRow:
     id: str
@@ -172,6 +176,8 @@ class VariantHistory:
     last_status: str
     last_at: float
     outcomes: dict[str, int]  # decisive outcomes seen -> runs showing them
+    known_outcomes: dict[str, int] = field(default_factory=dict)  # known findings' outcomes -> runs showing them
+    open: int = 0  # of ``other``: runs of an open variant that ran to their end
 
     @property
     def detection_rate(self) -> float | None:
@@ -238,12 +244,15 @@ class Store:
             raise StoreError(f"cannot open the store {path!r}: {e}") from None
         self.db.row_factory = sqlite3.Row
         try:
+            _check_pages(self.db, path)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.execute("PRAGMA synchronous=NORMAL")
             _migrate(self.db, path)
         except sqlite3.DatabaseError as e:
             self.db.close()
+            if "malformed" in str(e) or "corrupt" in str(e):
+                raise StoreCorrupt(_corrupt(path, str(e))) from None
             raise StoreError(f"{path} is not a usable stress store: {e}") from None
         except StoreError:
             self.db.close()
@@ -442,6 +451,13 @@ class Store:
             found = (json.loads(r["summary_json"]).get("verdict") or {}).get("found") or []
             groups.setdefault((row.workload, row.variant), []).append((row, list(found)))
         out = []
+        known: dict[str, dict[str, int]] = {}  # run id -> known outcomes -> findings
+        kwhere, kargs = _where(workload=workload, soak_id=soak_id, since=since)
+        ksql = ("SELECT f.run_id, f.outcome FROM findings f JOIN runs ON runs.id = f.run_id"
+                + kwhere + (" AND " if kwhere else " WHERE ") + "f.known != ''")
+        for r in self.db.execute(ksql, kargs):
+            known.setdefault(r[0], {}).setdefault(r[1], 0)
+            known[r[0]][r[1]] += 1
         for (wl, var), rows in sorted(groups.items()):
             expected = rows[-1][0].expected
             ttds = [r.time_to_detect_s for r, _ in rows if r.time_to_detect_s is not None]
@@ -449,13 +465,31 @@ class Store:
             for _, found in rows:
                 for o in found:
                     outcomes[o] = outcomes.get(o, 0) + 1
+            known_seen: dict[str, int] = {}
+            for r, _ in rows:
+                for o in known.get(r.id, {}):
+                    known_seen[o] = known_seen.get(o, 0) + 1
             detected = sum(1 for r, found in rows if any(o in r.expected for o in found))
             out.append(VariantHistory(
                 wl, var, expected, len(rows), sum(r.status == "pass" for r, _ in rows),
                 sum(r.status == "fail" for r, _ in rows),
                 sum(r.status not in ("pass", "fail") for r, _ in rows), detected,
                 _percentile(ttds, 0.5), _percentile(ttds, 0.9), rows[-1][0].status, rows[-1][0].started_at,
-                outcomes))
+                outcomes, known_seen, sum(r.status == "open" for r, _ in rows)))
+        return out
+
+    def found(self, run_id: str) -> list[str]:
+        """The decisive outcomes a run's verdict found (its summary's ``verdict.found``)."""
+        r = self.db.execute("SELECT summary_json FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if r is None:
+            return []
+        return list((json.loads(r[0]).get("verdict") or {}).get("found") or [])
+
+    def known_findings(self, run_id: str) -> dict[str, int]:
+        """Known findings of a run (reported, not counted): outcome -> how many."""
+        out: dict[str, int] = {}
+        for r in self.db.execute("SELECT outcome FROM findings WHERE run_id = ? AND known != ''", (run_id,)):
+            out[r[0]] = out.get(r[0], 0) + 1
         return out
 
     def decisive_findings(self, run_id: str) -> int:
@@ -504,6 +538,25 @@ def _immediate(db: sqlite3.Connection) -> Iterator[None]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+def _corrupt(path: str, problem: str) -> str:
+    problem = " ".join(problem.split())
+    return (f"the store {path} is corrupt ({problem}): move it aside (a new run starts a new store) "
+            f"or recover it with: sqlite3 {path} .recover | sqlite3 {path}.recovered")
+
+
+def _check_pages(db: sqlite3.Connection, path: str) -> None:
+    """``PRAGMA quick_check``: refuse a store whose pages are corrupt, before anything writes to it."""
+    try:
+        rows = [r[0] for r in db.execute("PRAGMA quick_check").fetchall()]
+    except sqlite3.DatabaseError as e:
+        if "malformed" in str(e) or "corrupt" in str(e):
+            raise StoreCorrupt(_corrupt(path, str(e))) from None
+        raise  # not a database at all: "not a usable stress store"
+    if rows != ["ok"]:
+        more = f" and {len(rows) - 1} more problems" if len(rows) > 1 else ""
+        raise StoreCorrupt(_corrupt(path, f"{rows[0] if rows else 'no answer from quick_check'}{more}"))
 
 
 def _migrate(db: sqlite3.Connection, path: str) -> None:

@@ -57,8 +57,9 @@ def test_matching_expectation_exits_0_and_prints_the_repeat_command(runs_dir):
     r = run_cli(["run", "--workload", "examples/abba.py", "--variant", "ordered", "--duration", "2s",
                  "--workers", "4", "--seed", "7"], runs_dir)
     assert r.code == 0, r.out + r.err
-    assert ("repeat: stress run --workload examples/abba.py --variant ordered --duration 2s --seed 7 --workers 4"
-            in r.out)
+    assert ("rerun (same configuration and seed; timing differs): stress run --workload examples/abba.py "
+            "--variant ordered --duration 2s --seed 7 --workers 4" in r.out)
+    assert "verdict: clean — as expected for ordered (exit 0)" in r.out and "verdict: PASS" not in r.out
     assert r.summary["verdict"]["status"] == "pass"
     assert r.summary["ops"]["a_then_b"] > 1000 and r.summary["ops"]["b_then_a"] > 1000
     assert {c["class"] for c in r.summary["locks"]} == {"A", "B"}

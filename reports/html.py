@@ -435,9 +435,18 @@ def _verdict(row: RunRow, summary: dict) -> dict:
         notes.append(f"the detectors hit a capacity limit {det['capacity_hits']} times: the verdict is incomplete")
     if det.get("trace_overruns"):
         notes.append(f"{fmt_num(det['trace_overruns'])} older trace events were overwritten (rings are finite)")
+    text = row.verdict_text or v.get("text") or ""
+    headline, match = v.get("headline"), v.get("match")
+    if not headline and " — " in text:  # a run recorded before the verdict had its parts
+        headline, _, match = text.partition(" — ")
     return {
         "status": row.status,
-        "text": row.verdict_text or v.get("text") or "",
+        "text": text,
+        # what was found leads, then whether it matched: never "PASS" first for a deadlock
+        "headline": headline or text,
+        "match": match or "",
+        "rest": text[len(f"{headline} — {match}"):].strip() if headline and match else "",
+        "bug": bool(v.get("found")),
         "found": [str(x) for x in (v.get("found") or [])],
         "expected": row.expected,
         "stop_reason": row.stop_reason or summary.get("stop_reason", ""),
@@ -599,11 +608,14 @@ def _soak_context(store: Store, soak_id: str) -> dict:
     groups: dict[tuple, dict] = {}
     found_by_run: dict[str, list[str]] = {}
     info_by_run: dict[str, list[str]] = {}
+    known_by_run: dict[str, list[str]] = {}
     group_of_run: dict[str, list[tuple]] = {}
     for r in runs:
         fs = store.findings(r.id)
-        found_by_run[r.id] = sorted({f["outcome"] for f in fs if not f["info"]})
-        info_by_run[r.id] = sorted({f["outcome"] for f in fs if f["info"]} - set(found_by_run[r.id]))
+        # known findings are reported, never counted as found (they decide nothing)
+        found_by_run[r.id] = sorted({f["outcome"] for f in fs if not f["info"] and not f["known"]})
+        info_by_run[r.id] = sorted({f["outcome"] for f in fs if f["info"] and not f["known"]} - set(found_by_run[r.id]))
+        known_by_run[r.id] = sorted({f["outcome"] for f in fs if f["known"]} - set(found_by_run[r.id]))
         for f in fs:
             key = (r.workload, r.variant, f.get("signature") or f.get("title"), f.get("outcome"))
             g = groups.get(key)
@@ -611,6 +623,7 @@ def _soak_context(store: Store, soak_id: str) -> dict:
                 unexpected = not f["info"] and not f["known"] and f["outcome"] not in r.expected and r.expected != ["open"]
                 g = groups[key] = {"key": key, "run": r, "finding": f, "iterations": [], "count": 0,
                                    "unexpected": unexpected, "info": bool(f["info"] or f["known"]),
+                                   "known": bool(f["known"]),
                                    "anchor": f"g{len(groups)}"}
             g["count"] += 1
             g["iterations"].append(r.iteration)
@@ -636,7 +649,8 @@ def _soak_context(store: Store, soak_id: str) -> dict:
         keys = sorted(group_of_run.get(r.id, []), key=lambda k: rank_of[k])
         anchor = next((groups[k]["anchor"] for k in keys if k in shown), None)
         iter_rows.append({"run": r, "offset": r.started_at - t0, "found": found_by_run.get(r.id, []),
-                          "info": info_by_run.get(r.id, []), "anchor": anchor})
+                          "info": info_by_run.get(r.id, []), "known": known_by_run.get(r.id, []),
+                          "anchor": anchor})
     # iterations that did not pass, grouped by what went wrong (a night can fail hundreds of times
     # the same way): how often, where, and one command that repeats it
     fgroups: dict[tuple, dict] = {}
@@ -653,8 +667,9 @@ def _soak_context(store: Store, soak_id: str) -> dict:
     counts: dict[str, int] = {}
     for r in runs:
         counts[r.status] = counts.get(r.status, 0) + 1
+    # counted as `stress soak` counts them: an open variant that ran to its end passed
     failed = [r for r in runs if r.status in ("fail", "error")]
-    unsure = [r for r in runs if r.status in ("incomplete", "interrupted", "open", "skipped")]
+    unsure = [r for r in runs if r.status in ("incomplete", "interrupted", "skipped")]
     if failed:
         status = "fail"
     elif unsure or soak.get("status") in ("interrupted", "failed", "running"):
@@ -671,10 +686,14 @@ def _soak_context(store: Store, soak_id: str) -> dict:
     if not runs:
         text = "no iteration was recorded"
     elif failed:
-        text = f"{len(failed)} of {len(runs)} iterations failed"
+        bugs = sum(1 for r in runs if found_by_run.get(r.id))
+        text = f"{bugs} of {len(runs)} iterations found bugs; {len(failed)} of {len(runs)} NOT as their variant expects"
     else:
-        text = f"all {len(runs)} iterations showed what their variant expects" + (
-            f" ({len(unsure)} open or incomplete)" if unsure else "")
+        n_open = sum(1 for r in runs if r.status == "open")
+        bugs = sum(1 for r in runs if found_by_run.get(r.id))
+        text = (f"{bugs} of {len(runs)} iterations found bugs, " if bugs else f"no bug found in {len(runs)} iterations, ") + \
+            f"all as their variant expects" + (f" ({n_open} open questions answered)" if n_open else "") + (
+            f"; {len(unsure)} incomplete or skipped" if unsure else "")
     if soak.get("status") not in ("done", None):
         text += f"; the soak is {soak.get('status')}"
 

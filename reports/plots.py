@@ -102,7 +102,22 @@ def _rc():
 
 
 def _short(label: str, n: int = 28) -> str:
-    return label if len(label) <= n else label[: n - 1] + "…"
+    """Cut in the middle: the start (the workload, the struct) and the end (the variant's
+    suffix, the field) are what tell two labels apart."""
+    if len(label) <= n:
+        return label
+    head = (n - 1) // 2
+    return label[:head] + "…" + label[len(label) - (n - 1 - head):]
+
+
+def _shorts(labels: Sequence[str], n: int) -> list[str]:
+    """``_short`` of each label, widened until no two different labels look the same."""
+    labels = [str(x) for x in labels]
+    while True:
+        out = [_short(x, n) for x in labels]
+        if len(set(out)) == len(set(labels)) or n >= max((len(x) for x in labels), default=0):
+            return out
+        n += 4
 
 
 def _log_wanted(values: Sequence[float]) -> bool:
@@ -142,7 +157,7 @@ def throughput(series: dict[str, tuple[list[float], list[float]]], total: tuple[
 
 def lock_contention(locks: list[dict], uid: str) -> Markup:
     """Per class: contended % of acquisitions; average and maximum wait, maximum hold."""
-    names = [_short(str(l.get("class", "?")), 24) for l in locks]
+    names = _shorts([str(l.get("class", "?")) for l in locks], 24)
     y = list(range(len(names)))
     with _rc():
         fig = _figure(9.6, 0.9 + 0.42 * max(2, len(names)))
@@ -232,7 +247,7 @@ def interval_distribution(per_class: dict[str, dict[str, list[float]]], locks: l
             if m.get("hold_max_us"):
                 ax.scatter([m["hold_max_us"]], [i], marker="D", s=30, facecolor="none", edgecolor="#2f855a", zorder=5,
                            label="largest single hold" if i == 0 else None)
-        ax.set_yticks(range(len(names)), [_short(n, 24) for n in names])
+        ax.set_yticks(range(len(names)), _shorts(names, 24))
         ax.set_ylim(len(names) - 0.5, -0.5)
         shown = [float(v) for c in names for v in per_class[c]["wait_mean_us"] if v > 0] + [
             float(maxes.get(c, {}).get(k) or 0) for c in names for k in ("wait_max_us", "hold_max_us")]
@@ -338,7 +353,7 @@ def detection_rates(rows: list[dict], uid: str) -> Markup:
         ax.barh(y, vals, color=colours, height=0.6)
         for yi, r, v in zip(y, rows, vals):
             ax.annotate(r["note"], (v, yi), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
-        ax.set_yticks(y, [_short(r["label"], 40) for r in rows])
+        ax.set_yticks(y, _shorts([r["label"] for r in rows], 40))
         ax.set_ylim(len(rows) - 0.5, -0.5)
         ax.set_xlim(0, 118)
         ax.set_xticks([0, 25, 50, 75, 100])
@@ -394,7 +409,7 @@ def trends(per_variant: dict[str, dict[str, list]], unit: str, uid: str) -> Mark
         a2.set_ylabel("operations/s")
         a2.set_ylim(bottom=0)
         a3.set_title("Outcome of each iteration")
-        a3.set_yticks(range(len(labels)), [_short(l, 30) for l in labels])
+        a3.set_yticks(range(len(labels)), _shorts(labels, 30))
         a3.set_ylim(len(labels) - 0.5, -0.5)
         a3.grid(False)
         st_handles = [Line2D([], [], color=c, linewidth=3, label=s) for s, c in STATUS_COLOUR.items()

@@ -174,6 +174,9 @@ def test_run_report_has_verdict_command_statistics_findings_charts_in_that_order
     with open(os.path.join(demo.dirs["abba"], "config.json")) as fh:
         command = json.load(fh)["command"]
     assert "PASS" in h and "as expected" in h
+    head = h[h.index('id="verdict"'):]
+    assert head.index("found</span>") < head.index("PASS"), "what was found leads; the match word follows"
+    assert 'class="headline bug"' in head, "a deadlock is never shown in green"
     assert str(escape(command)) in h, "the command that repeats the run"
     order = [h.index(s) for s in ('id="verdict"', 'id="configuration"', 'id="statistics"', 'id="findings"',
                                   'id="charts"', 'id="class-graph"')]
@@ -600,3 +603,38 @@ def test_browser_soak_report(browser, demo):
     for p in dom["plots"]:
         assert p["paths"] > 0 and p["texts"] > 0 and p["width"] > 100, p
     assert dom["lanes"] and all(l["events"] > 0 for l in dom["lanes"])
+
+
+def test_soak_marks_known_findings_as_known_and_never_as_found(demo, tmp_path):
+    """A known finding is reported and recorded, but decides nothing: the iteration table
+    shows it as known, never in the "found" column (issue 19, item 16)."""
+    import shutil
+    db = str(tmp_path / "k.db")
+    shutil.copy(demo.db, db)
+    with Store(db) as st:
+        rid = st.runs(soak_id=demo.soak_id)[0].id
+        st.db.execute("UPDATE findings SET known = 'a known race' WHERE run_id = ?", (rid,))
+        outcomes = {f["outcome"] for f in st.findings(rid)}
+        ctx = report._soak_context(st, demo.soak_id)
+        h = report.render_soak(st, demo.soak_id)
+    row = next(r for r in ctx["iter_rows"] if r["run"].id == rid)
+    assert row["found"] == [] and set(row["known"]) == outcomes
+    assert "(known)" in h
+
+
+def test_open_iterations_count_as_passed_as_the_cli_counts_them(demo, tmp_path):
+    import shutil
+    db = str(tmp_path / "o.db")
+    shutil.copy(demo.db, db)
+    with Store(db) as st:
+        st.db.execute("UPDATE runs SET status = 'open' WHERE soak_id = ? AND status = 'pass'", (demo.soak_id,))
+        st.db.execute("UPDATE runs SET status = 'pass' WHERE soak_id = ? AND status != 'open'", (demo.soak_id,))
+        ctx = report._soak_context(st, demo.soak_id)
+    assert ctx["verdict"]["status"] == "pass", ctx["verdict"]
+
+
+def test_shortened_labels_never_make_two_variants_one():
+    from reports.plots import _shorts
+    labels = ["migration-storm/unlocked-target-read", "migration-storm/unlocked-target-read-assert"]
+    out = _shorts(labels, 28)
+    assert len(set(out)) == 2 and all(len(x) <= len(l) for x, l in zip(out, labels))

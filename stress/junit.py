@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .cli import REPEAT
+from .store import run_status
 
 _BAD_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
@@ -70,13 +71,7 @@ def _first_decisive(findings: Iterable[dict]) -> str:
     return ""
 
 
-def _status(summary: dict) -> str:
-    v = summary.get("verdict")
-    if v:
-        return str(v.get("status", "error"))
-    if summary.get("stop_reason") in ("interrupted", "terminated"):
-        return "interrupted"
-    return "error"
+_status = run_status  # one rule for a run's status, the store's
 
 
 def case_from_run_dir(run_dir: str) -> Case:

@@ -180,7 +180,9 @@ def test_verdict_leads_with_what_was_found_and_repeat_says_what_it_repeats(clean
     run_id = next(ln.split("/")[-1] for ln in p.stdout.splitlines() if ln.startswith("run directory: "))
     show = cli("show", run_id, "--out", out)
     assert show.returncode == 0, show.stderr
-    assert "verdict: clean — as expected for upstream (exit 0)" in show.stdout
+    line = next(ln for ln in show.stdout.splitlines() if ln.startswith("verdict: "))
+    # known races of upstream may show in a run (timing): they are noted, never counted
+    assert line.startswith("verdict: clean — as expected for upstream") and line.endswith("(exit 0)"), line
     assert f"{REPEAT}: stress run --workload migration-storm" in show.stdout
 
 

@@ -567,7 +567,7 @@ def test_browser_run_report_with_findings(browser, demo):
     for p in dom["plots"]:
         assert p["paths"] > 0 and p["texts"] > 0 and p["width"] > 100 and p["height"] > 50, p
     assert any("WARNING: possible circular locking dependency detected" in s for s in dom["splats"])
-    assert dom["scripts"] == 0 and dom["title"].startswith("PASS")
+    assert dom["scripts"] == 0 and dom["title"].startswith("DEADLOCK and lock-order inversion found · PASS")
 
 
 @pytest.mark.timeout(180)

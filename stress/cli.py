@@ -6,7 +6,9 @@ when none is declared; always 0 for an ``open`` variant), 1 it does not, 2 bad u
 SIGTERM (partial results kept). Bad input gets one line on stderr, never a traceback.
 
 ``stress run`` records its run in the SQLite store (``<out>/stress.db``) after it ends; a
-store error is one warning line and does not change the exit status. ``stress soak`` runs
+store error is one warning line and does not change the exit status, except a store whose
+pages are corrupt: that is refused before the run starts (exit 2), so nothing writes into it.
+Usage errors (click's too) are one line ``stress: error: ... (see: stress CMD --help)``. ``stress soak`` runs
 iterations back to back (:mod:`stress.soak`); ``stress runs`` and ``stress show`` read the
 store.
 """

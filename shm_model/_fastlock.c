@@ -20,6 +20,13 @@
  *
  * Everything not hot stays in Python (shm_model/cpu.py, shm_model/spinlock.py): the types
  * here are base classes, and the slow paths are methods of the Python subclasses.
+ *
+ * Controlled mode (``cpu.sched`` set, see stress/schedule.py): every lock operation is a
+ * scheduling point. An acquisition's point is at the API call's entry, with interrupts as the
+ * caller has them (before ``_irqsave`` masks them: that is where an interrupt can still come
+ * in); a release's point is after the release and the interrupt restore. At a point the
+ * scheduler may hand the run token to another worker, or deliver this CPU's interrupts.
+ * A contended acquisition blocks in the scheduler (Lock._contended), never in the kernel.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -111,7 +118,7 @@ static PyObject *m_set_internal(PyObject *mod, PyObject *fn) {
 static PyObject *m_capture_site(PyObject *mod, PyObject *unused) { return PyLong_FromLongLong(capture_site()); }
 
 static PyObject *str_new_chain, *str_jitter, *str_contended, *str_unlock_out_of_order, *str_run_irqs,
-    *str_irqs_enabled_holding;
+    *str_irqs_enabled_holding, *str_point;
 
 /* ---- CpuCore ---------------------------------------------------------------------------- */
 
@@ -129,6 +136,7 @@ typedef struct {
     PyObject *held;   /* (task list, irq list) of (lock, chain key) */
     PyObject *chains; /* chain key -> site */
     PyObject *hooks;
+    PyObject *sched;  /* controlled mode's scheduler, or None (free mode) */
     int64_t oid[2];
     Py_ssize_t th;     /* trace ring head word */
     int64_t tevents;   /* events in the ring */
@@ -140,6 +148,7 @@ static int cpu_traverse(CpuCore *self, visitproc visit, void *arg) {
     Py_VISIT(self->held);
     Py_VISIT(self->chains);
     Py_VISIT(self->hooks);
+    Py_VISIT(self->sched);
     /* not buf.obj: the arena's memoryview refers to nothing that could lead back here, and
      * the collector clearing it while exported would break its release */
     return 0;
@@ -149,6 +158,7 @@ static int cpu_clear(CpuCore *self) {
     Py_CLEAR(self->held);
     Py_CLEAR(self->chains);
     Py_CLEAR(self->hooks);
+    Py_CLEAR(self->sched);
     return 0;
 }
 
@@ -176,6 +186,8 @@ static PyObject *cpu_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     self->chains = PyDict_New();
     Py_INCREF(Py_None);
     self->hooks = Py_None;
+    Py_INCREF(Py_None);
+    self->sched = Py_None;
     self->oid[0] = self->oid[1] = NO_OWNER;
     if (!self->held || !self->chains) {
         Py_DECREF(self);
@@ -273,6 +285,18 @@ static inline int run_pending(CpuCore *cpu, int m) {
     return 0;
 }
 
+/* A scheduling point (controlled mode only): ``sched.point(cpu, irqs_on)``. */
+static inline int sched_point(CpuCore *cpu) {
+    if (cpu->sched == Py_None || cpu->sched == NULL)
+        return 0;
+    PyObject *args[3] = {cpu->sched, (PyObject *)cpu, cpu->masked ? Py_False : Py_True};
+    PyObject *r = PyObject_VectorcallMethod(str_point, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 static PyObject *cpu_local_irq_save(CpuCore *self, PyObject *unused) {
     int flags = self->masked;
     self->masked = 1;
@@ -355,6 +379,7 @@ static PyMemberDef cpu_members[] = {
     {"trace_locks", T_BOOL, offsetof(CpuCore, trace_locks), 0, "trace every acquire and release"},
     {"noise", T_DOUBLE, offsetof(CpuCore, noise), 0, "probability of scheduling noise at a lock operation"},
     {"hooks", T_OBJECT_EX, offsetof(CpuCore, hooks), 0, "the engine's Hooks"},
+    {"sched", T_OBJECT_EX, offsetof(CpuCore, sched), 0, "controlled mode's scheduler (None: free mode)"},
     {NULL}};
 
 static PyGetSetDef cpu_getset[] = {
@@ -682,19 +707,28 @@ static PyObject *c_unlock(LockCore *self, CpuCore *cpu) {
     Py_RETURN_NONE;
 }
 
+/* A release followed by its scheduling point (controlled mode). */
+static PyObject *unlock_point(PyObject *r, CpuCore *cpu) {
+    if (r && sched_point(cpu) < 0) {
+        Py_DECREF(r);
+        return NULL;
+    }
+    return r;
+}
+
 static PyObject *lock_lock(LockCore *self, PyObject *unused) {
     CpuCore *cpu = bound_cpu(self);
-    return cpu ? c_lock(self, cpu, 0) : NULL;
+    return cpu && sched_point(cpu) == 0 ? c_lock(self, cpu, 0) : NULL;
 }
 
 static PyObject *lock_unlock(LockCore *self, PyObject *unused) {
     CpuCore *cpu = bound_cpu(self);
-    return cpu ? c_unlock(self, cpu) : NULL;
+    return cpu ? unlock_point(c_unlock(self, cpu), cpu) : NULL;
 }
 
 static PyObject *lock_trylock(LockCore *self, PyObject *unused) {
     CpuCore *cpu = bound_cpu(self);
-    return cpu ? c_trylock(self, cpu) : NULL;
+    return cpu && sched_point(cpu) == 0 ? c_trylock(self, cpu) : NULL;
 }
 
 static PyObject *lock_enter(LockCore *self, PyObject *unused) {
@@ -814,23 +848,23 @@ static inline CpuCore *cpu_of(PyObject *o) {
 
 static PyObject *m_spin_lock(PyObject *mod, PyObject *l) {
     CpuCore *cpu = cpu_of(l);
-    return cpu ? c_lock((LockCore *)l, cpu, 0) : NULL;
+    return cpu && sched_point(cpu) == 0 ? c_lock((LockCore *)l, cpu, 0) : NULL;
 }
 
 static PyObject *m_spin_unlock(PyObject *mod, PyObject *l) {
     CpuCore *cpu = cpu_of(l);
-    return cpu ? c_unlock((LockCore *)l, cpu) : NULL;
+    return cpu ? unlock_point(c_unlock((LockCore *)l, cpu), cpu) : NULL;
 }
 
 static PyObject *m_spin_trylock(PyObject *mod, PyObject *l) {
     CpuCore *cpu = cpu_of(l);
-    return cpu ? c_trylock((LockCore *)l, cpu) : NULL;
+    return cpu && sched_point(cpu) == 0 ? c_trylock((LockCore *)l, cpu) : NULL;
 }
 
 static PyObject *m_spin_lock_irq(PyObject *mod, PyObject *l) {
     LockCore *lk = (LockCore *)l;
     CpuCore *cpu = cpu_of(l);
-    if (!cpu)
+    if (!cpu || sched_point(cpu) < 0)
         return NULL;
     cpu->masked = 1;
     return c_lock(lk, cpu, 0);
@@ -845,7 +879,7 @@ static PyObject *m_spin_unlock_irq(PyObject *mod, PyObject *l) {
     if (!r)
         return NULL;
     Py_DECREF(r);
-    if (c_irq_restore(cpu, 0) < 0)
+    if (c_irq_restore(cpu, 0) < 0 || sched_point(cpu) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -853,7 +887,7 @@ static PyObject *m_spin_unlock_irq(PyObject *mod, PyObject *l) {
 static PyObject *m_spin_lock_irqsave(PyObject *mod, PyObject *l) {
     LockCore *lk = (LockCore *)l;
     CpuCore *cpu = cpu_of(l);
-    if (!cpu)
+    if (!cpu || sched_point(cpu) < 0)
         return NULL;
     int flags = cpu->masked;
     cpu->masked = 1;
@@ -882,7 +916,7 @@ static PyObject *m_spin_unlock_irqrestore(PyObject *mod, PyObject *const *args, 
     if (!r)
         return NULL;
     Py_DECREF(r);
-    if (c_irq_restore(cpu, flags) < 0)
+    if (c_irq_restore(cpu, flags) < 0 || sched_point(cpu) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -908,7 +942,7 @@ static PyObject *m_spin_lock_nested(PyObject *mod, PyObject *const *args, Py_ssi
         return NULL;
     }
     CpuCore *cpu = cpu_of(args[0]);
-    if (!cpu || parse_sub(args[1], &sub) < 0)
+    if (!cpu || parse_sub(args[1], &sub) < 0 || sched_point(cpu) < 0)
         return NULL;
     return c_lock((LockCore *)args[0], cpu, sub);
 }
@@ -920,7 +954,7 @@ static PyObject *m_spin_lock_irqsave_nested(PyObject *mod, PyObject *const *args
         return NULL;
     }
     CpuCore *cpu = cpu_of(args[0]);
-    if (!cpu || parse_sub(args[1], &sub) < 0)
+    if (!cpu || parse_sub(args[1], &sub) < 0 || sched_point(cpu) < 0)
         return NULL;
     int flags = cpu->masked;
     cpu->masked = 1;
@@ -971,6 +1005,7 @@ PyMODINIT_FUNC PyInit__fastlock(void) {
     INTERN(str_unlock_out_of_order, "_unlock_out_of_order");
     INTERN(str_run_irqs, "run_irqs");
     INTERN(str_irqs_enabled_holding, "irqs_enabled_holding");
+    INTERN(str_point, "point");
     if (PyType_Ready(&CpuCoreType) < 0 || PyType_Ready(&LockCoreType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&fastlock_module);

@@ -5,7 +5,14 @@ the coordinator can read the state of a worker that is wedged, stopped or dead:
 
     header | worker slots | op counters | lock-class stats | wait/hold histograms |
     lock records | class usage |
-    class graph (edges) | interrupt rings | trace rings | model state
+    class graph (edges) | interrupt rings | trace rings | scheduler | model state
+
+The scheduler region is used only in controlled mode (``stress run --schedule pct``): the
+run token, virtual clock, PCT priorities and change points, and the schedule's recording
+(run-length encoded choices) and replay script. Untouched pages of a POSIX segment take no
+memory, so a free run pays nothing for it. Each worker also has a *token* semaphore
+(``-t<i>``): in controlled mode exactly one worker holds the run token, and it hands it on
+by posting the next worker's token.
 
 Names carry the run id (which embeds the coordinator's pid and a random part) and are
 created mode 0600. :func:`sweep_orphans` unlinks the objects of runs whose coordinator is
@@ -44,6 +51,10 @@ W_WAIT = 8  # per context c in (0 task, 1 irq): W_WAIT + 4*c + (lock, site, sinc
 W_PARK_ACK, W_CHAIN_MISS, W_ACQ, W_HEARTBEAT_NS, W_IRQS_DEFERRED = range(16, 21)
 W_WAIT_CALLERS = 21  # per context c: W_WAIT_CALLERS + 3*c + k, the callers of the waiting site
 WAIT_CALLERS = 3
+# controlled mode: the worker's scheduler state, published at each scheduling point
+W_SCHED_STATE, W_SCHED_WAKE, W_SCHED_IRQOK, W_SCHED_AT, W_SCHED_HAS_ISR = range(27, 32)
+SCHED_OUT, SCHED_IN, SCHED_GONE = 0, 1, 2  # W_SCHED_STATE: not yet scheduled / scheduled / exited
+AT_BOUNDARY, AT_MIDOP = 0, 1  # W_SCHED_AT: between operations (a safe point) / inside one
 WSLOT = 32
 WS_INIT, WS_RUNNING, WS_PARKED, WS_EXITED, WS_FAILED = range(5)
 WORKER_STATES = {WS_INIT: "starting", WS_RUNNING: "running", WS_PARKED: "parked",
@@ -84,6 +95,21 @@ MAX_OPS = 64
 IRQ_RING = 64  # slots per (sender, target) ring
 TRACE_EVENTS = 16384  # events per worker ring (640 KiB)
 EV_WORDS = 5  # (time_ns, kind | ctx << 8 | name << 16, a, b, c)
+
+# ---- scheduler region (controlled mode) ----------------------------------------------------
+SC_MODE, SC_POLICY, SC_CUR, SC_STEP, SC_VCLOCK, SC_RNG, SC_K, SC_DEPTH = range(8)
+SC_ROUND, SC_ROUND_AT, SC_STUCK, SC_DELIVER, SC_LOG_N, SC_LOG_LOST, SC_SCRIPT_N, SC_SCRIPT_POS = range(8, 16)
+SC_SCRIPT_USED, SC_DIVERGED, SC_DIVERGE_WANT, SC_SWITCHES, SC_PREEMPT, SC_IRQS, SC_NEXT_CHECK, SC_CHECKS = range(16, 24)
+SC_DRAIN, SC_CHECK_NS, SC_MAX_STEPS, SC_DONE, SC_FALLBACK, SC_CHECKS_SKIPPED, SC_STEP_NS, SC_OPS = range(24, 32)
+SC_LENIENT, SC_MISSES = 32, 33  # shrinking: a scripted choice that cannot run is skipped, counted
+SC_CHANGE = 40  # PCT change points of the current round: step offsets, SC_CHANGE + i for i < depth - 1
+MAX_DEPTH = 9
+SC_PRIO = SC_CHANGE + MAX_DEPTH  # priority of each thread: 2 * worker + (0 task, 1 its interrupts)
+MAX_WORKERS = 64
+SC_LOG = SC_PRIO + 2 * MAX_WORKERS  # the recording: run-length encoded choices, choice | count << 8
+SCHED_LOG_CAP = 1 << 20  # entries (8 MiB, touched only as written)
+SC_SCRIPT = SC_LOG + SCHED_LOG_CAP  # the replay script, same encoding
+SCHED_WORDS = SC_SCRIPT + SCHED_LOG_CAP
 
 
 @dataclass(frozen=True)
@@ -141,8 +167,12 @@ class Geometry:
         return 1 + self.trace_events * EV_WORDS
 
     @property
-    def state(self) -> int:
+    def sched(self) -> int:
         return self.traces + self.n_workers * self.trace_words
+
+    @property
+    def state(self) -> int:
+        return self.sched + SCHED_WORDS
 
     @property
     def total_words(self) -> int:
@@ -213,6 +243,7 @@ class Arena:
         self.base_name = f"/{PREFIX}{run_id}"
         self._owner_pid = os.getpid()
         self.sems: list[posix_ipc.Semaphore] = []
+        self.tokens: list[posix_ipc.Semaphore] = []  # one run token per worker (controlled mode)
         self.graph_sem: posix_ipc.Semaphore | None = None
         self._shm: posix_ipc.SharedMemory | None = None
         self._map: mmap.mmap | None = None
@@ -263,6 +294,9 @@ class Arena:
             for i in range(self.geo.n_locks):
                 self.sems.append(
                     posix_ipc.Semaphore(f"{self.base_name}-l{i}", posix_ipc.O_CREX, mode=0o600, initial_value=1))
+            for i in range(self.geo.n_workers):
+                self.tokens.append(
+                    posix_ipc.Semaphore(f"{self.base_name}-t{i}", posix_ipc.O_CREX, mode=0o600, initial_value=0))
         except BaseException:
             self.destroy()
             raise
@@ -272,7 +306,7 @@ class Arena:
         that created the arena unlinks (a forked worker exiting must not)."""
         if os.getpid() != self._owner_pid:
             return
-        for sem in self.sems + ([self.graph_sem] if self.graph_sem else []):
+        for sem in self.sems + self.tokens + ([self.graph_sem] if self.graph_sem else []):
             try:
                 sem.unlink()
             except posix_ipc.ExistentialError:
@@ -282,6 +316,7 @@ class Arena:
             except posix_ipc.Error:
                 pass
         self.sems = []
+        self.tokens = []
         self.graph_sem = None
         if self._shm is not None:
             try:
@@ -314,7 +349,8 @@ class Arena:
     def names(self) -> list[str]:
         """The /dev/shm entries this arena owns (for tests and cleanup)."""
         n = self.base_name[1:]
-        return [n, f"sem.{n}-g"] + [f"sem.{n}-l{i}" for i in range(self.geo.n_locks)] + [f"{n}{LIVE_SUFFIX}"]
+        return ([n, f"sem.{n}-g"] + [f"sem.{n}-l{i}" for i in range(self.geo.n_locks)]
+                + [f"sem.{n}-t{i}" for i in range(self.geo.n_workers)] + [f"{n}{LIVE_SUFFIX}"])
 
 
 LIVE_SUFFIX = "-live"  # ``stress-<run>-live``: flock'ed by the run for its whole life
@@ -326,7 +362,7 @@ def _run_of_entry(entry: str) -> str | None:
     if not name.startswith(PREFIX) or name.startswith(LIVE_TMP):
         return None
     rest = name[len(PREFIX):]
-    # run id is "<stamp>-<pid>-<rand>"; semaphores add "-l<i>" or "-g", the liveness file "-live"
+    # run id is "<stamp>-<pid>-<rand>"; semaphores add "-l<i>", "-t<i>" or "-g", the liveness file "-live"
     parts = rest.split("-")
     return "-".join(parts[:3]) if len(parts) >= 3 else None
 

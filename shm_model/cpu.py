@@ -16,7 +16,13 @@ One :class:`Cpu` exists per worker process (a physical CPU of the model). It own
 - the interrupt **rings**: a sender writes the IRQ number to its (sender, target) ring in
   the arena and then signals the target; signals coalesce, rings do not, and raised and
   handled interrupts are counted in shm;
-- its **trace ring** and per-worker **chain cache** (lockdep's held-class sequences).
+- its **trace ring** and per-worker **chain cache** (lockdep's held-class sequences);
+- in controlled mode, its **scheduler** (``sched``, plugged in by the engine): every lock
+  operation, ``raise_irq``, ``yield_point`` and ``delay`` is a scheduling point where the
+  run token may pass to another worker. An interrupt is then no signal: the sender writes
+  the ring and the scheduler delivers it at a scheduling point of the target that it
+  chooses, with the target's interrupts enabled; time is the scheduler's virtual clock
+  (:meth:`clock_ns`), so a run depends only on its seed and configuration.
 
 Locking rules: the Cpu takes no lock itself; every mutation of its held stacks happens with
 ``masked`` set. Interrupt handlers never raise into the interrupted code (an exception in
@@ -64,6 +70,24 @@ class Hooks(Protocol):
 
     def irqs_enabled_holding(self, cpu: "Cpu") -> None:
         """Interrupts are being enabled while task-context locks are held."""
+
+
+class Sched(Protocol):
+    """Controlled mode's scheduler, as a Cpu sees it (the engine implements it)."""
+
+    def point(self, cpu: "Cpu", irqs_on: bool) -> None:
+        """A scheduling point: the run token may pass to another worker, or this CPU's
+        pending interrupts may be delivered here (only if ``irqs_on``)."""
+
+    def block(self, cpu: "Cpu", lock_index: int, irqs_on: bool) -> None:
+        """This CPU waits for lock ``lock_index`` (its wait record is published): return
+        when it is chosen again, the lock free or an interrupt taken meanwhile."""
+
+    def sleep_until(self, cpu: "Cpu", t_ns: int, irqs_on: bool) -> None:
+        """Not runnable until the virtual clock reaches ``t_ns``."""
+
+    def clock_ns(self) -> int:
+        """The virtual clock."""
 
 
 class Cpu(CpuCore):
@@ -188,6 +212,10 @@ class Cpu(CpuCore):
         mv[r + 2 + head % IRQ_RING] = irq
         mv[r] = head + 1
         self.trace(EV_IRQ_RAISE, 0, irq, target)
+        sched = self.sched
+        if sched is not None:  # no signal: the scheduler delivers it at a point of the target's
+            sched.point(self, not self.masked)
+            return True
         try:
             os.kill(self._pids[target], IRQ_SIGNAL)
         except ProcessLookupError:
@@ -198,6 +226,36 @@ class Cpu(CpuCore):
     def check_stop(self) -> None:
         if self.mv[self._stop_i]:
             raise Stop()
+
+    # -- time and scheduling points ---------------------------------------------------------
+    def clock_ns(self) -> int:
+        """The model's clock: CLOCK_MONOTONIC in free mode, the scheduler's virtual clock in
+        controlled mode. Model code that measures time (a guest handler's run time, a
+        timeout) reads this, never ``time`` directly, so a controlled run replays exactly."""
+        sched = self.sched
+        return time.monotonic_ns() if sched is None else sched.clock_ns()
+
+    def delay(self, seconds: float, spin: bool = False) -> None:
+        """Let ``seconds`` pass on this CPU (Xen's ``udelay`` with ``spin``, else a sleep).
+        Free mode: a busy wait or a real sleep, interrupts taken as they come. Controlled
+        mode: the virtual clock must advance that far before this CPU runs on; others run
+        meanwhile and interrupts may be delivered (if enabled)."""
+        sched = self.sched
+        if sched is not None:
+            sched.sleep_until(self, sched.clock_ns() + int(seconds * 1e9), not self.masked)
+        elif spin:
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                pass
+        else:
+            time.sleep(seconds)
+
+    def yield_point(self) -> None:
+        """An explicit scheduling point (controlled mode); nothing in free mode. Place one
+        between a read of shared state and the action that depends on it."""
+        sched = self.sched
+        if sched is not None:
+            sched.point(self, not self.masked)
 
     def jitter(self) -> None:
         """Seeded scheduling noise at a lock operation: widen race windows."""

@@ -21,6 +21,9 @@ the C code with interrupts soft-masked:
   ``SignalError`` without taking the lock, FACTS.md); the slices also catch a signal that
   landed just before the kernel wait and the coordinator's stop request, so a deadlocked
   worker still exits cleanly;
+- in controlled mode (``cpu.sched`` set), a contended acquisition does not wait in the
+  kernel: the waiting record is published the same way, and the worker blocks in the
+  scheduler, which runs it again once the lock is free (or to take an interrupt);
 - an unlock that is not of the innermost held lock (:meth:`Lock._unlock_out_of_order`),
   and an unlock of a lock this context does not hold (lockdep's "bad unlock balance").
 
@@ -120,8 +123,16 @@ class Lock(LockCore):
         mv[w] = self.index  # published last: the watchdog reads lock, then the rest
         cpu.trace(EV_CONTEND, 0, self.index, site)
         cpu.masked = m  # wait with interrupts as the caller had them
+        sched = cpu.sched
         try:
-            while True:
+            while sched is not None:  # controlled mode: wait in the scheduler, not in the kernel
+                sched.block(cpu, self.index, not m)
+                try:
+                    self._wait(0)
+                    break
+                except _Busy:
+                    continue
+            while sched is None:
                 try:
                     self._wait(WAIT_SLICE_S)
                     break

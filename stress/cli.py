@@ -31,6 +31,7 @@ from shm_model.arena import list_objects, new_run_id, sweep_orphans
 
 from .console import Console, make_console
 from .loader import Found, builtins, find
+from .schedule import DEFAULT_DEPTH, DEFAULT_STEP_NS, SCHEDULES
 from .verdict import EXIT_HARNESS, EXIT_USAGE
 from .workload import WorkloadError, role_counts
 from .world import RunConfig
@@ -41,6 +42,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 #: what a printed repeat command repeats: a seed fixes the workload's choices, not the OS's interleavings
 REPEAT = "rerun (same configuration and seed; timing differs)"
+#: ... except under the controlled scheduler, where the seed fixes the interleaving too
+REPEAT_EXACT = "rerun (same configuration, seed and schedule: the same interleaving)"
+
+
+def repeat_words(cfg_or_summary: Any) -> str:
+    sched = (cfg_or_summary.get("schedule") or {}).get("policy", "free") if isinstance(cfg_or_summary, dict) \
+        else cfg_or_summary.schedule
+    return REPEAT if sched in ("free", None, "") else REPEAT_EXACT
 
 
 def _version() -> str:
@@ -136,7 +145,16 @@ def repeat_command(cfg: RunConfig, found: Found, workers: int | None, rates_text
         parts += ["--workers", str(workers)]
     if rates_text:
         parts += ["--rate", rates_text]
-    parts += ["--noise", f"{cfg.noise:g}"]
+    if cfg.controlled:
+        parts += ["--schedule", cfg.schedule]
+        if cfg.schedule == "pct":
+            parts += ["--pct-depth", str(cfg.pct_depth), "--pct-steps", str(cfg.pct_steps)]
+        if cfg.steps:
+            parts += ["--steps", str(cfg.steps)]
+        if cfg.step_ns != DEFAULT_STEP_NS:
+            parts += ["--step-ns", str(cfg.step_ns)]
+    else:
+        parts += ["--noise", f"{cfg.noise:g}"]
     if cfg.trace_locks:
         parts.append("--trace-locks")
     if cfg.hung_timeout != float(found.cls.hung_timeout):
@@ -247,6 +265,15 @@ def run_cmd(
     as_json: bool = typer.Option(False, "--json", help="print summary.json on stdout at the end and nothing else "
                                                        "there (progress, findings and the summary go to stderr)"),
     junit_xml: Optional[str] = typer.Option(None, "--junit-xml", help="also write the run as a JUnit XML file"),
+    schedule: str = typer.Option("free", help="free: the OS schedules the workers (real timing and signals); "
+                                              "pct or random: one worker runs at a time, a seeded scheduler "
+                                              "chooses who runs next, and the run can be replayed exactly"),
+    pct_depth: int = typer.Option(DEFAULT_DEPTH, help="PCT's bug depth d: d-1 priority change points a round"),
+    pct_steps: int = typer.Option(0, help="PCT's k, steps a round (default: learned from this workload's "
+                                          "earlier controlled runs in the store)"),
+    steps: int = typer.Option(0, help="controlled: stop after this many scheduling steps (a length that does "
+                                      "not depend on the machine's speed)"),
+    step_ns: int = typer.Option(DEFAULT_STEP_NS, help="controlled: virtual nanoseconds per scheduling step"),
 ) -> None:
     """Run one workload variant and judge what it shows against what it is expected to show.
 
@@ -266,9 +293,13 @@ def run_cmd(
         if not 0.0 <= noise <= 1.0:
             raise UsageError("--noise is a probability between 0 and 1")
         hung = parse_duration(hung_timeout, "--hung-timeout") if hung_timeout else float(found.cls.hung_timeout)
+        check_schedule(schedule, pct_depth, pct_steps, steps, step_ns)
         cfg = RunConfig(workload=workload, variant=v.id, seed=seed if seed is not None else random.randrange(1, 2**31),
                         duration=dur, counts=counts.per_role, rates=rates, noise=noise, options=opts, out=out,
-                        trace_locks=trace_locks, hung_timeout=hung, run_id=new_run_id())
+                        trace_locks=trace_locks, hung_timeout=hung, run_id=new_run_id(), schedule=schedule,
+                        pct_depth=pct_depth, pct_steps=pct_steps, steps=steps, step_ns=step_ns)
+        if schedule == "pct" and not pct_steps:
+            cfg.pct_steps = _learned_k(db or _default_db(out), cfg, counts.total)
         cfg.command = repeat_command(cfg, found, workers, rate)
         from .coordinator import Run
         run = Run(found, cfg, counts, Console(quiet=quiet, file=sys.stderr if as_json else None))
@@ -295,6 +326,120 @@ def run_cmd(
         sys.stdout.write(json.dumps(result.summary, indent=2, default=str) + "\n")
         sys.stdout.flush()
     raise typer.Exit(result.exit_code)
+
+
+def check_schedule(schedule: str, depth: int, k: int, steps: int, step_ns: int) -> None:
+    if schedule not in SCHEDULES:
+        raise UsageError(f"--schedule takes {', '.join(SCHEDULES)}, not {schedule!r}")
+    from shm_model.arena import MAX_DEPTH
+    if not 2 <= depth <= MAX_DEPTH:
+        raise UsageError(f"--pct-depth must be 2..{MAX_DEPTH}")
+    if k < 0 or steps < 0:
+        raise UsageError("--pct-steps and --steps must be positive (0: default)")
+    if step_ns < 1:
+        raise UsageError("--step-ns must be at least 1")
+
+
+def _learned_k(db: str, cfg: RunConfig, n_workers: int) -> int:
+    """PCT's k for this workload: from the steps per operation that its earlier controlled
+    runs measured (the store), else the scheduler's default. Printed in the rerun command,
+    so a rerun does not depend on what the store learned since."""
+    from .schedule import DEFAULT_K, learned_k
+    from .store import Store, StoreError
+    import sqlite3
+    if not os.path.exists(db):
+        return DEFAULT_K
+    try:
+        with Store(db) as store:
+            spo = store.steps_per_op(cfg.workload, cfg.variant)
+    except (StoreError, sqlite3.Error, OSError):
+        return DEFAULT_K
+    return learned_k(spo, n_workers) if spo else DEFAULT_K
+
+
+@app.command("replay")
+def replay_cmd(
+    run_id: str = typer.Argument(..., metavar="RUN_ID", help="a controlled run's id (or a unique prefix)"),
+    shrink: bool = typer.Option(False, "--shrink", help="search for a schedule with fewer hand-overs and steps that "
+                                                        "shows the same finding, and tell it as a per-worker story"),
+    attempts: int = typer.Option(60, "--attempts", help="with --shrink: at most this many candidate runs"),
+    budget: str = typer.Option("180s", "--budget", help="with --shrink: at most this long"),
+    story_lines: int = typer.Option(40, "--story", help="lines of the interleaving's story to print (0: none)"),
+    out: str = typer.Option("stress-runs", help="where runs are recorded (and where the replay's run goes)"),
+    db: Optional[str] = typer.Option(None, "--db", help="SQLite store (default: <out>/stress.db)"),
+    no_store: bool = typer.Option(False, "--no-store", help="do not record the replay in the store"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress, only findings and the summary"),
+) -> None:
+    """Re-execute a controlled run's recorded schedule and check it shows the same findings, sites and model
+    counters; with --shrink, find a smaller schedule that still shows the finding.
+
+    Exit status: 0 reproduced (and, with --shrink, shrunk as far as the budget allowed), 1 not reproduced,
+    2 bad usage or a run that cannot be replayed, 3 the harness failed."""
+    from . import replay as rp
+    from .console import Console
+    from .coordinator import Run
+    try:
+        secs = parse_duration(budget, "--budget")
+        if attempts < 1:
+            raise UsageError("--attempts must be at least 1")
+        store_path = db or _default_db(out)
+        rec = rp.load_recorded(run_id, out, store_path)
+        found, cfg, counts = rp.configure(rec, out, "replay", rec.script, slack=False)
+    except (UsageError, rp.ReplayError, WorkloadError) as e:
+        _fail(str(e))
+    _make_out(out)
+    con = make_console()
+    script = rec.script
+    if shrink:
+        target = rec.target
+        if target is None:
+            _fail(f"run {rec.run_id} found nothing: there is no finding to keep while shrinking")
+        con.print(Text(f"shrinking run {rec.run_id}'s schedule ({rp.handovers(script)} hand-overs, "
+                       f"{sch_steps(script)} steps) while it shows {target['outcome']} "
+                       f"(at most {attempts} attempts, {budget})"))
+        runner = rp.Attempts(rec, target)
+        try:
+            res = rp.shrink(script, runner, attempts, secs, progress=lambda t: con.print(Text(t)))
+        finally:
+            runner.close()
+        con.print(Text(f"shrunk: {rp.handovers(rec.script)} -> {rp.handovers(res.script)} hand-overs, "
+                       f"{sch_steps(rec.script)} -> {sch_steps(res.script)} steps, in {res.attempts} attempts "
+                       f"({res.kept} kept, {res.seconds:.1f} s; {res.reason})", style="bold"))
+        script = res.script
+        found, cfg, counts = rp.configure(rec, out, "shrink", script, slack=True)
+    cfg.command = f"stress replay {rec.run_id}" + (f" --out {shlex.quote(out)}" if out != "stress-runs" else "")
+    run = Run(found, cfg, counts, Console(quiet=quiet), script=script)
+    result = run.execute()
+    _print_summary(result, con)
+    _append_report(result)
+    if not no_store and result.run_dir:
+        _record_run(result.run_dir, store_path)
+    findings = [f.as_dict() for f in result.findings]
+    code = result.exit_code if result.exit_code == EXIT_HARNESS else 0
+    if shrink:
+        shows = any((f["outcome"], f["signature"]) == (rec.target["outcome"], rec.target["signature"])
+                    for f in findings)
+        con.print(Text(f"the shrunk schedule shows {rec.target['outcome']}" if shows else
+                       f"the shrunk schedule no longer shows {rec.target['outcome']} (a nondeterministic workload?)",
+                       style="bold green" if shows else "bold red"))
+        code = code or (0 if shows else 1)
+    else:
+        cmp = rp.compare(rec, result.summary, findings)
+        head = f"replay of {rec.run_id}: " + ("reproduced" if cmp.reproduced else "NOT reproduced")
+        con.print(Text(head + ": " + "; ".join(cmp.lines), style="bold green" if cmp.reproduced else "bold red"))
+        code = code or (0 if cmp.reproduced else 1)
+    if story_lines:
+        lines = rp.story(result.run_dir, story_lines)
+        if lines:
+            con.print(Text("the interleaving (one line a step that matters; → the run token passed):", style="bold"))
+            for ln in lines:
+                con.print(Text(ln))
+    raise typer.Exit(code)
+
+
+def sch_steps(script: list[int]) -> int:
+    from .schedule import rle_steps
+    return rle_steps(script)
 
 
 def _write_html(db: str, target: str | None, path: str, say: Any = None) -> bool:
@@ -452,8 +597,33 @@ def _print_summary(result: Any, con: Any) -> None:
         con.print(Text("findings: " + "; ".join(f"{f['outcome']} at {f['since_start_s']:.3f} s"
                                               + (" (info)" if f["info"] else " (known)" if f.get("known") else "")
                                               for f in findings)))
-    con.print(Text(f"{REPEAT}: {s.get('command', '')}"))
+    sc = s.get("schedule") or {}
+    if sc.get("policy", "free") != "free":
+        con.print(Text(schedule_line(sc)))
+        if sc.get("diverged_step"):
+            con.print(Text(f"replay diverged at step {sc['diverged_step']}: the recording chose "
+                           f"{sc['diverged_want']}, which could not run; continued under the scheduler",
+                           style="bold yellow"))
+    con.print(Text(f"{repeat_words(s)}: {s.get('command', '')}"))
+    if sc.get("policy", "free") != "free" and result.run_id:
+        con.print(Text(f"replay (the recorded schedule): stress replay {result.run_id}"
+                       + (f" --out {shlex.quote(os.path.dirname(result.run_dir))}"
+                          if os.path.dirname(result.run_dir) not in ("stress-runs", "") else "")))
     con.print(Text(f"run directory: {result.run_dir}"))
+
+
+def schedule_line(sc: dict) -> str:
+    """The controlled scheduler's account of a run, one line."""
+    line = (f"schedule: {sc['policy']}, {sc['steps']} steps ({sc['switches']} hand-overs, {sc['preemptions']} "
+            f"preemptions, {sc['irqs_delivered']} interrupt deliveries), virtual time {sc['virtual_ns'] / 1e6:.1f} ms, "
+            f"{sc['checks']} invariant checks ({sc['checks_skipped']} skipped)")
+    if sc["policy"] == "pct":
+        line += (f"; PCT depth {sc['depth']}, {sc['threads']} threads, k = {sc['k']} steps a round, "
+                 f"{sc['rounds']} rounds: each round finds a given depth-{sc['depth']} bug with probability "
+                 f">= 1/(n·k^(d-1)) = {sc['round_bound']:.3g}, this run >= {sc['run_bound']:.3g}")
+    if sc.get("lost"):
+        line += f"; {sc['lost']} steps not recorded (the log was full)"
+    return line
 
 
 def _append_report(result: Any) -> None:

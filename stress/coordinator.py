@@ -6,6 +6,14 @@ together -> loop (collect findings, watchdog scans, stop-the-world invariant che
 metrics, console) until the duration, a finding that ends the run, Ctrl-C, SIGTERM or a
 worker's death -> stop the workers (they leave even a lock wait when asked) -> kill
 stragglers -> write results -> unlink every IPC object. The teardown runs on every path.
+
+Controlled mode (``--schedule pct|random``, :mod:`stress.schedule`): the scheduler's
+configuration (and a replay's script) is written into the arena before the fork; once every
+worker has joined the schedule the coordinator hands out the first token, and afterwards
+only watches: a worker that dies holding the token has it handed on for it; a step at
+which no thread can run (``SC_STUCK``) is a frozen state, scanned and reported at once;
+the scheduler itself checks invariants and ends the run at a finding or its step budget.
+The recorded schedule is saved as ``schedule.bin`` and described in ``summary.json``.
 """
 
 from __future__ import annotations
@@ -20,15 +28,17 @@ from typing import Any
 
 import multiprocess
 
-from shm_model.arena import (H_PARK, H_START_NS, H_STOP, W_PARK_ACK, W_PID, WS_EXITED, WS_FAILED, W_STATE,
-                             sweep_orphans)
+from shm_model.arena import (H_PARK, H_START_NS, H_STOP, SC_CUR, SC_DONE, SC_STUCK, W_PARK_ACK, W_PID, WS_EXITED,
+                             WS_FAILED, W_STATE, sweep_orphans)
 
 from .console import Console
 from .evidence import full_trace, snapshot_traces, subject_events
 from .findings import Finding, now_ns
+from .invariants import check as check_invariants
 from .loader import Found
 from .metrics import Snapshot, class_graph, class_histograms, snapshot
 from .results import RunDir
+from . import schedule as sch
 from .splat import render
 from .verdict import EXIT_HARNESS, EXIT_SIGINT, EXIT_SIGTERM, Verdict, judge
 from .watchdog import Watchdog
@@ -43,6 +53,8 @@ UI_EVERY_S = 0.25
 PARK_TIMEOUT_S = 0.1  # a worker that cannot park in 100 ms is blocked: the watchdog speaks to it
 START_TIMEOUT_S = 20.0
 STOP_GRACE_S = 3.0
+PARKED = "checked with every worker parked at a safe point"
+INTERLEAVING_TAIL = 400  # controlled runs keep the last events of all workers, merged
 
 
 @dataclass
@@ -58,7 +70,8 @@ class RunResult:
 
 
 class Run:
-    def __init__(self, found: Found, cfg: RunConfig, counts: Counts, console: Console) -> None:
+    def __init__(self, found: Found, cfg: RunConfig, counts: Counts, console: Console,
+                 script: list[int] | None = None) -> None:
         self.found = found
         self.cfg = cfg
         self.counts = counts
@@ -81,6 +94,12 @@ class Run:
         self.startup_s = 0.0
         self.rundir: RunDir | None = None
         self.roster: dict[int, str] = {}
+        self.script = script or []  # a replay's recorded choices (run-length encoded)
+        self.sched_cfg: sch.SchedConfig | None = None
+        self.sched: sch.Controlled | None = None  # the coordinator's hand in controlled mode
+        self.token_out = False  # the first token was handed out
+        self.stuck_seen = False
+        self.schedule_info: sch.ScheduleInfo | None = None
 
     # -- public -----------------------------------------------------------------------------------
     def execute(self) -> RunResult:
@@ -120,6 +139,8 @@ class Run:
         wl = make_workload_instance(world.cls, self.cfg.variant, world.opts)
         world.workload = wl  # type: ignore[attr-defined]
         wl.setup(world.state)
+        if self.cfg.controlled:
+            self._configure_schedule()
         ctx = multiprocess.get_context("fork")
         world.resolver.resolve(1 << 16)  # index the model's code once, before fork: workers inherit it
         gc.collect()
@@ -151,11 +172,27 @@ class Run:
         mv[H_START_NS] = self.t0_ns
         self.console.begin(self._header())
 
+    def _configure_schedule(self) -> None:
+        c, world = self.cfg, self.world
+        interval = world.cls.check_interval if world.cls.invariants() else 0
+        self.sched_cfg = sch.SchedConfig(
+            policy=c.schedule, seed=c.seed, depth=c.pct_depth, k=c.pct_steps or sch.DEFAULT_K, step_ns=c.step_ns,
+            check_ns=int(float(os.environ.get("STRESS_CHECK_NS", interval * 1e9))), max_steps=c.steps, script=self.script,
+            fallback="steady" if c.script_mode == "shrink" else "", lenient=c.script_mode == "shrink")
+        sch.configure(world.mv, world.geo, self.sched_cfg)
+        self.sched = sch.Controlled(world, -1)
+
     def _header(self) -> str:
         c = self.cfg
         roles = ", ".join(f"{r}×{n}" for r, n in c.counts.items())
+        how = f"noise {c.noise:g}"
+        if c.controlled:
+            how = f"schedule {c.schedule}" + (f" (depth {c.pct_depth}, {self.sched_cfg.k} steps a round)"
+                                               if c.schedule == "pct" and self.sched_cfg else "")
+            if c.replay_of:
+                how += f", replaying {c.replay_of} ({len(self.script)} recorded runs of choices)"
         return (f"stress: {c.workload} --variant {c.variant} (expect {' or '.join(self.variant.outcomes)}) "
-                f"seed {c.seed}, noise {c.noise:g}, {c.duration:g}s, {roles}; started {self.world.geo.n_workers} workers "
+                f"seed {c.seed}, {how}, {c.duration:g}s, {roles}; started {self.world.geo.n_workers} workers "
                 f"in {self.startup_s * 1e3:.0f} ms; run {c.run_id}")
 
     # -- main loop --------------------------------------------------------------------------------
@@ -167,6 +204,8 @@ class Run:
         interval = world.cls.check_interval
         next_watch = next_metrics = next_ui = time.monotonic()
         next_check = self.t0 + interval if invariants and interval > 0 else float("inf")
+        if self.cfg.controlled:
+            next_check = float("inf")  # the scheduler checks them itself, at drained safe points
         snap = snapshot(world, 0.0)
         while True:
             now = time.monotonic()
@@ -181,6 +220,8 @@ class Run:
             died = [w for w, a in enumerate(alive) if not a and w not in self.dead]
             for w in died:
                 self.exits[w] = self._exit_text(w)
+            if self.sched is not None:
+                self._steer(alive, died, watchdog)
             if died or now >= next_watch:
                 next_watch = now + WATCH_EVERY_S
                 for f in watchdog.scan(alive):
@@ -206,6 +247,36 @@ class Run:
                 next_check = time.monotonic() + interval
             time.sleep(TICK_S)
         return snap
+
+    def _steer(self, alive: list[bool], died: list[int], watchdog: Watchdog) -> None:
+        """Controlled mode: the first token, a dead holder's token, a frozen state, the end."""
+        mv, s, sched = self.world.mv, self.world.geo.sched, self.sched
+        for w in died:
+            sched.mark_gone(w)
+            if self.token_out and mv[s + SC_CUR] == w and not mv[H_STOP]:
+                sched.hand_on()  # it died holding the run token: the others go on
+        if not self.token_out and sched.all_in(alive):
+            self.token_out = True
+            sched.hand_on()
+        if mv[s + SC_STUCK] and not self.stuck_seen:
+            # no thread can run: the state is frozen, so what the watchdog sees now is final
+            self.stuck_seen = True
+            found = watchdog.scan(alive, settled=True)
+            for f in found:
+                if f.outcome == "held-by-dead-worker":
+                    f.details["exit"] = self.exits.get(f.details["dead"], "")
+                f.details.setdefault("step", mv[s + SC_STUCK])
+                self._add(f, world_traces=True)
+            if not any(f.ends_run for f in found):
+                self.stop_reason = self.stop_reason or "stuck"
+                self.message = self.message or (f"no worker could run at step {mv[s + SC_STUCK]}, "
+                                                "and the wait-for graph shows no cycle")
+        done = mv[s + SC_DONE]
+        if done == sch.DONE_STEPS and not self.stop_reason:
+            self.stop_reason = "steps"
+        elif done == sch.DONE_FINDING:
+            self._collect()  # the finding that ended it sets the stop reason
+            self.stop_reason = self.stop_reason or "finding"
 
     def _decisive(self) -> list[Finding]:
         return [f for f in self.findings if not f.info and not f.known]
@@ -290,20 +361,8 @@ class Run:
                     return
                 time.sleep(0.0002)
             self.checks += 1
-            for name, fn in invariants.items():
-                try:
-                    res = fn(world.workload, world.state)
-                except Exception as e:
-                    res = f"the check raised {type(e).__name__}: {e}"
-                if res is None or res is True:
-                    continue
-                v = res if isinstance(res, Violation) else Violation(res if isinstance(res, str) else "violated")
-                details: dict[str, Any] = {"message": v.message, "check": self.checks,
-                                           "how": "checked with every worker parked at a safe point"}
-                if v.subject is not None:
-                    details["subject"] = v.subject  # _add gathers its history, as for inline findings
-                self._add(Finding(f"invariant:{name}", f"BUG: invariant {name} violated", -1, details,
-                                  t_ns=now_ns(), signature=f"invariant:{name}"), world_traces=True)
+            for f in check_invariants(world, invariants, self.checks, PARKED):
+                self._add(f, world_traces=True)
         finally:
             mv[H_PARK] = seq + 1
 
@@ -350,10 +409,25 @@ class Run:
         self.graph = class_graph(world)
         self.histograms = class_histograms(world)
         self.overruns = 0
+        tails: list[dict] = []
         for w, info in enumerate(world.workers):
             events, overrun = full_trace(world, w)
             self.overruns += overrun
             self.rundir.trace(w, info.label(), events, overrun)
+            tails.extend(dict(e, worker=w) for e in events[-INTERLEAVING_TAIL:])
+        if self.cfg.controlled:
+            # one worker ran at a time: the merged tails in time order are the interleaving
+            tails.sort(key=lambda e: e["t_ns"])
+            ends = [f.t_ns for f in self.findings if f.ends_run and f.t_ns]
+            self.rundir.write_json("interleaving.json", {
+                "workers": {str(w): info.label() for w, info in enumerate(world.workers)},
+                "end_t_ns": min(ends) if ends else None, "events": tails[-INTERLEAVING_TAIL:]})
+        if self.sched_cfg is not None:
+            ops = sum(self._last.ops.values())
+            roles = world.cls.roles()
+            threads = sum(1 + (roles[w.role].isr_fn() is not None) for w in world.workers)
+            self.schedule_info = sch.read_info(world, self.sched_cfg, threads, ops, self.cfg.replay_of)
+            sch.save(self.rundir.path, sch.read_log(world))
 
     def _model_summary(self) -> dict:
         try:
@@ -376,7 +450,7 @@ class Run:
             incomplete = f"a detector capacity was hit {last.capacity_hits} times"
         verdict: Verdict | None = None
         code = EXIT_HARNESS
-        if self.stop_reason in ("duration", "finding"):
+        if self.stop_reason in ("duration", "finding", "steps", "stuck"):
             verdict = judge(self.variant.outcomes, self.findings, incomplete, self.variant.id)
             code = verdict.exit_code
         elif self.stop_reason == "worker-died" and self._decisive():
@@ -411,6 +485,7 @@ class Run:
             "invariant_checks": self.checks, "invariant_checks_skipped": self.checks_skipped,
             "model": getattr(self, "model_summary", {}), "workers": dict(self.cfg.counts),
             "graph": getattr(self, "graph", {"classes": [], "edges": []}),
+            "schedule": self.schedule_info.as_dict() if self.schedule_info is not None else {"policy": "free"},
         }
         if last is not None:
             dur = max(elapsed, 1e-9)

@@ -18,10 +18,13 @@ files on open, a newer file is refused with one line):
     runs      id, soak_id, iteration, started_at, workload, variant, seed, expected (JSON),
               provenance, status (pass|fail|open|incomplete|interrupted|error), verdict_text,
               exit_code, stop_reason, elapsed_s, total_ops_per_s, time_to_detect_s, command,
-              run_dir, config_json, summary_json            UNIQUE (soak_id, iteration)
+              run_dir, config_json, summary_json, schedule (free|pct|random, v2)
+                                                            UNIQUE (soak_id, iteration)
     metrics   run_id, t_s, total_ops, ops_json, classes_json      (one row a second)
     findings  run_id, seq, outcome, title, since_start_s, info, potential, known,
               signature, text, details_json, traces_json
+    schedules run_id, policy, steps, entries, choices (v2: a controlled run's recorded
+              choices, run-length encoded int64 words, zlib-compressed: stress.schedule)
 
 Times are Unix seconds (REAL). ``time_to_detect_s`` is the time of the first decisive
 finding whose outcome the variant expects (NULL when none was found). A soak iteration
@@ -31,7 +34,8 @@ status ``skipped`` or ``error``, id ``<soak-id>-i<iteration>`` and an empty
 ``run_dir``, so a soak's iterations are always contiguous from 0.
 
 Schema history: v1 (unreleased) gained ``soaks.spent_s``, ``resumes``, ``pid`` and
-``host`` before its release; a pre-release v1 file without them gets them on open.
+``host`` before its release; a pre-release v1 file without them gets them on open. v2
+added ``runs.schedule`` (every older run was free) and the ``schedules`` table.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_DB = "stress.db"
 
 _SCHEMA_V1 = """
@@ -112,8 +116,19 @@ CREATE TABLE findings (
 );
 """
 
+_SCHEMA_V2 = """
+ALTER TABLE runs ADD COLUMN schedule TEXT NOT NULL DEFAULT 'free';
+CREATE TABLE schedules (
+    run_id TEXT PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,
+    policy TEXT NOT NULL,
+    steps INTEGER NOT NULL,
+    entries INTEGER NOT NULL,
+    choices BLOB NOT NULL
+);
+"""
+
 #: migrations[v] takes a database at user_version v to v + 1
-_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1}
+_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2}
 
 #: columns added to v1 before its release: (table, column, declaration)
 _V1_LATE_COLUMNS = [("soaks", "spent_s", "REAL NOT NULL DEFAULT 0"),
@@ -294,18 +309,24 @@ class Store:
             db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
             if soak_id is not None and iteration is not None:
                 db.execute("DELETE FROM runs WHERE soak_id = ? AND iteration = ?", (soak_id, iteration))
+            sched = summary.get("schedule") or {}
             db.execute(
                 "INSERT INTO runs (id, soak_id, iteration, started_at, workload, variant, seed, expected,"
                 " provenance, status, verdict_text, exit_code, stop_reason, elapsed_s, total_ops_per_s,"
-                " time_to_detect_s, command, run_dir, config_json, summary_json)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " time_to_detect_s, command, run_dir, config_json, summary_json, schedule)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, soak_id, iteration, float(started), config.get("workload", ""), config.get("variant", ""),
                  config.get("seed"), json.dumps(config.get("expected") or summary.get("expected") or []),
                  config.get("variant_provenance", summary.get("provenance", "")), run_status(summary),
                  v.get("text", summary.get("message", "")), summary.get("exit_code"),
                  summary.get("stop_reason", ""), summary.get("elapsed_s"), summary.get("total_ops_per_s"),
                  time_to_detect(summary) if summary.get("expected") else None, config.get("command", ""),
-                 run_dir, json.dumps(config), json.dumps(summary)))
+                 run_dir, json.dumps(config), json.dumps(summary), config.get("schedule") or "free"))
+            blob = _schedule_blob(run_dir)
+            if blob is not None:
+                db.execute("INSERT OR REPLACE INTO schedules (run_id, policy, steps, entries, choices)"
+                           " VALUES (?,?,?,?,?)", (run_id, sched.get("policy", ""), int(sched.get("steps") or 0),
+                                                   int(sched.get("entries") or 0), blob))
             db.executemany(
                 "INSERT OR REPLACE INTO metrics (run_id, t_s, total_ops, ops_json, classes_json) VALUES (?,?,?,?,?)",
                 [(run_id, m.get("t_s", 0.0), m.get("total_ops", sum((m.get("ops") or {}).values())),
@@ -320,6 +341,29 @@ class Store:
             if soak_id is not None and spent_s is not None:
                 db.execute("UPDATE soaks SET spent_s = ? WHERE id = ?", (float(spent_s), soak_id))
         return run_id
+
+    def schedule(self, run_id: str) -> bytes | None:
+        """A controlled run's recorded choices (stress.schedule.decode reads them)."""
+        r = self.db.execute("SELECT choices FROM schedules WHERE run_id = ?", (run_id,)).fetchone()
+        return bytes(r[0]) if r else None
+
+    def steps_per_op(self, workload: str, variant: str) -> float:
+        """Scheduling steps per operation measured by the newest controlled runs of this
+        workload (this variant's if any, else any variant's): what PCT's k is learned from."""
+        for where, args in (("workload = ? AND variant = ?", (workload, variant)), ("workload = ?", (workload,))):
+            rows = self.db.execute(f"SELECT summary_json FROM runs WHERE {where} AND schedule != 'free'"
+                                   " ORDER BY started_at DESC LIMIT 5", args).fetchall()
+            vals = []
+            for (sj,) in rows:
+                try:
+                    v = float((json.loads(sj).get("schedule") or {}).get("steps_per_op") or 0)
+                except (ValueError, TypeError, AttributeError):
+                    continue
+                if v > 0:
+                    vals.append(v)
+            if vals:
+                return sorted(vals)[len(vals) // 2]
+        return 0.0
 
     def begin_soak(self, soak_id: str, plan: dict, command: str, out_dir: str, duration_s: float) -> None:
         self.db.execute("INSERT OR IGNORE INTO soaks (id, started_at, status, duration_s, plan_json, command, out_dir)"
@@ -515,6 +559,14 @@ class Store:
         raise StoreError(f"{ident!r} names {len(rows)} {what}s; give more of the id")
 
 
+def _schedule_blob(run_dir: str) -> bytes | None:
+    try:
+        with open(os.path.join(run_dir, "schedule.bin"), "rb") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
 def _where(since: float | None = None, **equal: str | None) -> tuple[str, list]:
     """A WHERE clause over ``runs``: columns equal to the given values, started since a time."""
     conds, args = [], []
@@ -571,8 +623,7 @@ def _migrate(db: sqlite3.Connection, path: str) -> None:
                         db.execute(stmt)
                 db.execute(f"PRAGMA user_version = {v + 1}")
         v = db.execute("PRAGMA user_version").fetchone()[0]
-    if v == 1:
-        _add_late_columns(db)
+    _add_late_columns(db)
 
 
 def _add_late_columns(db: sqlite3.Connection) -> None:

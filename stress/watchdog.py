@@ -184,7 +184,9 @@ class Watchdog:
         return d
 
     # -- the scan -------------------------------------------------------------------------------
-    def scan(self, alive: list[bool]) -> list[Finding]:
+    def scan(self, alive: list[bool], settled: bool = False) -> list[Finding]:
+        """One scan. ``settled``: the state is known to be frozen (the controlled scheduler
+        found no thread that can run), so a cycle is reported on first sight."""
         self.scans += 1
         mv, geo = self.world.mv, self.world.geo
         self._observe(alive, now_ns())
@@ -198,7 +200,7 @@ class Watchdog:
             key = tuple(sorted((n, waits[n][4] if n in waits else -1) for n in cyc))
             seen_now.add(key)
             in_cycle.update(cyc)
-            if key in self._seen:
+            if key in self._seen or settled:
                 f = self._deadlock(cyc, waits)
                 if f.signature not in self.reported:
                     self.reported.add(f.signature)

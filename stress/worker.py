@@ -5,6 +5,13 @@ binds the locks to its :class:`Cpu`, installs the interrupt handler, waits for t
 signal, then runs operations (weighted mix, paced ones at their rates) until asked to
 stop. Between operations it is at a *safe point*: no lock held, task context; it parks
 there when the coordinator stops the world to check invariants.
+
+In controlled mode (``--schedule pct|random``) the worker joins the scheduler after its
+setup (:mod:`stress.schedule`): it runs only while it holds the run token, every operation
+boundary is a scheduling point, paced operations follow the virtual clock, and the
+invariants are checked by the scheduler at drained safe points instead of a park. All
+workers are pinned to one CPU: only one runs at a time, and a hand-over between two
+processes on one CPU costs a few microseconds against tens across CPUs (FACTS.md).
 """
 
 from __future__ import annotations
@@ -22,12 +29,17 @@ from shm_model.arena import (H_PARK, H_START_NS, H_STOP, MAX_OPS, W_OP, W_OP_STA
                              W_STATE, WS_EXITED, WS_FAILED, WS_PARKED, WS_RUNNING)
 from shm_model import sites
 from shm_model.cpu import Cpu, Stop
+from shm_model.arena import SC_CHECKS, SC_STEP
 from shm_model.trace import EV_OP_START
 
 from .evidence import snapshot_traces
 from .findings import Finding, now_ns, write_finding
+from .invariants import check as check_invariants
 from .lockdep import Lockdep
+from .schedule import DONE_FINDING, Controlled
 from .world import World
+
+DRAINED = "checked with every worker between operations (the controlled scheduler's safe point)"
 
 PR_SET_PDEATHSIG = 1
 PR_SET_TIMERSLACK = 29
@@ -45,6 +57,8 @@ class WorkerHooks:
         self.count = 0
         self._reported: set[str] = set()  # a finding repeats at its site: write its evidence once
         self.lockdep = Lockdep(world, self.write)
+        self.sched: Controlled | None = None
+        self.known = world.cls.variant_named(world.cfg.variant).known
 
     def new_chain(self, cpu: Cpu, lock: Any, key: int, held: list, irqs_on: bool, trylock: bool) -> int:
         return self.lockdep.new_chain(cpu, lock, key, held, irqs_on, trylock)
@@ -69,13 +83,29 @@ class WorkerHooks:
         self.write(Finding(outcome, title, self.wid, d, t_ns=now_ns(), signature=sig))
 
     def write(self, f: Finding) -> None:
-        """Attach every worker's last trace events and write the finding file."""
+        """Attach every worker's last trace events and write the finding file. In
+        controlled mode a finding that ends the run ends it at this very step, so that a
+        replay stops where the recorded run stopped."""
+        sched = self.sched
+        if sched is not None:
+            f.details.setdefault("step", self.world.mv[self.world.geo.sched + SC_STEP])
         try:
             f.traces = snapshot_traces(self.world)
         except Exception as e:  # evidence is best effort; the finding itself is not
             f.traces = {"error": [{"text": f"trace snapshot failed: {e}"}]}
         self.count += 1
         write_finding(self.dir, f"w{self.wid}-{self.count}", f)
+        if sched is not None and not f.info and not f.potential and f.outcome not in self.known:
+            sched.finish(DONE_FINDING)
+
+    def check_invariants(self) -> None:
+        """The controlled scheduler's stop-the-world check, run by this worker."""
+        world = self.world
+        n = world.mv[world.geo.sched + SC_CHECKS]
+        for f in check_invariants(world, world.cls.invariants(), n, DRAINED):
+            if f.signature not in self._reported:
+                self._reported.add(f.signature)
+                self.write(f)
 
 
 def _prepare_process() -> None:
@@ -90,6 +120,16 @@ def _prepare_process() -> None:
         pass
 
 
+def _pin_one_cpu() -> None:
+    """Controlled mode: every worker of the run on one CPU (one runs at a time), chosen by
+    the coordinator's pid so that two controlled runs on one host use different CPUs."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpus[os.getppid() % len(cpus)]})
+    except (OSError, AttributeError, IndexError):
+        pass
+
+
 def worker_main(world: World, wid: int, findings_dir: str) -> None:
     """Entry point of a forked worker process."""
     _prepare_process()
@@ -101,7 +141,13 @@ def worker_main(world: World, wid: int, findings_dir: str) -> None:
     ws = geo.wslot(wid)
     info = world.workers[wid]
     hooks = WorkerHooks(world, wid, findings_dir)
-    cpu = Cpu(mv, geo, wid, hooks, seed=cfg.seed * 1_000_003 + wid, noise=cfg.noise, trace_locks=cfg.trace_locks)
+    controlled = cfg.controlled
+    cpu = Cpu(mv, geo, wid, hooks, seed=cfg.seed * 1_000_003 + wid, noise=0.0 if controlled else cfg.noise,
+              trace_locks=cfg.trace_locks or controlled)  # controlled: the scheduler is the noise
+    sched = None
+    if controlled:
+        _pin_one_cpu()
+        sched = hooks.sched = Controlled(world, wid, on_check=hooks.check_invariants)
     cpu.user_events = {n: i for i, n in enumerate(world.event_names)}
     for lk in world.locks:
         lk.bind(cpu)
@@ -134,7 +180,10 @@ def worker_main(world: World, wid: int, findings_dir: str) -> None:
         role.setup(state)  # before interrupts: the ISR may use what setup builds
         mv[ws + W_STATE] = WS_RUNNING
         cpu.local_irq_restore(flags)
-        _loop(world, wid, cpu, role, state)
+        if sched is not None:
+            cpu.sched = sched
+            sched.enter(cpu)
+        _loop(world, wid, cpu, role, state, sched)
     except Stop:
         pass
     except Exception as e:
@@ -143,11 +192,17 @@ def worker_main(world: World, wid: int, findings_dir: str) -> None:
                       {"traceback": traceback.format_exc()})
     finally:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        if sched is not None:
+            cpu.sched = None
+            try:
+                sched.leave()
+            except Stop:
+                pass
         mv[ws + W_STATE] = WS_FAILED if status else WS_EXITED
     os._exit(status)
 
 
-def _loop(world: World, wid: int, cpu: Cpu, role: Any, state: Any) -> None:
+def _loop(world: World, wid: int, cpu: Cpu, role: Any, state: Any, sched: Controlled | None = None) -> None:
     mv = world.mv
     geo = world.geo
     ws = geo.wslot(wid)
@@ -163,21 +218,28 @@ def _loop(world: World, wid: int, cpu: Cpu, role: Any, state: Any) -> None:
     fns = [o.spec.fn for o in mixed]
     oids = [o.oid for o in mixed]
     intervals = [n_role / o.rate for o in paced]
-    due = [time.monotonic() + role.random.random() * iv for iv in intervals]
+    if sched is not None:  # the scheduler's virtual clock
+        def mono() -> float:
+            return cpu.clock_ns() / 1e9
+    else:
+        mono = time.monotonic
+    due = [mono() + role.random.random() * iv for iv in intervals]
     ops_base = geo.ops + wid * MAX_OPS
     rnd = role.random.random
     trace = cpu.trace
-    mono = time.monotonic
     mono_ns = time.monotonic_ns
     parked_seq = 0
     while True:
         if mv[H_STOP]:
             return
-        park = mv[H_PARK]
-        if park & 1 and park != parked_seq:
-            parked_seq = park
-            _park(mv, ws, cpu, park)
-            continue
+        if sched is not None:
+            sched.boundary(cpu)  # a scheduling point; the scheduler's checks happen at these
+        else:
+            park = mv[H_PARK]
+            if park & 1 and park != parked_seq:
+                parked_seq = park
+                _park(mv, ws, cpu, park)
+                continue
         fn = None
         if paced:
             now = mono()
@@ -187,7 +249,10 @@ def _loop(world: World, wid: int, cpu: Cpu, role: Any, state: Any) -> None:
                 fn, oid = o.spec.fn, o.oid
                 due[i] = max(due[i] + intervals[i], now - intervals[i])
             elif not mixed:
-                time.sleep(min(due[i] - now, 0.005))
+                if sched is not None:
+                    sched.sleep_until(cpu, int(due[i] * 1e9) + 1, True)
+                else:
+                    time.sleep(min(due[i] - now, 0.005))
                 continue
         if fn is None:
             if len(fns) == 1:
@@ -199,6 +264,8 @@ def _loop(world: World, wid: int, cpu: Cpu, role: Any, state: Any) -> None:
         mv[ws + W_OP] = oid
         mv[ws + W_OP_START] = mono_ns()
         trace(EV_OP_START, 0, oid)
+        if sched is not None:
+            sched.begin_op()
         fn(role, state)
         mv[ws + W_OP] = -1
         mv[ops_base + oid] += 1

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import stress_objects
 from shm_model.arena import (H_MAGIC, H_NCLASSES, H_NLOCKS, H_NWORKERS, H_PID, MAGIC, PREFIX, SHM_DIR,
-                             W_OP, W_WAIT, W_WAIT_CALLERS, WAIT_CALLERS, WSLOT, Arena, Geometry,
+                             SCHED_WORDS, W_OP, W_SCHED_HAS_ISR, W_SCHED_STATE, W_WAIT, W_WAIT_CALLERS, WAIT_CALLERS, WSLOT, Arena, Geometry,
                              _run_of_entry, list_objects, new_run_id, pid_of_run, sweep_orphans)
 
 
@@ -65,14 +65,16 @@ def dead_pid() -> int:
 
 def test_geometry_regions_are_ordered_and_disjoint():
     g = Geometry(3, 5, 4, 10, trace_events=8)
-    starts = [g.workers, g.ops, g.stats, g.hists, g.locks, g.classes, g.graph, g.irq_rings, g.traces, g.state,
-              g.total_words]
+    starts = [g.workers, g.ops, g.stats, g.hists, g.locks, g.classes, g.graph, g.irq_rings, g.traces, g.sched,
+              g.state, g.total_words]
     assert starts == sorted(starts) and len(set(starts)) == len(starts)
     assert g.total_words - g.state == 10
     assert g.wslot(2) + WSLOT == g.ops
     assert W_WAIT_CALLERS + 2 * WAIT_CALLERS <= WSLOT
     assert g.ring(3, 2) + g.ring_words == g.traces  # the coordinator's ring to the last worker
-    assert g.trace(2) + g.trace_words == g.state
+    assert g.trace(2) + g.trace_words == g.sched
+    assert g.sched + SCHED_WORDS == g.state
+    assert W_SCHED_HAS_ISR < WSLOT and W_WAIT_CALLERS + 2 * WAIT_CALLERS <= W_SCHED_STATE
 
 
 def test_run_id_names_its_coordinator():
@@ -92,7 +94,7 @@ def test_create_then_destroy_leaves_nothing():
     a = Arena(new_run_id(), Geometry(2, 3, 2, 4, trace_events=16))
     try:
         names = a.names()
-        assert len(names) == 1 + 1 + 3 + 1  # segment, graph semaphore, 3 locks, the liveness file
+        assert len(names) == 1 + 1 + 3 + 2 + 1  # segment, graph semaphore, 3 locks, 2 run tokens, the liveness file
         assert present(names) == set(names)
         assert own_objects() - before == set(names)
         assert {e for e, run in list_objects() if run == a.run_id} == set(names)

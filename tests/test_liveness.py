@@ -138,7 +138,7 @@ def test_a_live_run_in_another_pid_namespace_keeps_its_objects(fake_pid):
                          stdout=subprocess.PIPE, text=True)
     try:
         names = set(h.stdout.readline().split())
-        assert f"{PREFIX}{rid}-live" in names and f"{PREFIX}{rid}" in names and len(names) == 4
+        assert f"{PREFIX}{rid}-live" in names and f"{PREFIX}{rid}" in names and len(names) == 5  # + a run token
         assert {e for e, run in list_objects() if run == rid} == names
         assert not names & set(sweep_orphans())
         c = subprocess.run([sys.executable, "-m", "stress", "cleanup"], cwd=ROOT, capture_output=True, text=True,

@@ -135,6 +135,7 @@ def test_a_prerelease_v1_file_gains_the_soak_columns(tmp_path):
     db.executescript("CREATE TABLE soaks (id TEXT PRIMARY KEY, started_at REAL NOT NULL, ended_at REAL, "
                      "status TEXT NOT NULL, duration_s REAL, plan_json TEXT NOT NULL DEFAULT '{}', "
                      "command TEXT NOT NULL DEFAULT '', out_dir TEXT NOT NULL DEFAULT '');"
+                     "CREATE TABLE runs (id TEXT PRIMARY KEY);"
                      "INSERT INTO soaks (id, started_at, status) VALUES ('s', 1, 'running');"
                      "PRAGMA user_version = 1;")
     db.close()

@@ -15,7 +15,6 @@ whose handler runs ``do_IRQ`` in interrupt context. The model and its locking or
 
 from __future__ import annotations
 
-import time
 
 from shm_model.old_vgic import (GIC_IRQ_GUEST_ENABLED, LR_INVALID, SPI_BASE, OldVgic, OldVgicDomain, status_text,
                                 test_bit, GIC_IRQ_GUEST_MIGRATING)
@@ -132,7 +131,7 @@ class MigrationStorm(Workload):
         @op(weight=1)
         def vcpu_run(self, s):
             """Exit to Xen, gic_clear_lrs, gic_restore_pending_irqs, guest acks and EOIs."""
-            self.vgic.vcpu_run(self.index, time.monotonic_ns(), int(self.random.random() * self.handler_ns))
+            self.vgic.vcpu_run(self.index, self.cpu.clock_ns(), int(self.random.random() * self.handler_ns))
 
         @op(rate=2000, name="migrate")
         def write_itargetsr(self, s):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 from stress.workload import (Array, Int, Option, Role, Spinlock, Struct, Variant, Workload, op, isr, spin_lock,
                              spin_lock_irqsave, spin_lock_nested, spin_unlock, spin_unlock_irqrestore)
@@ -117,7 +116,7 @@ class LockdepSelftest(Workload):
             if v in ORDERS:
                 order = ORDERS[v][i]
                 if order is None:
-                    time.sleep(0.001)
+                    self.cpu.delay(0.001)
                     return
                 taken = []
                 for name in order:
@@ -136,11 +135,11 @@ class LockdepSelftest(Workload):
                 spin_unlock(s.L)
             elif v == "irq-safe" and i in (0, 1):
                 flags = spin_lock_irqsave(s.L)
-                _spin(hold)
+                self.cpu.delay(hold, spin=True)
                 spin_unlock_irqrestore(s.L, flags)
             elif v == "irq-self-deadlock" and i == 0:
                 spin_lock(s.L)  # interrupts enabled: our own ISR may come in here
-                _spin(hold)
+                self.cpu.delay(hold, spin=True)
                 spin_unlock(s.L)
             elif v in ("irq-order", "irq-order-safe") and i == 0:
                 flags = spin_lock_irqsave(s.L)
@@ -157,20 +156,20 @@ class LockdepSelftest(Workload):
                 spin_lock(s.A)
                 os.kill(os.getpid(), signal.SIGKILL)
             elif v == "dead-holder" and i == 1:
-                time.sleep(0.05)
+                self.cpu.delay(0.05)
                 spin_lock(s.A)
                 spin_unlock(s.A)
             elif v == "hung" and i == 0:
                 spin_lock(s.A)
                 while True:  # holds A and waits for nothing (a stopped or spinning CPU)
                     self.cpu.check_stop()
-                    time.sleep(0.01)
+                    self.cpu.delay(0.01)
             elif v == "hung" and i == 1:
-                time.sleep(0.05)
+                self.cpu.delay(0.05)
                 spin_lock(s.A)
                 spin_unlock(s.A)
             else:
-                time.sleep(0.001)
+                self.cpu.delay(0.001)
 
         @isr
         def irq(self, s, irq):
@@ -190,9 +189,3 @@ class LockdepSelftest(Workload):
             if targets:
                 for t in targets:
                     self.cpu.raise_irq(t, IRQ)
-
-
-def _spin(seconds: float) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass

@@ -657,7 +657,7 @@ def _soak_context(store: Store, soak_id: str) -> dict:
     for r in runs:
         if r.status == "pass":
             continue
-        key = (r.workload, r.variant, r.status, r.verdict_text)
+        key = (r.workload, r.variant, r.schedule, r.status, r.verdict_text)
         g = fgroups.setdefault(key, {"run": r, "count": 0, "iterations": []})
         g["count"] += 1
         g["iterations"].append(r.iteration)
@@ -677,11 +677,12 @@ def _soak_context(store: Store, soak_id: str) -> dict:
     else:
         status = "pass" if runs else "error"
     lines = []
+    tagged = any(r.schedule != "free" for r in runs)  # a soak from before schedules: labels as they were
     for h in hist:
-        bad = h.failed + sum(1 for r in runs if r.workload == h.workload and r.variant == h.variant and r.status == "error")
+        bad = h.failed + sum(1 for r in _of(runs, h) if r.status == "error")
         if bad:
             seen = ", ".join(f"{o} ×{n}" for o, n in sorted(h.outcomes.items())) or "nothing"
-            lines.append(f"{h.workload}/{h.variant}: {bad} of {h.runs} iterations failed "
+            lines.append(f"{h.workload}/{h.variant}{_tag(h, tagged)}: {bad} of {h.runs} iterations failed "
                          f"(expected {' or '.join(h.expected)}; found {seen})")
     if not runs:
         text = "no iteration was recorded"
@@ -700,7 +701,7 @@ def _soak_context(store: Store, soak_id: str) -> dict:
     stats = []
     rate_rows = []
     for h in hist:
-        mine = [r for r in runs if r.workload == h.workload and r.variant == h.variant]
+        mine = _of(runs, h)
         opss = [r.total_ops_per_s for r in mine if r.total_ops_per_s is not None]
         clean = h.expected == ["clean"]
         rate = h.detection_rate if not clean else (h.passed / h.runs if h.runs else None)
@@ -708,20 +709,24 @@ def _soak_context(store: Store, soak_id: str) -> dict:
                       "outcomes": ", ".join(f"{o} ×{n}" for o, n in sorted(h.outcomes.items()))})
         if rate is not None:
             n_ok = h.passed if clean else h.detected
-            rate_rows.append({"label": _variant_label(h), "rate": rate, "good": rate >= 0.999 if clean else rate > 0,
+            rate_rows.append({"label": _variant_label(h) + _tag(h, tagged), "rate": rate,
+                              "good": rate >= 0.999 if clean else rate > 0,
                               "note": f"{n_ok}/{h.runs} {'clean' if clean else 'detected'}"})
 
     charts = []
     if rate_rows:
         charts.append({"id": "s-c-rate", "title": "Detection rate per variant",
                        "note": "Buggy variants: the share of iterations in which the expected finding appeared. "
-                               "Clean variants: the share that stayed clean (passed).",
+                               "Clean variants: the share that stayed clean (passed)."
+                               + (" One bar per schedule: [pct] and [random] runs were controlled, the others free."
+                                  if tagged else ""),
                        "svg": plots.detection_rates(rate_rows, "s-c-rate")})
     if runs:
         per_variant: dict[str, dict[str, list]] = {}
         unit = 3600.0 if t_end - t0 > 7200 else 60.0
         for r in runs:
-            d = per_variant.setdefault(_variant_label(r), {"x": [], "ttd": [], "ops": [], "status": []})
+            d = per_variant.setdefault(_variant_label(r) + _tag(r, tagged),
+                                       {"x": [], "ttd": [], "ops": [], "status": []})
             d["x"].append((r.started_at - t0) / unit)
             d["ttd"].append(r.time_to_detect_s)
             d["ops"].append(r.total_ops_per_s)
@@ -752,6 +757,17 @@ def _soak_context(store: Store, soak_id: str) -> dict:
         "listed_groups": listed_groups,
         "charts": charts,
     }
+
+
+def _of(runs: list[RunRow], h: Any) -> list[RunRow]:
+    """The runs a history row counts: its workload, variant and schedule."""
+    return [r for r in runs if (r.workload, r.variant, r.schedule) == (h.workload, h.variant, h.schedule)]
+
+
+def _tag(r: Any, tagged: bool) -> str:
+    """' [pct]' after a label, when the soak ran more than free iterations."""
+    sched = getattr(r, "schedule", "free") or "free"
+    return f" [{sched}]" if tagged and sched != "free" else ""
 
 
 def _variant_label(r: Any) -> str:

@@ -5,6 +5,16 @@ order and iteration ``i`` gets a seed derived from (soak seed, ``i``), so ``--re
 rebuilds exactly the same plan from what the store saved (``soaks.plan_json``) and carries
 on with the first iteration the store does not hold.
 
+Schedules (``--schedule``, default ``mixed``): each iteration runs free (the OS schedules
+the workers) or under the controlled scheduler (``pct``, ``random``: one worker at a time,
+the run replayable exactly; :mod:`stress.schedule`). Under ``mixed`` a variant that expects a
+bug runs under ``pct`` on every iteration: a free run of it passes or fails by the luck of
+timing, and the controlled scheduler is how a soak proves the bug is still found; a
+``clean`` or ``open`` variant alternates, ``pct`` on its 1st, 3rd, ... iteration and free on
+its 2nd, 4th, ..., so a night covers both real parallelism and controlled exploration. The
+plan saves each pair's rule (``Plan.rules``), so ``--resume`` needs no workload to decide
+it again; a plan saved before schedules existed runs every iteration free, as it did.
+
 Each iteration is ``python -m stress run ... --quiet --no-store`` in a child process (a
 harness crash in one iteration cannot take the soak down; its output goes to
 ``<out>/<soak-id>/iteration-NNNN.log``). The child gets ``PR_SET_PDEATHSIG(SIGTERM)``, so
@@ -30,6 +40,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import hashlib
+import math
 import os
 import shlex
 import signal
@@ -48,9 +59,10 @@ from rich.text import Text
 
 from shm_model.arena import sweep_orphans
 
-from .cli import REPEAT, UsageError, parse_duration, parse_workload_options
+from .cli import UsageError, parse_duration, parse_workload_options, repeat_words
 from .console import make_console
 from .loader import Found, builtins, find
+from .schedule import SCHEDULES
 from .store import RunRow, Store, StoreError
 from .verdict import EXIT_HARNESS, EXIT_MATCH, EXIT_MISMATCH, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE
 from .workload import role_counts
@@ -61,6 +73,10 @@ POLL_S = 0.1
 VIEW_EVERY_S = 0.25
 PASSING = ("pass", "open")
 HARNESS = ("error", "interrupted")
+#: ``stress soak --schedule``: ``mixed`` chooses per variant (see the module docstring)
+SOAK_SCHEDULES = ("mixed", "free", "pct", "random")
+#: a pair's rule under ``mixed`` when its variant expects no bug: pct, free, pct, free, ...
+ALTERNATE = "pct/free"
 
 
 # -- the plan -------------------------------------------------------------------------------------
@@ -75,6 +91,34 @@ class Iteration:
     workload: str
     variant: str
     seed: int
+    schedule: str = "free"  # free, pct or random: what this iteration's child runs under
+
+
+def expects_bug(outcomes: tuple[str, ...] | list[str]) -> bool:
+    """A variant whose expected outcomes are findings (not ``clean``, not ``open``)."""
+    return not set(outcomes) <= {"clean", "open"}
+
+
+def pair_rule(schedule: str, outcomes: tuple[str, ...] | list[str]) -> str:
+    """How a (workload, variant) pair is scheduled over the soak: a schedule for every one of
+    its iterations, or :data:`ALTERNATE`. Under ``mixed`` a buggy variant is always ``pct``
+    (a free run finds its bug by luck; the controlled scheduler is the proof it is still
+    found), a clean or open one alternates (real parallelism and controlled exploration)."""
+    if schedule != "mixed":
+        return schedule
+    return "pct" if expects_bug(outcomes) else ALTERNATE
+
+
+def rule_schedule(rule: str, nth: int) -> str:
+    """The schedule of the ``nth`` (0-based) iteration of a pair scheduled by ``rule``."""
+    if rule == ALTERNATE:
+        return "pct" if nth % 2 == 0 else "free"
+    return rule
+
+
+def schedule_tag(schedule: str) -> str:
+    """How a line shows an iteration's schedule: ``[pct]``."""
+    return f"[{schedule}]"
 
 
 @dataclass
@@ -88,26 +132,56 @@ class Plan:
     options: dict[str, list[str]] = field(default_factory=dict)  # workload -> its option arguments
     hung_timeout: str | None = None
     workloads: list[str] = field(default_factory=list)
+    #: ``--schedule`` as given (a plan saved before schedules existed: every iteration free)
+    schedule: str = "free"
+    #: per pair (same order as ``pairs``): a schedule, or :data:`ALTERNATE`; empty: all free
+    rules: list[str] = field(default_factory=list)
 
     def iteration(self, i: int) -> Iteration:
-        w, v = self.pairs[i % len(self.pairs)]
-        return Iteration(i, w, v, derive_seed(self.seed, i))
+        n = len(self.pairs)
+        w, v = self.pairs[i % n]
+        rule = self.rules[i % n] if self.rules else "free"
+        return Iteration(i, w, v, derive_seed(self.seed, i), rule_schedule(rule, i // n))
+
+    def pair_label(self, k: int) -> str:
+        """``workload/variant [rule]`` for the header line; only ``mixed`` varies per pair."""
+        w, v = self.pairs[k]
+        return f"{w}/{v}" + (f" {schedule_tag(self.rules[k])}" if self.rules and self.schedule == "mixed" else "")
 
     def as_dict(self) -> dict:
         return {"workloads": self.workloads, "pairs": [list(p) for p in self.pairs], "seed": self.seed,
                 "duration_s": self.duration_s, "iteration_duration_s": self.iteration_duration_s,
-                "out": self.out, "cwd": self.cwd, "options": self.options, "hung_timeout": self.hung_timeout}
+                "out": self.out, "cwd": self.cwd, "options": self.options, "hung_timeout": self.hung_timeout,
+                "schedule": self.schedule, "rules": list(self.rules)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Plan":
         try:
-            return cls([(str(w), str(v)) for w, v in d["pairs"]], int(d["seed"]), float(d["duration_s"]),
+            plan = cls([(str(w), str(v)) for w, v in d["pairs"]], int(d["seed"]), float(d["duration_s"]),
                        None if d.get("iteration_duration_s") is None else float(d["iteration_duration_s"]),
                        str(d["out"]), str(d.get("cwd") or os.getcwd()),
                        {k: list(v) for k, v in (d.get("options") or {}).items()}, d.get("hung_timeout"),
-                       list(d.get("workloads") or []))
+                       list(d.get("workloads") or []), str(d.get("schedule") or "free"),
+                       [str(r) for r in d.get("rules") or []])
         except (KeyError, TypeError, ValueError) as e:
             raise UsageError(f"the soak's saved plan is unreadable ({type(e).__name__}: {e})") from None
+        _check_rules(plan)
+        return plan
+
+
+def _check_rules(plan: Plan) -> None:
+    """A saved plan's schedules must be ones this stress runs, one per pair."""
+    bad = [r for r in plan.rules if r not in SCHEDULES and r != ALTERNATE]
+    count = len(plan.pairs) if plan.rules or plan.schedule != "free" else 0  # an old plan has none: all free
+    if plan.schedule not in SOAK_SCHEDULES or bad or len(plan.rules) != count:
+        unknown = f", unknown: {', '.join(bad)}" if bad else ""
+        raise UsageError(f"the soak's saved plan is unreadable (schedule {plan.schedule!r}, "
+                         f"{len(plan.rules)} rules for {len(plan.pairs)} pairs{unknown})")
+
+
+def check_soak_schedule(schedule: str) -> None:
+    if schedule not in SOAK_SCHEDULES:
+        raise UsageError(f"--schedule takes {', '.join(SOAK_SCHEDULES)}, not {schedule!r}")
 
 
 def _split_list(text: str, what: str) -> list[str]:
@@ -136,8 +210,10 @@ def _split_options(args: list[str]) -> list[tuple[str, str]]:
 
 
 def make_plan(workloads: str | None, variants: str, seed: int, duration_s: float, iteration_duration_s: float | None,
-              out: str, extra: list[str], hung_timeout: str | None) -> tuple[Plan, dict[str, Found]]:
+              out: str, extra: list[str], hung_timeout: str | None,
+              schedule: str = "mixed") -> tuple[Plan, dict[str, Found]]:
     """Validate everything a soak will run (before it runs anything) and build its plan."""
+    check_soak_schedule(schedule)
     explicit = workloads is not None
     if explicit:
         names = _split_list(workloads, "--workloads")
@@ -187,8 +263,9 @@ def make_plan(workloads: str | None, variants: str, seed: int, duration_s: float
         role_counts(found[n].cls, SimpleNamespace(**values), None)
     if hung_timeout is not None:
         parse_duration(hung_timeout, "--hung-timeout")
+    rules = [pair_rule(schedule, found[w].cls.variant_named(v).outcomes) for w, v in pairs]
     plan = Plan(pairs, seed, duration_s, iteration_duration_s, out, os.getcwd(), {n: a for n, a in per.items() if a},
-                hung_timeout, names)
+                hung_timeout, names, schedule, rules)
     return plan, found
 
 
@@ -221,6 +298,8 @@ def soak_command(plan: Plan) -> str:
         parts += ["--iteration-duration", f"{plan.iteration_duration_s:g}s"]
     if plan.hung_timeout:
         parts += ["--hung-timeout", plan.hung_timeout]
+    if plan.schedule != "mixed":  # an old plan (all free) included: it repeats as --schedule free
+        parts += ["--schedule", plan.schedule]
     seen: set[str] = set()
     for args in plan.options.values():
         for k, v in _split_options(args):
@@ -331,13 +410,14 @@ class Soak:
             nxt += 1
         self.first_this_session = nxt
         os.makedirs(self.log_dir, exist_ok=True)
-        pairs = ", ".join(f"{w}/{v}" for w, v in plan.pairs)
+        pairs = ", ".join(plan.pair_label(k) for k in range(len(plan.pairs)))
         if self.resumed:
             self._say(f"stress: resuming soak {self.id} at iteration {nxt}: {_fmt(self.base_spent)} of "
-                      f"{_fmt(plan.duration_s)} spent; seed {plan.seed}; {len(plan.pairs)} variants ({pairs})")
+                      f"{_fmt(plan.duration_s)} spent; seed {plan.seed}; schedule {plan.schedule}; "
+                      f"{len(plan.pairs)} variants ({pairs})")
         else:
             self._say(f"stress: soak {self.id} for {_fmt(plan.duration_s)}: {len(plan.pairs)} variants ({pairs}), "
-                      f"seed {plan.seed}; store {store.path}; resume with: "
+                      f"schedule {plan.schedule}, seed {plan.seed}; store {store.path}; resume with: "
                       f"stress soak --resume {self.id} {self._where()}")
         if self.live_enabled:
             self._live = Live(self._view(), console=self.out, auto_refresh=False, transient=True)
@@ -399,18 +479,29 @@ class Soak:
 
     def _where(self) -> str:
         parts = ["--out", self.plan.out]
-        if os.path.abspath(self.store.path) != os.path.abspath(os.path.join(self.plan.cwd, self.plan.out, "stress.db")):
+        if not self._default_store():
             parts += ["--db", self.store.path]
         return shlex.join(parts)
 
     # -- one iteration --------------------------------------------------------------------------
     def _child_command(self, it: Iteration, d: float) -> list[str]:
+        """``stress run`` for one iteration. Everything before ``--quiet`` is the command a
+        skipped or errored iteration is recorded with (its schedule included)."""
         cmd = [sys.executable, "-m", "stress", "run", "--workload", it.workload, "--variant", it.variant,
-               "--duration", f"{d:.3f}".rstrip("0").rstrip(".") + "s", "--seed", str(it.seed),
-               "--out", self.plan.out, "--quiet", "--no-store"]
+               "--duration", f"{d:.3f}".rstrip("0").rstrip(".") + "s", "--seed", str(it.seed)]
+        if it.schedule != "free":
+            cmd += ["--schedule", it.schedule]
+        cmd += ["--out", self.plan.out, "--quiet", "--no-store"]
+        if it.schedule == "pct" and not self._default_store():
+            cmd += ["--db", os.path.abspath(self.store.path)]  # PCT's k is learned from the soak's store
         if self.plan.hung_timeout:
             cmd += ["--hung-timeout", self.plan.hung_timeout]
         return cmd + self.plan.options.get(it.workload, [])
+
+    def _default_store(self) -> bool:
+        """The soak's store is where a child run looks by default (``<out>/stress.db``)."""
+        return os.path.abspath(self.store.path) == os.path.abspath(os.path.join(self.plan.cwd, self.plan.out,
+                                                                                "stress.db"))
 
     def _iterate(self, it: Iteration, d: float) -> Outcome | None:
         sweep_orphans()  # objects of a SIGKILLed child (or of anyone's killed run)
@@ -452,7 +543,7 @@ class Soak:
         fields = dict(workload=it.workload, variant=it.variant, seed=it.seed,
                       expected=list(self.found[it.workload].cls.variant_named(it.variant).outcomes),
                       command=shlex.join(["stress", "run", *cmd[4:cmd.index("--quiet")]]), exit_code=rc,
-                      spent_s=spent)
+                      spent_s=spent, schedule=it.schedule)
         if run_dir is None:
             tail = _tail(log_path)
             if rc == EXIT_USAGE:
@@ -526,7 +617,7 @@ class Soak:
     def _report(self, it: Iteration, o: Outcome, d: float) -> None:
         r = o.row
         line = (f"[{_fmt(self.spent())}/{_fmt(self.plan.duration_s)}] #{it.index} {it.workload} {it.variant} "
-                f"seed {it.seed} {_fmt(d)}: {r.status.upper()} {r.verdict_text}; "
+                f"{schedule_tag(it.schedule)} seed {it.seed} {_fmt(d)}: {r.status.upper()} {r.verdict_text}; "
                 f"{_rate(r.total_ops_per_s)} ops/s; findings so far {self.findings}")
         if self._live is not None:
             if r.status not in PASSING:  # above the live view, so it stays on screen
@@ -544,11 +635,12 @@ class Soak:
         if self.current is not None:
             it = self.current
             el = time.monotonic() - self.current_t0
-            lines.append(Text(f"now: #{it.index} {it.workload} --variant {it.variant} --seed {it.seed}  "
-                              f"{_fmt(el)}/{_fmt(self.current_d)}"))
+            lines.append(Text(f"now: #{it.index} {it.workload} --variant {it.variant} --seed {it.seed} "
+                              f"{schedule_tag(it.schedule)}  {_fmt(el)}/{_fmt(self.current_d)}"))
         if self.last is not None:
             r = self.last.row
-            lines.append(Text(f"last: #{r.iteration} {r.workload} {r.variant}: {r.status} ({r.verdict_text}), "
+            lines.append(Text(f"last: #{r.iteration} {r.workload} {r.variant} {schedule_tag(r.schedule)}: "
+                              f"{r.status} ({r.verdict_text}), "
                               f"{_rate(r.total_ops_per_s)} ops/s",
                               style="green" if r.status in PASSING else "red"))
         t = Table(box=None, pad_edge=False, header_style="bold")
@@ -632,26 +724,65 @@ def print_summary(store: Store, soak_id: str, con: RichConsole) -> int:
     opens = [h for h in sm["history"] if h.expected == ["open"]]
     for h in opens:
         shown = ", ".join(f"{o} in {n}" for o, n in sorted(h.outcomes.items())) or "no finding"
-        mine = [r for r in rows if (r.workload, r.variant) == (h.workload, h.variant) and r.status == "open"]
+        mine = [r for r in rows if (r.workload, r.variant, r.schedule) == (h.workload, h.variant, h.schedule)
+                and r.status == "open"]
         quiet = sum(1 for r in mine if r.time_to_detect_s is None)  # an open run's first finding, if any
-        con.print(f"open: {h.workload} {h.variant}: {h.runs} runs showed {shown}"
+        con.print(f"open: {h.workload} {h.variant} {schedule_tag(h.schedule)}: {h.runs} runs showed {shown}"
                   + (f"; {quiet} showed nothing" if h.outcomes and quiet else ""))
+    for line in pct_lines(store.schedule_summaries(soak_id)):
+        con.print(line)
     bad = [r for r in rows if r.status not in PASSING]
     if bad:
         con.print(Text("not passed:", style="bold"))
         for r in bad:
-            con.print(f"  #{r.iteration} {r.workload} {r.variant} seed {r.seed}: {r.status.upper()} {r.verdict_text}"
-                      f"  [run {r.id}]")
+            con.print(f"  #{r.iteration} {r.workload} {r.variant} {schedule_tag(r.schedule)} seed {r.seed}: "
+                      f"{r.status.upper()} {r.verdict_text}  [run {r.id}]")
             if r.command:
-                con.print(f"      {REPEAT}: {r.command}")
+                con.print(f"      {repeat_words(r)}: {r.command}")
+            if r.schedule != "free" and r.run_dir:
+                con.print(f"      replay (the recorded schedule): {replay_command(store, plan.get('out'), r.id)}")
     return int(sm["exit_code"])
+
+
+def pct_lines(summaries: list[tuple[str, str, dict]]) -> list[str]:
+    """Per variant, what the soak's PCT iterations bought together: every round of every
+    iteration is an independent chance to find a given bug of depth d (reachable within a
+    round from where it starts) with probability >= 1/(n·k^(d-1)), so after R rounds the
+    chance is >= 1 - prod (1 - p_i)^(R_i)."""
+    from .schedule import cumulative
+    per: dict[tuple[str, str], list[dict]] = {}
+    for w, v, sc in summaries:
+        if sc.get("policy") == "pct" and sc.get("round_bound"):
+            per.setdefault((w, v), []).append(sc)
+    out = []
+    for (w, v), scs in per.items():
+        rounds = sum(int(sc.get("rounds") or 0) for sc in scs)
+        log_miss = sum(int(sc.get("rounds") or 0) * math.log1p(-min(float(sc["round_bound"]), 1.0)) for sc in scs)
+        chance = -math.expm1(log_miss)
+        depth = scs[0].get("depth")
+        ks = sorted({int(sc.get("k") or 0) for sc in scs})
+        out.append(f"PCT: {w} {v}: {rounds:,} rounds in {len(scs)} iterations (depth {depth}, k "
+                   f"{', '.join(map(str, ks))}): a given depth-{depth} bug found with probability >= {chance:.3g} "
+                   f"(one round: >= {cumulative(float(scs[0]['round_bound']), 1):.3g})")
+    return out
+
+
+def replay_command(store: Store, out: str | None, run_id: str) -> str:
+    """``stress replay`` of a controlled iteration, with the --out and --db it needs to find it."""
+    parts = ["stress", "replay", run_id]
+    out = out or "stress-runs"
+    if out != "stress-runs":
+        parts += ["--out", out]
+    if os.path.abspath(store.path) != os.path.abspath(os.path.join(out, "stress.db")):
+        parts += ["--db", store.path]
+    return shlex.join(parts)
 
 
 def print_flags(con: RichConsole, history: list) -> None:
     """A clean variant that showed findings: a regression, or a flaky detector. Said in words."""
     for h in history:
         if h.expected == ["clean"] and h.outcomes:
-            con.print(Text(f"clean variant {h.workload} {h.variant} showed findings: "
+            con.print(Text(f"clean variant {h.workload} {h.variant} {schedule_tag(h.schedule)} showed findings: "
                            + ", ".join(f"{o} in {n} of {h.runs} runs" for o, n in sorted(h.outcomes.items())),
                            style="bold red"))
 
@@ -664,9 +795,11 @@ def outcomes_seen(h: Any) -> str:
 
 
 def history_table(history: list) -> Table:
-    t = Table(title="per variant", title_justify="left", header_style="bold")
+    """One row per workload, variant and schedule: a free and a controlled detection rate
+    answer different questions (does timing expose it; does exploration still find it)."""
+    t = Table(title="per variant and schedule", title_justify="left", header_style="bold")
     # counted as the soak summary counts: an open run is a passed run ("passed 3 (1 open)")
-    for col in ("workload", "variant", "expected", "runs", "passed", "open", "failed", "other", "detection",
+    for col in ("workload", "variant", "schedule", "expected", "runs", "passed", "open", "failed", "other", "detection",
                 "ttd median", "ttd p90", "outcomes seen"):
         t.add_column(col, justify="right" if col in ("runs", "passed", "open", "failed", "other", "detection",
                                                      "ttd median", "ttd p90") else "left", overflow="fold")
@@ -674,7 +807,8 @@ def history_table(history: list) -> Table:
         rate = h.detection_rate
         opened = getattr(h, "open", 0)
         flag = h.expected == ["clean"] and bool(h.outcomes)
-        t.add_row(h.workload, h.variant, " or ".join(h.expected), str(h.runs), str(h.passed + opened), str(opened),
+        t.add_row(h.workload, h.variant, getattr(h, "schedule", "free"), " or ".join(h.expected), str(h.runs),
+                  str(h.passed + opened), str(opened),
                   str(h.failed), str(h.other - opened), "-" if rate is None else f"{100 * rate:.0f}%",
                   "-" if h.ttd_median_s is None else f"{h.ttd_median_s:.3f}s",
                   "-" if h.ttd_p90_s is None else f"{h.ttd_p90_s:.3f}s",

@@ -165,6 +165,7 @@ class RunRow:
     time_to_detect_s: float | None
     command: str
     run_dir: str
+    schedule: str = "free"  # free, pct or random (a row from before v2: free, as it ran)
 
     @classmethod
     def from_sql(cls, r: sqlite3.Row) -> "RunRow":
@@ -175,8 +176,10 @@ class RunRow:
 
 @dataclass
 class VariantHistory:
-    """Per workload and variant, across every recorded run: how often the expected finding
-    appeared, how fast, and what clean variants showed."""
+    """Per workload, variant and schedule, across every recorded run: how often the expected
+    finding appeared, how fast, and what clean variants showed. Split by schedule because a
+    free run finds a race by the luck of timing and a controlled one by exploration: one
+    rate over both would say neither."""
 
     workload: str
     variant: str
@@ -193,6 +196,7 @@ class VariantHistory:
     outcomes: dict[str, int]  # decisive outcomes seen -> runs showing them
     known_outcomes: dict[str, int] = field(default_factory=dict)  # known findings' outcomes -> runs showing them
     open: int = 0  # of ``other``: runs of an open variant that ran to their end
+    schedule: str = "free"  # free, pct or random: the runs this row counts
 
     @property
     def detection_rate(self) -> float | None:
@@ -347,6 +351,19 @@ class Store:
         r = self.db.execute("SELECT choices FROM schedules WHERE run_id = ?", (run_id,)).fetchone()
         return bytes(r[0]) if r else None
 
+    def schedule_summaries(self, soak_id: str) -> list[tuple[str, str, dict]]:
+        """(workload, variant, summary.json's "schedule") of a soak's controlled iterations."""
+        out = []
+        for w, v, sj in self.db.execute("SELECT workload, variant, summary_json FROM runs WHERE soak_id = ? AND "
+                                        "schedule != 'free' ORDER BY iteration", (soak_id,)):
+            try:
+                sc = json.loads(sj).get("schedule") or {}
+            except (ValueError, AttributeError):
+                continue
+            if sc.get("policy") not in (None, "free"):
+                out.append((w, v, sc))
+        return out
+
     def steps_per_op(self, workload: str, variant: str) -> float:
         """Scheduling steps per operation measured by the newest controlled runs of this
         workload (this variant's if any, else any variant's): what PCT's k is learned from."""
@@ -373,10 +390,11 @@ class Store:
     def record_iteration(self, soak_id: str, iteration: int, *, workload: str, variant: str, seed: int | None,
                          expected: list[str], status: str, text: str, command: str = "",
                          exit_code: int | None = None, provenance: str = "", config: dict | None = None,
-                         spent_s: float | None = None) -> str:
+                         spent_s: float | None = None, schedule: str = "free") -> str:
         """Record a soak iteration that left no run directory to ingest (``skipped``: its
         child refused the configuration; ``error``: it died before writing one), in one
-        transaction with the soak's time spent. Returns the row's id."""
+        transaction with the soak's time spent. Returns the row's id. ``schedule`` is the one
+        the soak asked for, so the history counts the iteration where it belongs."""
         run_id = f"{soak_id}-i{iteration:04d}"
         db = self.db
         with _immediate(db):
@@ -385,10 +403,11 @@ class Store:
             db.execute(
                 "INSERT INTO runs (id, soak_id, iteration, started_at, workload, variant, seed, expected,"
                 " provenance, status, verdict_text, exit_code, stop_reason, command, run_dir, config_json,"
-                " summary_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " summary_json, schedule) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, soak_id, iteration, time.time(), workload, variant, seed, json.dumps(list(expected)),
                  provenance, status, text, exit_code, status, command, "", json.dumps(config or {}),
-                 json.dumps({"run_id": run_id, "message": text, "exit_code": exit_code, "findings": []})))
+                 json.dumps({"run_id": run_id, "message": text, "exit_code": exit_code, "findings": []}),
+                 schedule or "free"))
             if spent_s is not None:
                 db.execute("UPDATE soaks SET spent_s = ? WHERE id = ?", (float(spent_s), soak_id))
         return run_id
@@ -486,14 +505,14 @@ class Store:
 
     def history(self, workload: str | None = None, since: float | None = None,
                 soak_id: str | None = None) -> list[VariantHistory]:
-        """Detection rate, time to detect and outcomes per workload and variant."""
-        groups: dict[tuple[str, str], list[tuple[RunRow, list[str]]]] = {}
+        """Detection rate, time to detect and outcomes per workload, variant and schedule."""
+        groups: dict[tuple[str, str, str], list[tuple[RunRow, list[str]]]] = {}
         where, args = _where(workload=workload, soak_id=soak_id, since=since)
         sql = "SELECT * FROM runs" + where + " ORDER BY started_at"
         for r in self.db.execute(sql, args).fetchall():
             row = RunRow.from_sql(r)
             found = (json.loads(r["summary_json"]).get("verdict") or {}).get("found") or []
-            groups.setdefault((row.workload, row.variant), []).append((row, list(found)))
+            groups.setdefault((row.workload, row.variant, row.schedule or "free"), []).append((row, list(found)))
         out = []
         known: dict[str, dict[str, int]] = {}  # run id -> known outcomes -> findings
         kwhere, kargs = _where(workload=workload, soak_id=soak_id, since=since)
@@ -502,7 +521,7 @@ class Store:
         for r in self.db.execute(ksql, kargs):
             known.setdefault(r[0], {}).setdefault(r[1], 0)
             known[r[0]][r[1]] += 1
-        for (wl, var), rows in sorted(groups.items()):
+        for (wl, var, sched), rows in sorted(groups.items()):
             expected = rows[-1][0].expected
             ttds = [r.time_to_detect_s for r, _ in rows if r.time_to_detect_s is not None]
             outcomes: dict[str, int] = {}
@@ -519,7 +538,7 @@ class Store:
                 sum(r.status == "fail" for r, _ in rows),
                 sum(r.status not in ("pass", "fail") for r, _ in rows), detected,
                 _percentile(ttds, 0.5), _percentile(ttds, 0.9), rows[-1][0].status, rows[-1][0].started_at,
-                outcomes, known_seen, sum(r.status == "open" for r, _ in rows)))
+                outcomes, known_seen, sum(r.status == "open" for r, _ in rows), sched))
         return out
 
     def found(self, run_id: str) -> list[str]:

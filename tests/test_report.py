@@ -638,3 +638,27 @@ def test_shortened_labels_never_make_two_variants_one():
     labels = ["migration-storm/unlocked-target-read", "migration-storm/unlocked-target-read-assert"]
     out = _shorts(labels, 28)
     assert len(set(out)) == 2 and all(len(x) <= len(l) for x, l in zip(out, labels))
+
+
+def test_soak_report_splits_variants_by_schedule(demo, tmp_path):
+    """Per variant and schedule, as `stress runs` counts; each iteration shows its schedule; a
+    soak from before schedules keeps its labels."""
+    import shutil
+    db = str(tmp_path / "s.db")
+    shutil.copy(demo.db, db)
+    with Store(db) as st:
+        old = report._soak_context(st, demo.soak_id)
+        st.db.execute("UPDATE runs SET schedule = 'pct' WHERE soak_id = ? AND iteration = 0", (demo.soak_id,))
+        ctx = report._soak_context(st, demo.soak_id)
+        h = report.render_soak(st, demo.soak_id)
+    abba = ctx["runs"][0]
+    mine = [s["h"] for s in ctx["stats"] if (s["h"].workload, s["h"].variant) == (abba.workload, abba.variant)]
+    assert sorted((x.schedule, x.runs) for x in mine) == [("free", 1), ("pct", 1)]
+    assert len(ctx["stats"]) == len(old["stats"]) + 1
+    assert all("[pct]" not in c["svg"] and "[free]" not in c["svg"] for c in old["charts"])
+    assert any("[pct]" in c["svg"] for c in ctx["charts"])
+    assert "Per variant and schedule" in h
+
+    def row(i: int) -> str:
+        return h.split(f'<tr id="it-{i}"')[1].split("</tr>")[0]
+    assert '<td class="mono">pct</td>' in row(0) and '<td class="mono">free</td>' in row(1)

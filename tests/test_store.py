@@ -13,13 +13,17 @@ from stress.store import SCHEMA_VERSION, Store, StoreError
 
 def make_run(out: str, run_id: str, variant: str, expected: list[str], findings: list[tuple[str, float]],
              status: str, started: float, workload: str = "wl", exit_code: int | None = None,
-             info: bool = False) -> str:
-    """A run directory as the coordinator writes it, by hand."""
+             info: bool = False, schedule: str | None = None) -> str:
+    """A run directory as the coordinator writes it, by hand (``schedule`` None: a config.json
+    from before schedules, which says nothing about one)."""
     d = os.path.join(out, run_id)
     os.makedirs(d)
     cfg = {"run_id": run_id, "workload": workload, "variant": variant, "seed": 7, "duration": 1.0,
            "expected": expected, "variant_provenance": "test", "started_at": started,
            "command": f"stress run --workload {workload} --variant {variant} --seed 7"}
+    if schedule is not None:
+        cfg["schedule"] = schedule
+        cfg["command"] += f" --schedule {schedule}" if schedule != "free" else ""
     fs = [{"outcome": o, "title": f"WARNING: {o}", "since_start_s": t, "info": info, "potential": False,
            "known": "", "signature": f"{o}@{t}", "text": f"WARNING: {o} [text]\n", "details": {"x": 1},
            "traces": {}} for o, t in findings]
@@ -105,6 +109,40 @@ def test_history_numbers(tmp_path):
         assert [r.id for r in st.runs(variant="buggy", since=101.5)] == ["b2", "b3"]
         assert [r.id for r in st.runs(limit=2)] == ["o0", "o1"]
         assert st.history(since=250.0)[0].variant == "question"
+
+
+def test_history_is_per_workload_variant_and_schedule(tmp_path):
+    """A free and a controlled detection rate answer different questions: one row each. Rows
+    from before schedules (no ``schedule`` in config.json) are free, as they ran."""
+    out = str(tmp_path)
+    runs = [("p0", "pct", [("deadlock", 0.02)], "pass"), ("p1", "pct", [("deadlock", 0.04)], "pass"),
+            ("f0", "free", [("deadlock", 3.0)], "pass"), ("f1", "free", [], "fail"), ("old", None, [], "fail"),
+            ("r0", "random", [("deadlock", 0.5)], "pass")]
+    for i, (rid, sched, found, status) in enumerate(runs):
+        make_run(out, rid, "buggy", ["deadlock"], found, status, 100.0 + i, schedule=sched)
+    make_run(out, "c0", "fixed", ["clean"], [], "pass", 200.0, schedule="pct")
+    make_run(out, "c1", "fixed", ["clean"], [], "pass", 201.0, schedule="free")
+    with Store(os.path.join(out, "s.db")) as st:
+        for name in sorted(os.listdir(out)):
+            if os.path.isdir(os.path.join(out, name)):
+                st.ingest_run(os.path.join(out, name))
+        st.begin_soak("soak-x", {"seed": 1}, "stress soak", out, 60.0)
+        st.record_iteration("soak-x", 0, workload="wl", variant="buggy", seed=9, expected=["deadlock"],
+                            status="error", text="the run left no run directory", schedule="pct")
+        assert {r.id: r.schedule for r in st.runs()} == {"p0": "pct", "p1": "pct", "f0": "free", "f1": "free",
+                                                         "old": "free", "r0": "random", "c0": "pct", "c1": "free",
+                                                         "soak-x-i0000": "pct"}
+        h = {(x.variant, x.schedule): x for x in st.history()}
+        assert sorted(h) == [("buggy", "free"), ("buggy", "pct"), ("buggy", "random"), ("fixed", "free"),
+                             ("fixed", "pct")]
+        pct, free, rnd = h["buggy", "pct"], h["buggy", "free"], h["buggy", "random"]
+        assert (pct.runs, pct.passed, pct.detected, pct.other) == (3, 2, 2, 1)  # the errored iteration counts here
+        assert pct.detection_rate == 2 / 3 and (pct.ttd_median_s, pct.ttd_p90_s) == (0.02, 0.04)
+        assert (free.runs, free.failed, free.detected) == (3, 2, 1) and free.detection_rate == 1 / 3
+        assert free.ttd_median_s == 3.0
+        assert rnd.runs == 1 and rnd.detection_rate == 1.0
+        assert h["fixed", "pct"].runs == h["fixed", "free"].runs == 1
+        assert [x.schedule for x in st.history(soak_id="soak-x")] == ["pct"]
 
 
 def test_a_newer_schema_is_refused(tmp_path):

@@ -82,9 +82,51 @@ def _first_detect(s: dict, expected: list[str] | None) -> dict | None:
     return None
 
 
+SCHEDULES = ("free", "random", "pct")
+
+
 def migration_storm(ctx: Context) -> list[Table]:
-    tables = [_ms_throughput(ctx), _ms_detect(ctx)]
+    tables = [_ms_throughput(ctx), _ms_controlled_cost(ctx), _ms_detect(ctx)]
     return tables
+
+
+def _ms_controlled_cost(ctx: Context) -> Table:
+    """What controlled scheduling costs: upstream's throughput free, under random and PCT."""
+    dur = "3s" if ctx.quick else "10s"
+    t = Table(f"migration-storm: controlled-mode cost, --variant upstream ({dur}, seed 1)",
+              ["schedule", "elapsed s", "ops/s (summary)", "× free", "scheduling steps/s", "steps per op",
+               "hand-overs/s", "interrupt deliveries/s", "PCT k, rounds"])
+    free_ops = None
+    for sched in SCHEDULES:
+        ctx.progress(f"migration-storm: cost, --variant upstream --schedule {sched}, {dur}")
+        d = ctx.scratch("cost")
+        try:
+            res = run_stress(ctx, stress_cmd("migration-storm", "upstream", dur, out=d,
+                                             extra=["--schedule", sched]), timeout_s=150)
+        except StressRunError as e:
+            t.add(sched, "", "", "", "", "", "", "", f"FAILED: {str(e).splitlines()[0]}")
+            continue
+        s = res.summary
+        el = s["elapsed_s"] or 1e-9
+        ops = s.get("total_ops_per_s")
+        sc = s.get("schedule") or {}
+        if sched == "free":
+            free_ops = ops
+        t.add(sched, fmt_s(el, 2), fmt_rate(ops), f"{ops / free_ops:.2f}×" if ops and free_ops else "–",
+              fmt_rate(sc["steps"] / el) if "steps" in sc else "–",
+              f"{sc['steps_per_op']:.1f}" if "steps_per_op" in sc else "–",
+              fmt_rate(sc["switches"] / el) if "switches" in sc else "–",
+              fmt_rate(sc["irqs_delivered"] / el) if "irqs_delivered" in sc else "–",
+              f"k {sc['k']}, {sc['rounds']} rounds" if sc.get("policy") == "pct" else "–")
+        ctx.facts[f"cost_{sched}"] = s
+    t.notes += [
+        "Controlled: one worker runs at a time (all pinned to one CPU), so ops/s is one core's against the free "
+        "run's two. A step is one scheduling point (a lock operation, an operation boundary, raise_irq); a "
+        "hand-over passes the run token to another worker (two semaphore operations and a context switch). "
+        "Paced rates are per virtual second (10 µs of virtual time a step), so the controlled runs' operation "
+        "mix differs from the free run's: compare steps/s and ops/s, not the model counters.",
+    ]
+    return t
 
 
 def _rr(run_dir: str) -> str:
@@ -136,54 +178,96 @@ def _ms_throughput(ctx: Context) -> Table:
 def _ms_detect(ctx: Context) -> Table:
     n_seeds = 5 if ctx.quick else 20
     cap = "20s" if ctx.quick else "60s"
-    t = Table(f"migration-storm: time to detect, seeds 1..{n_seeds}, --duration {cap} (first decisive finding "
-              f"of an expected outcome, summary.json since_start_s)",
-              ["variant", "counts as detection", "detected/N", "median s", "p90 s", "min s", "max s",
-               "stopped first by another outcome", "outcomes seen (runs)", "known findings", "wall s"])
+    replays_per_variant = 2 if ctx.quick else 5
+    t = Table(f"migration-storm: time to detect, free vs random vs PCT, seeds 1..{n_seeds}, --duration {cap} "
+              f"(first decisive finding of an expected outcome, summary.json since_start_s)",
+              ["variant", "schedule", "counts as detection", "detected/N", "median s", "p90 s", "min s", "max s",
+               "median steps", "replayed (same findings, sites, counters)", "stopped first by another outcome",
+               "outcomes seen (runs)", "known findings", "wall s"])
+    replayed_total = [0, 0]
     for v, expected in DETECT.items():
-        times: list[float] = []
-        seen: dict[str, int] = {}
-        known = 0
-        other: dict[str, int] = {}
-        wall = 0.0
-        failed = 0
-        for seed in range(1, n_seeds + 1):
-            ctx.progress(f"migration-storm: time to detect, --variant {v} --seed {seed} ({seed}/{n_seeds})")
-            d = ctx.scratch("detect")
-            try:
-                res = run_stress(ctx, stress_cmd("migration-storm", v, cap, seed=seed, out=d), timeout_s=200)
-            except StressRunError as e:
-                failed += 1
-                ctx.progress(f"  run failed: {str(e).splitlines()[0]}")
-                continue
-            wall += res.wall_s
-            s = res.summary
-            for o in sorted({f["outcome"] for f in s.get("findings", [])}):
-                seen[o] = seen.get(o, 0) + 1
-            known += sum(1 for f in s.get("findings", []) if f.get("known"))
-            first = next((x for x in s.get("findings", []) if not x.get("info") and not x.get("known")), None)
-            if first is not None and expected is not None and first["outcome"] not in expected:
-                other[first["outcome"]] = other.get(first["outcome"], 0) + 1
-            f = _first_detect(s, expected)
-            if f is not None:
-                times.append(f["since_start_s"])
-            got = f"detected {f['outcome']} at {f['since_start_s']:.3f} s" if f else "not detected"
-            ctx.progress(f"  -> {got} ({s.get('stop_reason')}, {s['elapsed_s']:.1f} s)")
-        n = n_seeds - failed
-        t.add(v, " or ".join(expected) if expected else "any decisive finding (open question: not info, not known)",
-              f"{len(times)}/{n}" + (f" ({failed} failed)" if failed else ""),
-              fmt_s(median(times)), fmt_s(percentile(times, 90)), fmt_s(min(times) if times else None),
-              fmt_s(max(times) if times else None),
-              ", ".join(f"{o} ({k})" for o, k in sorted(other.items(), key=lambda kv: -kv[1])) or "0",
-              ", ".join(f"{o} ({k})" for o, k in sorted(seen.items(), key=lambda kv: -kv[1])) or "none",
-              known, f"{wall:.0f}")
-        ctx.facts[f"ttd_{v}"] = times
+        for sched in SCHEDULES:
+            _ms_detect_one(ctx, t, v, expected, sched, n_seeds, cap, replays_per_variant, replayed_total)
+    ctx.facts["replayed"] = replayed_total
     t.notes += [
         "Seeds run one after another. A run that finds nothing runs to the cap and counts as not detected; the "
         "median and p90 (nearest rank) are over the detected runs only. 'outcomes seen' counts runs in which each "
         "outcome appeared (info and known findings included); 'stopped first by another outcome' counts runs whose "
         "first decisive finding was not one the variant expects (it ends the run, so the expected one may never "
-        "come). Timing, not only the seed, decides interleavings: "
-        "the same seed can detect at different times in two runs.",
+        "come). Free: timing, not only the seed, decides interleavings: the same seed can detect at different "
+        "times in two runs. Random and PCT: the seed decides the interleaving, so 'median steps' (the scheduling "
+        "step of the detection) is the same on any machine; seconds depend on the machine's speed and load.",
+        f"'replayed': for the first {replays_per_variant} detected controlled runs of each variant and schedule, "
+        "`stress replay RUN_ID` re-executed the recorded schedule and compared findings (outcome and signature), "
+        "the sites in their reports, the model counters and the step count; in all "
+        f"{replayed_total[0]}/{replayed_total[1]} reproduced.",
     ]
     return t
+
+
+def _replay(ctx: Context, run_dir: str) -> bool:
+    import os
+    import subprocess
+    import sys
+    from .common import REPO
+    out, rid = os.path.split(run_dir.rstrip("/"))
+    p = subprocess.run([sys.executable, "-m", "stress", "replay", rid, "--out", out, "--quiet", "--story", "0",
+                        "--no-store"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    return p.returncode == 0 and "reproduced:" in p.stdout and "NOT reproduced" not in p.stdout
+
+
+def _ms_detect_one(ctx: Context, t: Table, v: str, expected: list[str] | None, sched: str, n_seeds: int, cap: str,
+                   replays: int, replayed_total: list[int]) -> None:
+    """One row: variant ``v`` under schedule ``sched`` over seeds 1..n_seeds."""
+    times: list[float] = []
+    seen: dict[str, int] = {}
+    known = 0
+    other: dict[str, int] = {}
+    wall = 0.0
+    failed = 0
+    steps: list[int] = []
+    rep_ok = rep_n = 0
+    for seed in range(1, n_seeds + 1):
+        ctx.progress(f"migration-storm: time to detect, --variant {v} --schedule {sched} --seed {seed} "
+                     f"({seed}/{n_seeds})")
+        d = ctx.scratch("detect")
+        try:
+            res = run_stress(ctx, stress_cmd("migration-storm", v, cap, seed=seed, out=d,
+                                             extra=["--schedule", sched]), timeout_s=200)
+        except StressRunError as e:
+            failed += 1
+            ctx.progress(f"  run failed: {str(e).splitlines()[0]}")
+            continue
+        wall += res.wall_s
+        s = res.summary
+        for o in sorted({f["outcome"] for f in s.get("findings", [])}):
+            seen[o] = seen.get(o, 0) + 1
+        known += sum(1 for f in s.get("findings", []) if f.get("known"))
+        first = next((x for x in s.get("findings", []) if not x.get("info") and not x.get("known")), None)
+        if first is not None and expected is not None and first["outcome"] not in expected:
+            other[first["outcome"]] = other.get(first["outcome"], 0) + 1
+        f = _first_detect(s, expected)
+        if f is not None:
+            times.append(f["since_start_s"])
+            if "step" in f:
+                steps.append(f["step"])
+            if sched != "free" and rep_n < replays:
+                rep_n += 1
+                ok = _replay(ctx, res.run_dir)
+                rep_ok += ok
+                ctx.progress(f"  replay: {'reproduced' if ok else 'NOT reproduced'}")
+        got = f"detected {f['outcome']} at {f['since_start_s']:.3f} s" if f else "not detected"
+        ctx.progress(f"  -> {got} ({s.get('stop_reason')}, {s['elapsed_s']:.1f} s)")
+    n = n_seeds - failed
+    replayed_total[0] += rep_ok
+    replayed_total[1] += rep_n
+    t.add(v, sched, " or ".join(expected) if expected else "any decisive finding (open question: not info, "
+                                                            "not known)",
+          f"{len(times)}/{n}" + (f" ({failed} failed)" if failed else ""),
+          fmt_s(median(times)), fmt_s(percentile(times, 90)), fmt_s(min(times) if times else None),
+          fmt_s(max(times) if times else None), f"{median(steps):,.0f}" if steps else "–",
+          f"{rep_ok}/{rep_n}" if rep_n else "–",
+          ", ".join(f"{o} ({k})" for o, k in sorted(other.items(), key=lambda kv: -kv[1])) or "0",
+          ", ".join(f"{o} ({k})" for o, k in sorted(seen.items(), key=lambda kv: -kv[1])) or "none",
+          known, f"{wall:.0f}")
+    ctx.facts[f"ttd_{v}_{sched}"] = times

@@ -44,11 +44,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 REPEAT = "rerun (same configuration and seed; timing differs)"
 #: ... except under the controlled scheduler, where the seed fixes the interleaving too
 REPEAT_EXACT = "rerun (same configuration, seed and schedule: the same interleaving)"
+STORY_LINES = 24  # the interleaving printed at the end of a controlled run that found something
 
 
-def repeat_words(cfg_or_summary: Any) -> str:
-    sched = (cfg_or_summary.get("schedule") or {}).get("policy", "free") if isinstance(cfg_or_summary, dict) \
-        else cfg_or_summary.schedule
+def repeat_words(what: Any) -> str:
+    """What a printed rerun command repeats, for a summary dict, a RunConfig or the command itself."""
+    if isinstance(what, dict):
+        sched = (what.get("schedule") or {}).get("policy", "free")
+    elif isinstance(what, str):
+        m = re.search(r"--schedule\s+(\S+)", what)
+        sched = m.group(1) if m else "free"
+    else:
+        sched = what.schedule
     return REPEAT if sched in ("free", None, "") else REPEAT_EXACT
 
 
@@ -604,6 +611,15 @@ def _print_summary(result: Any, con: Any) -> None:
             con.print(Text(f"replay diverged at step {sc['diverged_step']}: the recording chose "
                            f"{sc['diverged_want']}, which could not run; continued under the scheduler",
                            style="bold yellow"))
+    decisive = [f for f in findings if not f["info"] and not f.get("known")]
+    if sc.get("policy", "free") != "free" and decisive and result.run_dir:
+        from .replay import story
+        lines = story(result.run_dir, STORY_LINES)
+        if lines:
+            con.print(Text(f"the interleaving that led there (the last {len(lines) - 1} steps that matter; "
+                           "→ the run token passed to another worker):", style="bold"))
+            for ln in lines:
+                con.print(Text(ln))
     con.print(Text(f"{repeat_words(s)}: {s.get('command', '')}"))
     if sc.get("policy", "free") != "free" and result.run_id:
         con.print(Text(f"replay (the recorded schedule): stress replay {result.run_id}"
@@ -688,12 +704,16 @@ def soak_cmd(
                                                                 "after it was killed or interrupted"),
     junit_xml: Optional[str] = typer.Option(None, "--junit-xml", help="also write the soak as a JUnit XML file "
                                                                       "(one testcase per iteration)"),
+    schedule: Optional[str] = typer.Option(None, help="mixed (default), free, pct or random: how iterations are "
+                                                      "scheduled (stress run --schedule); mixed: see above"),
 ) -> None:
     """Run workload variants back to back, each iteration a fresh run with its own seed, until --duration is spent.
 
     It keeps going after findings and records every iteration in the store: a killed soak loses at most the iteration in flight, and --resume ID continues it.
 
-    The summary counts passed, failed, skipped, incomplete and harness errors, with each variant's detection rate and time to detect.
+    --schedule mixed (the default) runs a variant that expects a bug under pct on every iteration: a free run finds it or not by the luck of timing, the controlled scheduler is how a soak proves the bug is still found. Clean and open variants alternate, pct on their 1st, 3rd, ... iteration and free on their 2nd, 4th, ..., so a night covers real parallelism and controlled exploration. --schedule free, pct or random runs every iteration so.
+
+    The summary counts passed, failed, skipped, incomplete and harness errors, with each variant's detection rate and time to detect per schedule.
 
     Exit status: 0 all passed, 1 some failed or incomplete, 2 bad usage, 3 a harness error (the worst wins), 130/143 interrupted (resumable).
 
@@ -704,7 +724,8 @@ def soak_cmd(
     try:
         if resume is not None:
             given = [n for n, v in (("--duration", duration), ("--workloads", workloads), ("--iteration-duration",
-                     iteration_duration), ("--seed", seed), ("--hung-timeout", hung_timeout)) if v not in ("", None)]
+                     iteration_duration), ("--seed", seed), ("--hung-timeout", hung_timeout),
+                     ("--schedule", schedule)) if v not in ("", None)]
             given += ["--variants"] if variants != "all" else []
             given += [a for a in ctx.args if a.startswith("--")]
             if given:
@@ -724,7 +745,7 @@ def soak_cmd(
         dur = parse_duration(duration)
         it_dur = parse_duration(iteration_duration, "--iteration-duration") if iteration_duration else None
         plan, found = soak_mod.make_plan(workloads, variants, seed if seed is not None else random.randrange(1, 2**31),
-                                         dur, it_dur, out, list(ctx.args), hung_timeout)
+                                         dur, it_dur, out, list(ctx.args), hung_timeout, schedule or "mixed")
     except (WorkloadError, UsageError) as e:
         _fail(str(e))
     _make_out(out)
@@ -771,9 +792,10 @@ def runs_cmd(
     limit: int = typer.Option(50, help="list the newest N runs (the history below covers every matching run)"),
     out: str = typer.Option("stress-runs", help="where runs are recorded"),
     db: Optional[str] = typer.Option(None, "--db", help="SQLite store (default: <out>/stress.db)"),
-    as_json: bool = typer.Option(False, "--json", help="print the runs and the per-variant history as JSON"),
+    as_json: bool = typer.Option(False, "--json", help="print the runs and the history per variant and schedule "
+                                                       "as JSON"),
 ) -> None:
-    """Recorded runs, one line each, then per workload and variant: detection rate and time to detect."""
+    """Recorded runs, one line each, then per workload, variant and schedule: detection rate and time to detect."""
     import sqlite3
     from dataclasses import asdict
 
@@ -808,13 +830,15 @@ def runs_cmd(
         con.print(f"no recorded run matches (store {store.path})")
         raise typer.Exit(0)
     total = sum(h.runs for h in history)
-    table = [["run", "started", "workload", "variant", "seed", "status", "detect", "ops/s", "found", "soak iteration"]]
+    table = [["run", "started", "workload", "variant", "schedule", "seed", "status", "detect", "ops/s", "found",
+              "soak iteration"]]
     for r in rows:
-        table.append([r.id, _fmt_time(r.started_at), r.workload, r.variant, "" if r.seed is None else str(r.seed),
+        table.append([r.id, _fmt_time(r.started_at), r.workload, r.variant, r.schedule,
+                      "" if r.seed is None else str(r.seed),
                       r.status, "-" if r.time_to_detect_s is None else f"{r.time_to_detect_s:.3f}s",
                       "-" if r.total_ops_per_s is None else f"{r.total_ops_per_s:.0f}", found[r.id],
                       f"{r.soak_id} #{r.iteration}" if r.soak_id else "-"])
-    lines = _columns(table, right={4, 6, 7})
+    lines = _columns(table, right={5, 7, 8})
     con.print(lines[0], style="bold")
     for ln in lines[1:]:
         con.print(ln)
@@ -908,7 +932,10 @@ def _print_run(con: Any, d: dict) -> None:
     if conf:
         con.print("configuration: " + "; ".join(conf))
     if r.command:
-        con.print(f"{REPEAT}: {r.command}")
+        con.print(f"{repeat_words(r.command)}: {r.command}")
+    if (s.get("schedule") or {}).get("policy", "free") != "free":
+        con.print(Text(schedule_line(s["schedule"])))
+        con.print(f"replay (the recorded schedule): stress replay {r.id}")
     if r.run_dir:
         con.print(f"run directory: {r.run_dir}")
     fs = d["findings"]

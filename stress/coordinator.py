@@ -198,7 +198,8 @@ class Run:
     # -- main loop --------------------------------------------------------------------------------
     def _loop(self) -> Snapshot:
         world, mv = self.world, self.world.mv
-        watchdog = Watchdog(world, self.cfg.hung_timeout)
+        watchdog = Watchdog(world, self.cfg.hung_timeout,
+                            runner=(lambda: mv[world.geo.sched + SC_CUR]) if self.cfg.controlled else None)
         self.watchdog = watchdog
         invariants = world.cls.invariants()
         interval = world.cls.check_interval
@@ -222,6 +223,12 @@ class Run:
                 self.exits[w] = self._exit_text(w)
             if self.sched is not None:
                 self._steer(alive, died, watchdog)
+            if mv[H_STOP]:  # a controlled run's scheduler ended it at a step: the exits that follow are orderly
+                self._collect()
+                if not self.stop_reason:
+                    done = mv[self.world.geo.sched + SC_DONE]
+                    self.stop_reason = "steps" if done == sch.DONE_STEPS else "finding"
+                break
             if died or now >= next_watch:
                 next_watch = now + WATCH_EVERY_S
                 for f in watchdog.scan(alive):
@@ -333,6 +340,10 @@ class Run:
         if world_traces:
             f.traces = snapshot_traces(self.world)
         f.since_start_s = max(0.0, (f.t_ns - self.t0_ns) / 1e9) if self.t0_ns else 0.0
+        if "step" in f.details:  # a controlled run's finding: the command that replays its schedule
+            out = os.path.dirname(self.rundir.path) if self.rundir else ""
+            f.details.setdefault("replay", f"stress replay {self.cfg.run_id}"
+                                 + (f" --out {out}" if out not in ("", "stress-runs") else ""))
         f.text = render(f, self.roster)
         self.findings.append(f)
         note = f"known for this variant: {f.known}\n" if f.known else ""
@@ -448,6 +459,8 @@ class Run:
         incomplete = ""
         if last is not None and last.capacity_hits:
             incomplete = f"a detector capacity was hit {last.capacity_hits} times"
+        if self.schedule_info is not None and self.schedule_info.steps == 0 and not self._decisive():
+            incomplete = "the controlled scheduler ran no step (the workers never got the run token)"
         verdict: Verdict | None = None
         code = EXIT_HARNESS
         if self.stop_reason in ("duration", "finding", "steps", "stuck"):
@@ -481,7 +494,8 @@ class Run:
                                                      "found": list(verdict.found)},
             "command": self.cfg.command, "run_dir": self.rundir.path if self.rundir else "",
             "findings": [{"outcome": f.outcome, "title": f.title, "since_start_s": round(f.since_start_s, 4),
-                          "info": f.info, "known": bool(f.known), "signature": f.signature} for f in self.findings],
+                          "info": f.info, "known": bool(f.known), "signature": f.signature,
+                          **({"step": f.details["step"]} if "step" in f.details else {})} for f in self.findings],
             "invariant_checks": self.checks, "invariant_checks_skipped": self.checks_skipped,
             "model": getattr(self, "model_summary", {}), "workers": dict(self.cfg.counts),
             "graph": getattr(self, "graph", {"classes": [], "edges": []}),

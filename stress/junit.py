@@ -23,7 +23,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from .cli import REPEAT
+from .cli import repeat_words
 from .store import run_status
 
 _BAD_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -113,7 +113,7 @@ def build(cases: list[Case], suite: str) -> ET.Element:
         if c.finding:
             body += ["", c.finding.rstrip("\n")]
         if c.command:
-            body += ["", f"{REPEAT}: {c.command}"]
+            body += ["", f"{repeat_words(c.command)}: {c.command}"]
         text = "\n".join(body) + "\n"
         if c.status in ("fail", "incomplete"):
             counts["failures"] += 1

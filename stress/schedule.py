@@ -85,9 +85,9 @@ POLICY_NAMES = {v: k for k, v in POLICY_IDS.items()}
 DONE_STEPS, DONE_FINDING = 1, 2  # SC_DONE: the step budget was spent / a finding ended the run
 
 DEFAULT_DEPTH = 3
-DEFAULT_STEP_NS = 1000  # virtual time per step: a scheduling point every microsecond
-DEFAULT_K = 2000  # steps per PCT round when nothing was learned yet
-ROUND_OPS = 8  # a learned round lets every worker run about this many operations
+DEFAULT_STEP_NS = 10_000  # virtual time per step (see the README: paced rates are per virtual second)
+DEFAULT_K = 64  # steps per PCT round when nothing was learned yet
+ROUND_OPS = 4  # a learned round lets every worker run about this many operations
 TOKEN_SLICE_S = 0.05  # a worker waiting for the token looks at the stop flag this often
 
 _M64 = (1 << 64) - 1
@@ -161,6 +161,19 @@ class Controlled:
         self.owner_of = geo.locks + L_OWNER  # + lock * LSLOT
         self.rings = [[geo.ring(src, w) for src in range(self.n + 1)] for w in range(self.n)]
         self.on_check = on_check
+        # per worker, the words the options read: (state, at, in_irq, wait, wake, irqok, has_isr, rings)
+        self._slots = [(ws + W_SCHED_STATE, ws + W_SCHED_AT, ws + W_IN_IRQ, ws + W_WAIT, ws + W_SCHED_WAKE,
+                        ws + W_SCHED_IRQOK, ws + W_SCHED_HAS_ISR, tuple(self.rings[w]))
+                       for w, ws in enumerate(self.wss)]
+        self._conf: tuple | None = None  # configuration words, fixed once the run starts
+
+    def _config(self) -> tuple:
+        """(policy, fallback, k, depth, step_ns, check_ns, max_steps, script_n, lenient): written
+        by the coordinator before the fork and never changed after, so read once."""
+        mv, s = self.mv, self.s
+        self._conf = (mv[s + SC_POLICY], mv[s + SC_FALLBACK], mv[s + SC_K], mv[s + SC_DEPTH], mv[s + SC_STEP_NS],
+                      mv[s + SC_CHECK_NS], mv[s + SC_MAX_STEPS], mv[s + SC_SCRIPT_N], mv[s + SC_LENIENT])
+        return self._conf
 
     # -- the clock --------------------------------------------------------------------------
     def clock_ns(self) -> int:
@@ -175,7 +188,42 @@ class Controlled:
         # the wait record (W_WAIT) is published by the caller: the options leave us out
         # until the lock's owner word is clear
         self.mv[self.ws + W_SCHED_IRQOK] = bool(irqs_on)
+        if self._closes_cycle():
+            self.freeze()
         self._run(cpu)
+
+    def _closes_cycle(self) -> bool:
+        """Does this wait close a wait-for cycle? Under the scheduler the waits of a cycle's
+        members cannot change (each waits for a lock only another member can release), so a
+        cycle is a deadlock the moment it closes, whoever else can still run (a device that
+        keeps raising interrupts). Nodes are (worker, context); a task whose ISR runs waits
+        for that ISR."""
+        mv, owner_of = self.mv, self.owner_of
+        w, c = self.wid, mv[self.ws + W_IN_IRQ]
+        seen = set()
+        while (w, c) not in seen:
+            seen.add((w, c))
+            ws = self.wss[w]
+            if c == 0 and mv[ws + W_IN_IRQ]:
+                c = 1  # the task cannot go on before its interrupt handler returns
+                continue
+            lk = mv[ws + W_WAIT + 4 * c]
+            if lk < 0:
+                return False
+            owner = mv[owner_of + lk * LSLOT]
+            if owner == NO_OWNER:
+                return False
+            w, c = divmod(owner, 2)
+        return True
+
+    def freeze(self) -> None:
+        """No progress is possible: keep the token and stop here, every other worker parked
+        at its scheduling point, so the coordinator reports this very state; the run's stop
+        request ends the wait."""
+        mv = self.mv
+        mv[self.s + SC_STUCK] = mv[self.s + SC_STEP] or 1
+        while True:
+            self._wait_token()
 
     def sleep_until(self, cpu: Cpu, t_ns: int, irqs_on: bool) -> None:
         mv, ws = self.mv, self.ws
@@ -282,50 +330,40 @@ class Controlled:
                     raise Stop()
 
     # -- deciding -----------------------------------------------------------------------------
-    def _runnable(self, w: int, vt: int) -> int:
-        """0: the task can run; 1: it waits for a held lock; 2: it sleeps (virtual time)."""
-        mv, ws = self.mv, self.wss[w]
-        lk = mv[ws + W_WAIT + 4 * mv[ws + W_IN_IRQ]]
-        if lk >= 0 and mv[self.owner_of + lk * LSLOT] != NO_OWNER:
-            return 1
-        if mv[ws + W_SCHED_WAKE] > vt:
-            return 2
-        return 0
-
-    def _irq_ready(self, w: int) -> bool:
-        mv, ws = self.mv, self.wss[w]
-        if not (mv[ws + W_SCHED_IRQOK] and mv[ws + W_SCHED_HAS_ISR]) or mv[ws + W_IN_IRQ]:
-            return False
-        for r in self.rings[w]:
-            if mv[r] != mv[r + 1]:
-                return True
-        return False
-
     def _options(self, drain: bool, vt: int) -> tuple[list[int], int]:
-        """Enabled threads (choices), and the earliest wake-up of a sleeping task (0: none)."""
+        """Enabled threads (choices), and the earliest wake-up of a sleeping task (0: none).
+        (The body inlines _runnable and _irq_ready: it runs at every step.)"""
         mv = self.mv
+        owner_of = self.owner_of
         out = []
         wake = 0
-        for w in range(self.n):
-            ws = self.wss[w]
-            if mv[ws + W_SCHED_STATE] != SCHED_IN:
+        w2 = 0
+        for st, at, in_irq, wait, wk, irqok, has_isr, rings in self._slots:
+            irq = mv[in_irq]
+            # draining: only those inside an operation run on (an ISR in progress is inside one)
+            if mv[st] != SCHED_IN or (drain and mv[at] == AT_BOUNDARY and not irq):
+                w2 += 2
                 continue
-            if drain and mv[ws + W_SCHED_AT] == AT_BOUNDARY:
-                continue
-            r = self._runnable(w, vt)
-            if r == 0:
-                out.append(2 * w)
-            elif r == 2:
-                t = mv[ws + W_SCHED_WAKE]
-                wake = t if not wake or t < wake else wake
-            if not drain and self._irq_ready(w):
-                out.append(2 * w + 1)
+            lk = mv[wait + 4 * irq]
+            if lk < 0 or mv[owner_of + lk * LSLOT] == NO_OWNER:
+                t = mv[wk]
+                if t > vt:
+                    wake = t if not wake or t < wake else wake
+                else:
+                    out.append(w2)
+            if not drain and not irq and mv[irqok] and mv[has_isr]:
+                for r in rings:
+                    if mv[r] != mv[r + 1]:
+                        out.append(w2 + 1)
+                        break
+            w2 += 2
         return out, wake
 
     def _all_at_boundary(self) -> bool:
+        """Every scheduled worker is between operations and not in an ISR: a safe point."""
         mv = self.mv
         for ws in self.wss:
-            if mv[ws + W_SCHED_STATE] == SCHED_IN and mv[ws + W_SCHED_AT] != AT_BOUNDARY:
+            if mv[ws + W_SCHED_STATE] == SCHED_IN and (mv[ws + W_SCHED_AT] != AT_BOUNDARY or mv[ws + W_IN_IRQ]):
                 return False
         return True
 
@@ -333,16 +371,15 @@ class Controlled:
         """One step: choose the next thread (a choice ``2w + irq``), record it; -1 when no
         thread can run (stuck: SC_STUCK is set) or the run is over."""
         mv, s = self.mv, self.s
+        policy, fallback, k, depth, step_ns, check_ns, budget, script_n, lenient = self._conf or self._config()
         step = mv[s + SC_STEP] + 1
         mv[s + SC_STEP] = step
-        vt = mv[s + SC_VCLOCK] + mv[s + SC_STEP_NS]
+        vt = mv[s + SC_VCLOCK] + step_ns
         mv[s + SC_VCLOCK] = vt
-        budget = mv[s + SC_MAX_STEPS]
         if budget and step > budget:
             self.finish(DONE_STEPS)
             return -1
         drain = mv[s + SC_DRAIN]
-        check_ns = mv[s + SC_CHECK_NS]
         if check_ns and self.on_check is not None:
             if not drain and vt >= mv[s + SC_NEXT_CHECK]:
                 drain = mv[s + SC_DRAIN] = 1
@@ -367,10 +404,26 @@ class Controlled:
                 continue
             mv[s + SC_STUCK] = step
             return -1
-        c = self._choose(opts, cur, step)
+        if len(opts) == 1 and not script_n:
+            c = opts[0]
+            if policy == 2:  # PCT's rounds and change points count every step
+                self._pct(opts, cur, step, k, depth)
+        else:
+            c = self._choose(opts, cur, step, policy, fallback, k, depth, script_n)
         if cur >= 0 and c >> 1 != cur >> 1 and cur in opts:
             mv[s + SC_PREEMPT] += 1  # the running thread could have gone on
-        self._record(c)
+        # record (inlined _record): run-length encoded
+        n = mv[s + SC_LOG_N]
+        if n:
+            last = mv[s + SC_LOG + n - 1]
+            if last & 0xFF == c:
+                mv[s + SC_LOG + n - 1] = last + 256
+                return c
+        if n < SCHED_LOG_CAP:
+            mv[s + SC_LOG + n] = c | 256
+            mv[s + SC_LOG_N] = n + 1
+        else:
+            mv[s + SC_LOG_LOST] += 1
         return c
 
     def _end_drain(self, vt: int) -> None:
@@ -378,20 +431,20 @@ class Controlled:
         mv[s + SC_DRAIN] = 0
         mv[s + SC_NEXT_CHECK] = vt + mv[s + SC_CHECK_NS]
 
-    def _choose(self, opts: list[int], cur: int, step: int) -> int:
-        mv, s = self.mv, self.s
-        if mv[s + SC_SCRIPT_N]:
+    def _choose(self, opts: list[int], cur: int, step: int, policy: int, fallback: int, k: int, depth: int,
+                script_n: int) -> int:
+        if script_n:
             c = self._scripted(opts, step)
             if c >= 0:
                 return c
             if c == -2:  # lenient: this step's scripted choice could not run; the steady one does
                 return cur if cur in opts else opts[0]
-        policy = mv[s + SC_FALLBACK] if mv[s + SC_SCRIPT_N] else mv[s + SC_POLICY]  # after a script: its fallback
+            policy = fallback  # after the script (ended, or diverged): its fallback
         if policy == 1:  # random
             return opts[self._below(len(opts))]
         if policy == 3:  # steady: the current thread if it can go on, else the lowest
             return cur if cur in opts else opts[0]
-        return self._pct(opts, cur, step)
+        return self._pct(opts, cur, step, k, depth)
 
     def _scripted(self, opts: list[int], step: int) -> int:
         mv, s = self.mv, self.s
@@ -422,12 +475,10 @@ class Controlled:
         else:
             mv[s + SC_SCRIPT_USED] = used
 
-    def _pct(self, opts: list[int], cur: int, step: int) -> int:
+    def _pct(self, opts: list[int], cur: int, step: int, k: int, d: int) -> int:
         mv, s = self.mv, self.s
-        k = mv[s + SC_K]
         if not mv[s + SC_ROUND] or step - mv[s + SC_ROUND_AT] >= k:
             self._new_round(step)
-        d = mv[s + SC_DEPTH]
         off = step - mv[s + SC_ROUND_AT]
         if cur >= 0:
             for i in range(d - 1):
@@ -465,20 +516,6 @@ class Controlled:
         z = ((st ^ (st >> 30)) * 0xBF58476D1CE4E5B9) & _M64
         z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
         return (z ^ (z >> 31)) % n
-
-    def _record(self, c: int) -> None:
-        mv, s = self.mv, self.s
-        n = mv[s + SC_LOG_N]
-        if n:
-            last = mv[s + SC_LOG + n - 1]
-            if last & 0xFF == c:
-                mv[s + SC_LOG + n - 1] = last + 256
-                return
-        if n < SCHED_LOG_CAP:
-            mv[s + SC_LOG + n] = c | 256
-            mv[s + SC_LOG_N] = n + 1
-        else:
-            mv[s + SC_LOG_LOST] += 1
 
     def finish(self, why: int) -> None:
         """End the run at this step: every worker stops at its next scheduling point."""

@@ -371,6 +371,12 @@ def render(f: Finding, roster: Roster, trace_tail: int = 12) -> str:
         lines = fn(f, roster)
     except (KeyError, TypeError, IndexError, StopIteration) as e:  # never lose a finding to its renderer
         lines = render_generic(f, roster) + [f"(report shape incomplete: {type(e).__name__} {e})"]
+    if "step" in f.details:
+        how = ("the waits closed a cycle, or no thread could run: the scheduler froze every worker there, so "
+               "this report is that state itself, not a wait that might still end"
+               if f.outcome in ("deadlock", "held-by-dead-worker") else "")
+        lines += ["", f"controlled scheduler: at step {f.details['step']}" + (f"; {how}" if how else "")
+                  + f" ({f.details.get('replay', 'stress replay RUN_ID')} repeats the schedule exactly)"]
     lines += render_traces(f, roster, trace_tail)
     return "\n".join(lines).rstrip() + "\n"
 

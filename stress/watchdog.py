@@ -14,7 +14,8 @@ Nodes of the wait-for graph are contexts: (worker, task) and (worker, irq).
 - A worker that makes no progress past the hung timeout is hung whatever it waits for:
   (a) its process has been stopped (SIGSTOP, a tracer) that long, whether or not it holds
   locks or anyone waits for it; (b) it has been inside one operation that long with nobody
-  waiting for it. A worker between operations (parked for an invariant check, sleeping
+  waiting for it (under the controlled scheduler: only the worker holding the run token,
+  as the others wait for the scheduler's choice, not for themselves). A worker between operations (parked for an invariant check, sleeping
   before a paced operation) is never hung unless its process is stopped.
 
 Every scan also reads each worker's process state with psutil: whether it is stopped
@@ -40,8 +41,12 @@ STOPPED = ("stopped", "tracing-stop")
 
 
 class Watchdog:
-    def __init__(self, world: Any, hung_timeout_s: float, probe: Probe | None = None) -> None:
+    def __init__(self, world: Any, hung_timeout_s: float, probe: Probe | None = None,
+                 runner: Callable[[], int] | None = None) -> None:
         self.world = world
+        # controlled mode: who holds the run token. Only it runs, so only it can be blamed for
+        # staying inside one operation; the others wait for the scheduler, not for themselves
+        self.runner = runner
         self.hung_ns = int(hung_timeout_s * 1e9)
         self._seen: set[tuple] = set()  # cycles of the previous scan
         self.reported: set[str] = set()
@@ -323,7 +328,8 @@ class Watchdog:
                 kind, sig = "stopped", stop_sig
                 title = f"INFO: worker {w} stopped for more than {self.hung_ns / 1e9:g} seconds"
             elif (op_sig is not None and w not in waited_for and w not in waiting
-                  and now - mv[ws + W_OP_START] >= self.hung_ns):
+                  and now - mv[ws + W_OP_START] >= self.hung_ns
+                  and (self.runner is None or self.runner() == w)):
                 if op_sig in self.reported:
                     continue
                 self.reported.add(op_sig)

@@ -342,7 +342,8 @@ def _inline_invariant(cls: type, name: str) -> bool:
 
 
 RESERVED_OPTIONS = {"workload", "variant", "duration", "seed", "workers", "rate", "noise", "out",
-                    "html", "trace-locks", "hung-timeout", "quiet"}
+                    "html", "trace-locks", "hung-timeout", "quiet", "schedule", "pct-depth", "pct-steps", "steps",
+                    "step-ns", "db", "no-store", "json", "junit-xml"}
 
 
 @dataclass

@@ -8,6 +8,9 @@ import pytest
 from conftest import run_cli
 
 WL = ["run", "--workload", "migration-storm"]
+# the controlled scheduler with every parameter pinned: the interleaving is the seed's, so a
+# race test is one deterministic run, not a loop over seeds hoping for the OS's timing
+PCT = ["--schedule", "pct", "--pct-depth", "3", "--pct-steps", "60"]
 
 
 @pytest.mark.timeout(120)
@@ -25,16 +28,14 @@ def test_rank_lock_inversion_names_both_classes_and_sites(runs_dir):
 
 @pytest.mark.timeout(120)
 def test_deadlock_report_is_the_thread_cycle(runs_dir):
-    """When the inversion deadlocks for real (it does within a second at this seed), the
-    cycle is vCPU A in gic_update_one_lr holding vgic(A) wanting rank, and vCPU B in
-    vgic_store_itargetsr holding rank wanting vgic(A) in vgic_migrate_irq; the run ends."""
-    for seed in (3, 1, 2, 4, 5):
-        r = run_cli(WL + ["--variant", "rank-lock-inversion", "--seed", str(seed), "--duration", "20s"], runs_dir)
-        if "deadlock" in r.outcomes:
-            break
-    else:
-        pytest.fail("no actual deadlock in five seeds of 20 s")
+    """The inversion deadlocks for real under the controlled scheduler (seed 1: no thread
+    can run at a fixed step): the cycle is vCPU A in gic_update_one_lr holding vgic(A)
+    wanting rank, and vCPU B in vgic_store_itargetsr holding rank wanting vgic(A) in
+    vgic_migrate_irq; the run ends."""
+    r = run_cli(WL + ["--variant", "rank-lock-inversion", "--seed", "1", "--duration", "30s"] + PCT, runs_dir)
+    assert "deadlock" in r.outcomes, r.out[-2000:]
     text = r.out[r.out.index("BUG: deadlock"):]
+    assert "the scheduler froze every worker there" in text
     assert "is waiting for lock:\n  (&rank->lock)" in text and "called from OldVgic.gic_update_one_lr()" in text
     assert "is waiting for lock:\n  (&v->arch.vgic.lock)" in text and "OldVgic.vgic_migrate_irq()" in text
     assert "called from OldVgic.vgic_store_itargetsr()" in text and "*** DEADLOCK ***" in text
@@ -43,10 +44,8 @@ def test_deadlock_report_is_the_thread_cycle(runs_dir):
 
 @pytest.mark.timeout(120)
 def test_unlocked_target_read_breaks_affinity_with_the_interleaving(runs_dir):
-    # 4 vCPUs on 2 cores: more preemption inside the race window (seeds 2 and 3 showed it in
-    # 0.7 s and 2.6 s, against 15 s and 30 s with the default 2)
-    r = run_cli(WL + ["--variant", "unlocked-target-read", "--seed", "2", "--duration", "60s", "--vcpus", "4"],
-                runs_dir)
+    # Stefano's race under the controlled scheduler: seed 6 shows it at step 24,120
+    r = run_cli(WL + ["--variant", "unlocked-target-read", "--seed", "6", "--duration", "60s"] + PCT, runs_dir)
     assert r.code == 0, r.out + r.err
     assert r.summary["verdict"]["found"] == ["invariant:affinity-follows-target"]
     text = r.out[r.out.index("BUG: invariant affinity-follows-target violated"):]
@@ -100,18 +99,12 @@ def test_stale_target_injection_is_reported_as_a_data_race_with_both_vcpus(runs_
     Reported as known (it does not decide the verdict) with the IRQ's history."""
     import re
 
-    # The window (target read, then the vgic lock) is a few hundred ns since the lock fast
-    # path is in C; what opens it is a preemption there. 6 vCPUs on 2 cores: seeds 2 and 3
-    # showed it in 0.4 s and 8.3 s (the default 2 vCPUs: 0 of 3 seeds in 20 s on an idle
-    # machine; more noise, 0.6 or 1.0, did not do it reliably).
-    for seed in (2, 3, 6, 1, 5):
-        r = run_cli(WL + ["--variant", "drop-vgic-then-rank", "--seed", str(seed), "--duration", "20s",
-                          "--vcpus", "6"], runs_dir, timeout=60)
-        known = [f for f in r.summary["findings"] if f["outcome"] == "invariant:vgic-list-lock"]
-        if known:
-            break
-    else:
-        pytest.fail("the stale-target race did not show in five seeds of 20 s")
+    # The window (target read, then the vgic lock) is one scheduling point: free runs needed
+    # 6 vCPUs on 2 cores and several seeds; the controlled scheduler preempts there (seed 1).
+    r = run_cli(WL + ["--variant", "drop-vgic-then-rank", "--seed", "1", "--duration", "60s",
+                      "--steps", "50000"] + PCT, runs_dir, timeout=60)
+    known = [f for f in r.summary["findings"] if f["outcome"] == "invariant:vgic-list-lock"]
+    assert known, r.out[-2000:]
     assert known[0]["known"] and r.code == 0, r.out
     text = r.out[r.out.index("BUG: data race on vcpu"):]
     m = re.search(r"pcpu(\d) unlinks irq (\d+) from vcpu(\d)'s (\w+) without vcpu\3's vgic lock", text)

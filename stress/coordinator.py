@@ -177,7 +177,7 @@ class Run:
         interval = world.cls.check_interval if world.cls.invariants() else 0
         self.sched_cfg = sch.SchedConfig(
             policy=c.schedule, seed=c.seed, depth=c.pct_depth, k=c.pct_steps or sch.DEFAULT_K, step_ns=c.step_ns,
-            check_ns=int(float(os.environ.get("STRESS_CHECK_NS", interval * 1e9))), max_steps=c.steps, script=self.script,
+            check_ns=int(interval * 1e9), max_steps=c.steps, script=self.script,
             fallback="steady" if c.script_mode == "shrink" else "", lenient=c.script_mode == "shrink")
         sch.configure(world.mv, world.geo, self.sched_cfg)
         self.sched = sch.Controlled(world, -1)

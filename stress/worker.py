@@ -39,7 +39,6 @@ from .lockdep import Lockdep
 from .schedule import DONE_FINDING, Controlled
 from .world import World
 
-_WAIT = int(os.environ.get("STRESS_WAIT_NS", "0"))
 DRAINED = "checked with every worker between operations (the controlled scheduler's safe point)"
 
 PR_SET_PDEATHSIG = 1
@@ -268,8 +267,6 @@ def _loop(world: World, wid: int, cpu: Cpu, role: Any, state: Any, sched: Contro
         if sched is not None:
             sched.begin_op()
         fn(role, state)
-        if sched is not None and _WAIT:
-            sched.sleep_until(cpu, cpu.clock_ns() + int(rnd() * _WAIT), True)
         mv[ws + W_OP] = -1
         mv[ops_base + oid] += 1
         mv[ws + W_OPS] += 1

@@ -388,6 +388,27 @@ def _series(metrics: list[dict]) -> tuple[dict[str, tuple[list[float], list[floa
     return ops, total, per_class
 
 
+def _schedule_facts(sc: dict) -> list[tuple[str, str]]:
+    """A controlled run's schedule as (label, value) pairs; none for a free run."""
+    if sc.get("policy", "free") == "free":
+        return []
+    facts = [("policy", str(sc["policy"])), ("steps", f"{int(sc.get('steps', 0)):,}"),
+             ("hand-overs", f"{int(sc.get('switches', 0)):,}"), ("preemptions", f"{int(sc.get('preemptions', 0)):,}"),
+             ("interrupt deliveries", f"{int(sc.get('irqs_delivered', 0)):,}"),
+             ("invariant checks", f"{sc.get('checks', 0)} ({sc.get('checks_skipped', 0)} skipped)"),
+             ("virtual time", f"{int(sc.get('virtual_ns', 0)) / 1e6:.1f} ms")]
+    if sc["policy"] == "pct":
+        facts += [("PCT", f"depth {sc.get('depth')}, k = {sc.get('k')} steps a round, {sc.get('rounds')} rounds"),
+                  ("bound", f"≥ {float(sc.get('round_bound', 0)):.3g} a round, ≥ {float(sc.get('run_bound', 0)):.3g} "
+                            "this run (a given bug of that depth)")]
+    if sc.get("replay_of"):
+        facts.append(("replay of", str(sc["replay_of"])))
+    if sc.get("diverged_step"):
+        facts.append(("diverged", f"at step {sc['diverged_step']}: the recording chose {sc.get('diverged_want')}, "
+                                  "which could not run; continued under the scheduler"))
+    return facts
+
+
 def _config_rows(config: dict, row: RunRow) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
 
@@ -566,6 +587,8 @@ def _run_context(store: Store, run_id: str, uid: str = "r") -> dict:
         "title": f"{row.workload} / {row.variant}",
         "verdict": _verdict(row, summary),
         "command": row.command or config.get("command", "") or summary.get("command", ""),
+        "schedule": _schedule_facts(summary.get("schedule") or {}),
+        "replay": f"stress replay {row.id}" if (summary.get("schedule") or {}).get("policy", "free") != "free" else "",
         "config_rows": _config_rows(config, row),
         "elapsed_s": row.elapsed_s,
         "startup_s": summary.get("startup_s"),

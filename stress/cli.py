@@ -169,6 +169,8 @@ def repeat_command(cfg: RunConfig, found: Found, workers: int | None, rates_text
     for k, o in found.cls.options.items():
         if cfg.options.get(k) != o.default:
             parts += [f"--{k}", str(cfg.options[k])]
+    if cfg.check_interval is not None:
+        parts += ["--check-interval", f"{cfg.check_interval * 1e3:g}ms"]
     if cfg.out != "stress-runs":
         parts += ["--out", cfg.out]
     return shlex.join(parts)
@@ -281,6 +283,8 @@ def run_cmd(
     steps: int = typer.Option(0, help="controlled: stop after this many scheduling steps (a length that does "
                                       "not depend on the machine's speed)"),
     step_ns: int = typer.Option(DEFAULT_STEP_NS, help="controlled: virtual nanoseconds per scheduling step"),
+    check_interval: str = typer.Option("", help="time between stop-the-world invariant checks, e.g. 20ms (default: "
+                                                "the workload's; virtual time under the controlled scheduler)"),
 ) -> None:
     """Run one workload variant and judge what it shows against what it is expected to show.
 
@@ -304,7 +308,8 @@ def run_cmd(
         cfg = RunConfig(workload=workload, variant=v.id, seed=seed if seed is not None else random.randrange(1, 2**31),
                         duration=dur, counts=counts.per_role, rates=rates, noise=noise, options=opts, out=out,
                         trace_locks=trace_locks, hung_timeout=hung, run_id=new_run_id(), schedule=schedule,
-                        pct_depth=pct_depth, pct_steps=pct_steps, steps=steps, step_ns=step_ns)
+                        pct_depth=pct_depth, pct_steps=pct_steps, steps=steps, step_ns=step_ns,
+                        check_interval=parse_duration(check_interval, "--check-interval") if check_interval else None)
         if schedule == "pct" and not pct_steps:
             cfg.pct_steps = _learned_k(db or _default_db(out), cfg, counts.total)
         cfg.command = repeat_command(cfg, found, workers, rate)

@@ -172,12 +172,18 @@ class Run:
         mv[H_START_NS] = self.t0_ns
         self.console.begin(self._header())
 
+    def _check_interval(self) -> float:
+        ci = self.cfg.check_interval
+        return float(self.world.cls.check_interval if ci is None else ci)
+
     def _configure_schedule(self) -> None:
         c, world = self.cfg, self.world
-        interval = world.cls.check_interval if world.cls.invariants() else 0
+        check_ns = int(self._check_interval() * 1e9) if world.cls.invariants() else 0
+        if c.check_interval is None:  # the scheduler's default: at least every CHECK_STEPS steps
+            check_ns = min(check_ns, sch.CHECK_STEPS * c.step_ns)
         self.sched_cfg = sch.SchedConfig(
             policy=c.schedule, seed=c.seed, depth=c.pct_depth, k=c.pct_steps or sch.DEFAULT_K, step_ns=c.step_ns,
-            check_ns=int(interval * 1e9), max_steps=c.steps, script=self.script,
+            check_ns=check_ns, max_steps=c.steps, script=self.script,
             fallback="steady" if c.script_mode == "shrink" else "", lenient=c.script_mode == "shrink")
         sch.configure(world.mv, world.geo, self.sched_cfg)
         self.sched = sch.Controlled(world, -1)
@@ -202,7 +208,7 @@ class Run:
                             runner=(lambda: mv[world.geo.sched + SC_CUR]) if self.cfg.controlled else None)
         self.watchdog = watchdog
         invariants = world.cls.invariants()
-        interval = world.cls.check_interval
+        interval = self._check_interval()
         next_watch = next_metrics = next_ui = time.monotonic()
         next_check = self.t0 + interval if invariants and interval > 0 else float("inf")
         if self.cfg.controlled:

@@ -343,7 +343,7 @@ def _inline_invariant(cls: type, name: str) -> bool:
 
 RESERVED_OPTIONS = {"workload", "variant", "duration", "seed", "workers", "rate", "noise", "out",
                     "html", "trace-locks", "hung-timeout", "quiet", "schedule", "pct-depth", "pct-steps", "steps",
-                    "step-ns", "db", "no-store", "json", "junit-xml"}
+                    "step-ns", "check-interval", "db", "no-store", "json", "junit-xml"}
 
 
 @dataclass

@@ -44,6 +44,7 @@ class RunConfig:
     pct_steps: int = 0  # PCT's k, steps per round (0: the scheduler's default)
     steps: int = 0  # controlled: stop after this many scheduling steps (0: no budget)
     step_ns: int = 10_000  # controlled: virtual time per scheduling step
+    check_interval: float | None = None  # seconds between stop-the-world checks (None: the workload's)
     replay_of: str = ""  # the run whose recorded schedule this run replays
     #: "" (no script), "replay" (a divergence is reported, then the recorded policy goes on),
     #: "shrink" (a candidate schedule: a choice that cannot run is skipped; then "steady")

@@ -100,9 +100,9 @@ def test_stale_target_injection_is_reported_as_a_data_race_with_both_vcpus(runs_
     import re
 
     # The window (target read, then the vgic lock) is one scheduling point: free runs needed
-    # 6 vCPUs on 2 cores and several seeds; the controlled scheduler preempts there (seed 1).
-    r = run_cli(WL + ["--variant", "drop-vgic-then-rank", "--seed", "1", "--duration", "60s",
-                      "--steps", "50000"] + PCT, runs_dir, timeout=60)
+    # 6 vCPUs on 2 cores and several seeds; the controlled scheduler preempts there (seed 3).
+    r = run_cli(WL + ["--variant", "drop-vgic-then-rank", "--seed", "3", "--duration", "60s",
+                      "--steps", "100000"] + PCT, runs_dir, timeout=60)
     known = [f for f in r.summary["findings"] if f["outcome"] == "invariant:vgic-list-lock"]
     assert known, r.out[-2000:]
     assert known[0]["known"] and r.code == 0, r.out

@@ -190,6 +190,11 @@ def compare(rec: Recorded, summary: dict, findings: list[dict]) -> Comparison:
         ok = False
         diff = [f"{k}: {ma.get(k)} -> {mb.get(k)}" for k in sorted(set(ma) | set(mb)) if ma.get(k) != mb.get(k)]
         lines.append("model counters differ: " + ", ".join(diff))
+    div = (summary.get("schedule") or {}).get("diverged_step")
+    if div:
+        ok = False
+        lines.append(f"diverged at step {div} (the recording chose {(summary.get('schedule') or {}).get('diverged_want')}, "
+                     "which could not run): the workload is not deterministic under its seed")
     st_a = (rec.summary.get("schedule") or {}).get("steps")
     st_b = (summary.get("schedule") or {}).get("steps")
     if st_a == st_b:
@@ -230,7 +235,7 @@ def candidates(script: list[int]) -> Any:
     while chunks <= n - 1:
         size = max(1, (n - 1) // chunks)
         for i in range(0, n - 1, size):
-            yield normalize(script[:i] + script[i + size:])
+            yield normalize(script[:i] + script[min(i + size, n - 1):])  # never into the last entry
         if size == 1:
             break
         chunks *= 2

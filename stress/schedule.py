@@ -585,7 +585,9 @@ def cumulative(p: float, rounds: int) -> float:
     """1 - (1 - p)^rounds, computed without losing a small p."""
     if p <= 0 or rounds <= 0:
         return 0.0
-    return -math.expm1(rounds * math.log1p(-min(p, 1.0)))
+    if p >= 1.0:
+        return 1.0
+    return -math.expm1(rounds * math.log1p(-p))
 
 
 def read_info(world: Any, sc: SchedConfig, threads: int, ops: int, replay_of: str = "") -> ScheduleInfo:

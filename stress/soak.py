@@ -757,8 +757,11 @@ def pct_lines(summaries: list[tuple[str, str, dict]]) -> list[str]:
     out = []
     for (w, v), scs in per.items():
         rounds = sum(int(sc.get("rounds") or 0) for sc in scs)
-        log_miss = sum(int(sc.get("rounds") or 0) * math.log1p(-min(float(sc["round_bound"]), 1.0)) for sc in scs)
-        chance = -math.expm1(log_miss)
+        if any(float(sc["round_bound"]) >= 1.0 for sc in scs):
+            chance = 1.0
+        else:
+            log_miss = sum(int(sc.get("rounds") or 0) * math.log1p(-float(sc["round_bound"])) for sc in scs)
+            chance = -math.expm1(log_miss)
         depth = scs[0].get("depth")
         ks = sorted({int(sc.get("k") or 0) for sc in scs})
         out.append(f"PCT: {w} {v}: {rounds:,} rounds in {len(scs)} iterations (depth {depth}, k "

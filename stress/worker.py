@@ -261,8 +261,8 @@ def _loop(world: World, wid: int, cpu: Cpu, role: Any, state: Any, sched: Contro
                 j = bisect.bisect_right(cum, rnd() * total)
                 j = min(j, len(fns) - 1)
                 fn, oid = fns[j], oids[j]
+        mv[ws + W_OP_START] = mono_ns()  # before the op: the watchdog reads W_OP, then its start
         mv[ws + W_OP] = oid
-        mv[ws + W_OP_START] = mono_ns()
         trace(EV_OP_START, 0, oid)
         if sched is not None:
             sched.begin_op()

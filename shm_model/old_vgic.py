@@ -190,8 +190,8 @@ class OldVgic:
         spin_lock(self.d.gicv2.lock)
         desc.affinity = pcpu
         self.d.affinity_writes += 1
+        self.trace("irq_set_affinity", virq, pcpu)  # at the write: the release is a scheduling point
         spin_unlock(self.d.gicv2.lock)
-        self.trace("irq_set_affinity", virq, pcpu)
 
     # -- migration (the guest's ITARGETSR write) --------------------------------------------------
     def vgic_store_itargetsr(self, virq: int, new_target: int) -> None:

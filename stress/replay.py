@@ -315,19 +315,30 @@ class Attempts:
 STORY_KINDS = ("op", "acquire", "contend", "acquired", "release", "trylock-fail", "irq-enter", "irq-exit", "event")
 
 
+_PATH = re.compile(r"(?:/[^\s:()]+/)([^/\s:()]+\.py:\d+)")
+
+
 def story(run_dir: str, limit: int = 40) -> list[str]:
-    """The interleaving before the run's end as a per-worker story: one line a step that
-    matters (operation starts, lock events, interrupts, model events), in order, each in
-    its worker's column, with a mark where the run token passed to another worker."""
+    """The interleaving that led to the run's first decisive finding, as a per-worker story:
+    one line a step that matters, in order, each in its worker's column, ``→`` where the run
+    token passed to another worker. A finding about one subject (an IRQ) tells that
+    subject's history from every worker's whole trace (the finding carries it); any other,
+    the operations, lock events, interrupts and model events of every worker before it."""
     try:
         data = _read_json(os.path.join(run_dir, "interleaving.json"))
     except (OSError, ValueError):
         return []
-    events = [e for e in data.get("events", []) if e.get("kind") in STORY_KINDS]
     workers = data.get("workers", {})
-    end = data.get("end_t_ns")
-    if end:
-        events = [e for e in events if e["t_ns"] <= end]
+    decisive = [f for f in _read_jsonl(os.path.join(run_dir, "findings.jsonl"))
+                if not f.get("info") and not f.get("known")]
+    subject = (decisive[0].get("details") or {}).get("subject_events") if decisive else None
+    if subject:
+        events = [e for e in subject if e.get("kind") in STORY_KINDS]
+    else:
+        events = [e for e in data.get("events", []) if e.get("kind") in STORY_KINDS]
+        end = data.get("end_t_ns")
+        if end:
+            events = [e for e in events if e["t_ns"] <= end]
     events = events[-limit:]
     if not events:
         return []
@@ -340,6 +351,7 @@ def story(run_dir: str, limit: int = 40) -> list[str]:
     for i, e in enumerate(events, 1):
         w = int(e["worker"])
         text = (e["kind"] + " " if e["kind"] not in ("event", "op") else ("op " if e["kind"] == "op" else "")) + e["text"]
+        text = _PATH.sub(r"\1", text)  # sites by file name: the columns stay readable
         if e.get("ctx") == "irq":
             text = "[irq] " + text
         mark = "→" if prev is not None and prev != w else " "

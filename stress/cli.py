@@ -890,10 +890,10 @@ def show_cmd(
                "findings": d["findings"], "metrics": d["metrics"]}
         print(json.dumps(doc, indent=2, default=str))
         raise typer.Exit(0)
-    _print_run(con, d)
+    _print_run(con, d, out)
 
 
-def _print_run(con: Any, d: dict) -> None:
+def _print_run(con: Any, d: dict, out: str = "stress-runs") -> None:
     r, cfg, s = d["run"], d["config"], d["summary"]
     con.print(Text(f"run {r.id}: {r.workload} --variant {r.variant}, seed {r.seed}", style="bold"))
     if r.soak_id:
@@ -940,7 +940,8 @@ def _print_run(con: Any, d: dict) -> None:
         con.print(f"{repeat_words(r.command)}: {r.command}")
     if (s.get("schedule") or {}).get("policy", "free") != "free":
         con.print(Text(schedule_line(s["schedule"])))
-        con.print(f"replay (the recorded schedule): stress replay {r.id}")
+        where = f" --out {shlex.quote(out)}" if out != "stress-runs" else ""
+        con.print(f"replay (the recorded schedule): stress replay {r.id}{where}")
     if r.run_dir:
         con.print(f"run directory: {r.run_dir}")
     fs = d["findings"]

@@ -86,12 +86,17 @@ def load_recorded(ident: str, out: str, db_path: str | None) -> Recorded:
         try:
             with Store(db_path) as store:
                 kind, full = store.kind_of(ident)
-                if kind == "run":
-                    run_dir = store.run(full).run_dir
-                    blob = store.schedule(full)
-                    ident = full
-        except (StoreError, sqlite3.Error):
-            pass
+                if kind == "soak":
+                    raise ReplayError(f"{full} is a soak; replay one of its controlled iterations "
+                                      f"(stress runs --soak {full} lists them)")
+                run_dir = store.run(full).run_dir
+                blob = store.schedule(full)
+                ident = full
+        except StoreError as e:
+            if "give more of the id" in str(e):
+                raise ReplayError(str(e)) from None
+        except sqlite3.Error:
+            pass  # an unusable store: the run directory may still be there
     if not run_dir or not os.path.isdir(run_dir):
         run_dir = ident if os.path.isdir(ident) else os.path.join(out, ident)
     if not os.path.isdir(run_dir):

@@ -374,7 +374,7 @@ def replay_cmd(
     run_id: str = typer.Argument(..., metavar="RUN_ID", help="a controlled run's id (or a unique prefix)"),
     shrink: bool = typer.Option(False, "--shrink", help="search for a schedule with fewer hand-overs and steps that "
                                                         "shows the same finding, and tell it as a per-worker story"),
-    attempts: int = typer.Option(60, "--attempts", help="with --shrink: at most this many candidate runs"),
+    attempts: int = typer.Option(500, "--attempts", help="with --shrink: at most this many candidate runs"),
     budget: str = typer.Option("180s", "--budget", help="with --shrink: at most this long"),
     story_lines: int = typer.Option(40, "--story", help="lines of the interleaving's story to print (0: none)"),
     out: str = typer.Option("stress-runs", help="where runs are recorded (and where the replay's run goes)"),
@@ -422,7 +422,7 @@ def replay_cmd(
     cfg.command = f"stress replay {rec.run_id}" + (f" --out {shlex.quote(out)}" if out != "stress-runs" else "")
     run = Run(found, cfg, counts, Console(quiet=quiet), script=script)
     result = run.execute()
-    _print_summary(result, con)
+    _print_summary(result, con, story_lines)
     _append_report(result)
     if not no_store and result.run_dir:
         _record_run(result.run_dir, store_path)
@@ -440,12 +440,6 @@ def replay_cmd(
         head = f"replay of {rec.run_id}: " + ("reproduced" if cmp.reproduced else "NOT reproduced")
         con.print(Text(head + ": " + "; ".join(cmp.lines), style="bold green" if cmp.reproduced else "bold red"))
         code = code or (0 if cmp.reproduced else 1)
-    if story_lines:
-        lines = rp.story(result.run_dir, story_lines)
-        if lines:
-            con.print(Text("the interleaving (one line a step that matters; → the run token passed):", style="bold"))
-            for ln in lines:
-                con.print(Text(ln))
     raise typer.Exit(code)
 
 
@@ -572,7 +566,7 @@ def verdict_text(headline: str, match: str, text: str, exit_code: int | None, st
     return line
 
 
-def _print_summary(result: Any, con: Any) -> None:
+def _print_summary(result: Any, con: Any, story_lines: int = STORY_LINES) -> None:
     s = result.summary
     con.print()
     if result.verdict is not None:
@@ -617,9 +611,9 @@ def _print_summary(result: Any, con: Any) -> None:
                            f"{sc['diverged_want']}, which could not run; continued under the scheduler",
                            style="bold yellow"))
     decisive = [f for f in findings if not f["info"] and not f.get("known")]
-    if sc.get("policy", "free") != "free" and decisive and result.run_dir:
+    if sc.get("policy", "free") != "free" and decisive and result.run_dir and story_lines:
         from .replay import story
-        lines = story(result.run_dir, STORY_LINES)
+        lines = story(result.run_dir, story_lines)
         if lines:
             con.print(Text(f"the interleaving that led there (the last {len(lines) - 1} steps that matter; "
                            "→ the run token passed to another worker):", style="bold"))

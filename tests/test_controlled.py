@@ -323,12 +323,17 @@ def test_a_seed_and_a_step_budget_fix_the_run(policy, tmp_path):
 ABBA = ["run", "--workload", "./examples/abba.py", "--schedule", "pct", "--duration", "60s", "--hung-timeout", "60s"]
 
 
+def abba_deadlock(tmp_path, seed: int):
+    """(out, run, run id) of an inverted ABBA run under PCT that deadlocked."""
+    out = str(tmp_path / "runs")
+    r = run_cli(ABBA + ["--seed", str(seed)], out)
+    assert r.code == 0 and "deadlock" in r.outcomes, r.out[-3000:] + r.err
+    return out, r, run_id(r)
+
+
 @pytest.mark.timeout(120)
 def test_replay_reproduces_a_deadlock(tmp_path):
-    out = str(tmp_path / "runs")
-    r = run_cli(ABBA + ["--seed", "3"], out)
-    assert r.code == 0 and "deadlock" in r.outcomes, r.out[-3000:] + r.err
-    rid = run_id(r)
+    out, r, rid = abba_deadlock(tmp_path, 3)
     dl = [f for f in findings_of(r) if f["outcome"] == "deadlock"][0]
     assert dl["details"]["step"] == r.summary["schedule"]["stuck_step"] > 0, "two workers, both blocked: stuck"
 
@@ -362,6 +367,15 @@ def coin() -> int:
     return os.urandom(1)[0] % 8
 
 
+def churn(role, s) -> None:
+    for _ in range(coin()):
+        with s.a:
+            for _ in range(coin()):
+                role.cpu.yield_point()
+            with s.b:
+                s.n += 1
+
+
 class Flaky(Workload):
     name = "flaky"
     state = State
@@ -373,24 +387,14 @@ class Flaky(Workload):
 
         @op()
         def work(self, s):
-            for _ in range(coin()):
-                with s.a:
-                    for _ in range(coin()):
-                        self.cpu.yield_point()
-                    with s.b:
-                        s.n += 1
+            churn(self, s)
 
     class right(Role):
         count = 1
 
         @op()
         def work2(self, s):
-            for _ in range(coin()):
-                with s.a:
-                    for _ in range(coin()):
-                        self.cpu.yield_point()
-                    with s.b:
-                        s.n += 1
+            churn(self, s)
 '''
 
 
@@ -432,10 +436,7 @@ def test_a_diverged_replay_is_not_reported_as_reproduced(diverged):
 
 @pytest.mark.timeout(150)
 def test_shrink_finds_a_shorter_schedule_that_still_deadlocks(tmp_path):
-    out = str(tmp_path / "runs")
-    r = run_cli(ABBA + ["--seed", "5"], out)
-    assert r.code == 0 and "deadlock" in r.outcomes, r.out[-3000:] + r.err
-    rid = run_id(r)
+    out, r, rid = abba_deadlock(tmp_path, 5)
     p = run_cli(["replay", rid, "--shrink", "--attempts", "40", "--budget", "90s"], out, timeout=140)
     assert p.code == 0, p.out[-3000:] + p.err
     m = re.search(r"shrunk: (\d+) -> (\d+) hand-overs, (\d+) -> (\d+) steps, in (\d+) attempts", p.out)

@@ -34,6 +34,14 @@ def make_console(file: Any = None, markup: bool = True, color: bool | None = Non
                        width=width if width is not None else (None if tty else WIDE), **kw)
 
 
+def _rate(x: float) -> str:
+    return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.0f}"
+
+
+def _dur(s: float) -> str:
+    return f"{s:.1f}s" if s < 120 else f"{int(s // 60)}m{int(s % 60):02d}s"
+
+
 class Console:
     def __init__(self, live: bool | None = None, quiet: bool = False, file: Any = None) -> None:
         """``file``: where progress, findings and the header go (stdout; stderr for --json)."""

@@ -33,7 +33,7 @@ from shm_model.arena import (H_PARK, H_START_NS, H_STOP, SC_CUR, SC_DONE, SC_STU
 
 from .console import Console
 from .evidence import full_trace, snapshot_traces, subject_events
-from .findings import Finding, now_ns
+from .findings import Finding
 from .invariants import check as check_invariants
 from .loader import Found
 from .metrics import Snapshot, class_graph, class_histograms, snapshot
@@ -42,7 +42,7 @@ from . import schedule as sch
 from .splat import render
 from .verdict import EXIT_HARNESS, EXIT_SIGINT, EXIT_SIGTERM, Verdict, judge
 from .watchdog import Watchdog
-from .workload import Counts, Violation
+from .workload import Counts
 from .world import RunConfig, World, make_workload_instance
 from .worker import worker_main
 
@@ -262,7 +262,7 @@ class Run:
         return snap
 
     def _steer(self, alive: list[bool], died: list[int], watchdog: Watchdog) -> None:
-        """Controlled mode: the first token, a dead holder's token, a frozen state, the end."""
+        """Controlled mode: the first token, a dead holder's token, a frozen state."""
         mv, s, sched = self.world.mv, self.world.geo.sched, self.sched
         for w in died:
             sched.mark_gone(w)
@@ -284,12 +284,7 @@ class Run:
                 self.stop_reason = self.stop_reason or "stuck"
                 self.message = self.message or (f"no worker could run at step {mv[s + SC_STUCK]}, "
                                                 "and the wait-for graph shows no cycle")
-        done = mv[s + SC_DONE]
-        if done == sch.DONE_STEPS and not self.stop_reason:
-            self.stop_reason = "steps"
-        elif done == sch.DONE_FINDING:
-            self._collect()  # the finding that ended it sets the stop reason
-            self.stop_reason = self.stop_reason or "finding"
+        # the run's end at a finding or the step budget: the loop's H_STOP check
 
     def _decisive(self) -> list[Finding]:
         return [f for f in self.findings if not f.info and not f.known]
@@ -431,7 +426,8 @@ class Run:
             events, overrun = full_trace(world, w)
             self.overruns += overrun
             self.rundir.trace(w, info.label(), events, overrun)
-            tails.extend(dict(e, worker=w) for e in events[-INTERLEAVING_TAIL:])
+            if self.cfg.controlled:
+                tails.extend(dict(e, worker=w) for e in events[-INTERLEAVING_TAIL:])
         if self.cfg.controlled:
             # one worker ran at a time: the merged tails in time order are the interleaving
             tails.sort(key=lambda e: e["t_ns"])

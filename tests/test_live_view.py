@@ -43,3 +43,30 @@ def test_frames_show_workers_at_work_not_parked(tmp_path):
     running = sum(f.count("running") for f in con.frames)
     assert running >= len(con.frames) * len(con.frames[0]) // 2, con.frames
     assert os.path.exists(os.path.join(result.run_dir, "summary.json"))
+
+
+def _snap(t: float, ops: int) -> "object":
+    from stress.metrics import Snapshot, WorkerRow
+    w = WorkerRow(0, "vcpu", 4242, "running", "vcpu_run", ops, 3, 0, ["vcpus[0].lock"], "")
+    return Snapshot(t, {"vcpu_run": ops, "migrate": ops // 10}, [w], [], 0, 0, ops, 0, 3)
+
+
+def test_progress_lines_and_the_live_view_render():
+    """Without a terminal a run prints a plain progress line every few seconds; on one, a live
+    view. Both format rates and durations (a refactoring once removed the formatters: every
+    run longer than 5 s without --quiet ended as a harness error)."""
+    import io
+    buf = io.StringIO()
+    con = Console(live=False, quiet=False, file=buf)
+    con.update(_snap(0.0, 0), 0.0, 10.0, 0)
+    con._last_plain = 0.0  # as if the last line was long ago
+    con._prev_t -= 1.0  # one second since the previous sample
+    con.update(_snap(1.0, 45_000), 1.0, 10.0, 1)
+    line = buf.getvalue()
+    assert "[1.0s/10.0s] 49500 ops" in line and "vcpu_run 45.0k/s" in line and "findings 1" in line, line
+    view = con._view(_snap(1.0, 45_000), 130.0, 600.0, 0, "")
+    text = io.StringIO()
+    from rich.console import Console as Rich
+    Rich(file=text, width=200).print(view)
+    out = text.getvalue()
+    assert "elapsed 2m10s" in out and "remaining 7m50s" in out and "vcpus[0].lock" in out, out

@@ -25,11 +25,10 @@ import time
 import traceback
 from typing import Any
 
-from shm_model.arena import (H_PARK, H_START_NS, H_STOP, MAX_OPS, W_OP, W_OP_START, W_OPS, W_PARK_ACK, W_PID,
-                             W_STATE, WS_EXITED, WS_FAILED, WS_PARKED, WS_RUNNING)
+from shm_model.arena import (H_PARK, H_START_NS, H_STOP, MAX_OPS, SC_CHECKS, SC_STEP, W_OP, W_OP_START, W_OPS,
+                             W_PARK_ACK, W_PID, W_STATE, WS_EXITED, WS_FAILED, WS_PARKED, WS_RUNNING)
 from shm_model import sites
 from shm_model.cpu import Cpu, Stop
-from shm_model.arena import SC_CHECKS, SC_STEP
 from shm_model.trace import EV_OP_START
 
 from .evidence import snapshot_traces

@@ -284,7 +284,8 @@ def run_cmd(
                                       "not depend on the machine's speed)"),
     step_ns: int = typer.Option(DEFAULT_STEP_NS, help="controlled: virtual nanoseconds per scheduling step"),
     check_interval: str = typer.Option("", help="time between stop-the-world invariant checks, e.g. 20ms (default: "
-                                                "the workload's; virtual time under the controlled scheduler)"),
+                                                "the workload's; under the controlled scheduler virtual time, and "
+                                                "at least every 200 scheduling steps)"),
 ) -> None:
     """Run one workload variant and judge what it shows against what it is expected to show.
 

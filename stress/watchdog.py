@@ -15,7 +15,8 @@ Nodes of the wait-for graph are contexts: (worker, task) and (worker, irq).
   (a) its process has been stopped (SIGSTOP, a tracer) that long, whether or not it holds
   locks or anyone waits for it; (b) it has been inside one operation that long with nobody
   waiting for it (under the controlled scheduler: only the worker holding the run token,
-  as the others wait for the scheduler's choice, not for themselves). A worker between operations (parked for an invariant check, sleeping
+  as the others wait for the scheduler's choice, not for themselves), and not stopped: a
+  stop inside an operation is reported as the stop, once it has lasted the timeout. A worker between operations (parked for an invariant check, sleeping
   before a paced operation) is never hung unless its process is stopped.
 
 Every scan also reads each worker's process state with psutil: whether it is stopped
@@ -329,6 +330,7 @@ class Watchdog:
                 title = f"INFO: worker {w} stopped for more than {self.hung_ns / 1e9:g} seconds"
             elif (op_sig is not None and w not in waited_for and w not in waiting
                   and now - mv[ws + W_OP_START] >= self.hung_ns
+                  and stop0 is None  # stopped: the stop explains it, reported as such once it lasts
                   and (self.runner is None or self.runner() == w)):
                 if op_sig in self.reported:
                     continue

@@ -31,7 +31,7 @@ from shm_model.arena import list_objects, new_run_id, sweep_orphans
 
 from .console import Console, make_console
 from .loader import Found, builtins, find
-from .schedule import DEFAULT_DEPTH, DEFAULT_STEP_NS, SCHEDULES
+from .schedule import DEFAULT_DEPTH, DEFAULT_STEP_NS, SCHEDULES, rle_steps
 from .verdict import EXIT_HARNESS, EXIT_USAGE
 from .workload import WorkloadError, role_counts
 from .world import RunConfig
@@ -408,7 +408,7 @@ def replay_cmd(
         if target is None:
             _fail(f"run {rec.run_id} found nothing: there is no finding to keep while shrinking")
         con.print(Text(f"shrinking run {rec.run_id}'s schedule ({rp.handovers(script)} hand-overs, "
-                       f"{sch_steps(script)} steps) while it shows {target['outcome']} "
+                       f"{rle_steps(script)} steps) while it shows {target['outcome']} "
                        f"(at most {attempts} attempts, {budget})"))
         runner = rp.Attempts(rec, target)
         try:
@@ -416,7 +416,7 @@ def replay_cmd(
         finally:
             runner.close()
         con.print(Text(f"shrunk: {rp.handovers(rec.script)} -> {rp.handovers(res.script)} hand-overs, "
-                       f"{sch_steps(rec.script)} -> {sch_steps(res.script)} steps, in {res.attempts} attempts "
+                       f"{rle_steps(rec.script)} -> {rle_steps(res.script)} steps, in {res.attempts} attempts "
                        f"({res.kept} kept, {res.seconds:.1f} s; {res.reason})", style="bold"))
         script = res.script
         found, cfg, counts = rp.configure(rec, out, "shrink", script, slack=True)
@@ -442,11 +442,6 @@ def replay_cmd(
         con.print(Text(head + ": " + "; ".join(cmp.lines), style="bold green" if cmp.reproduced else "bold red"))
         code = code or (0 if cmp.reproduced else 1)
     raise typer.Exit(code)
-
-
-def sch_steps(script: list[int]) -> int:
-    from .schedule import rle_steps
-    return rle_steps(script)
 
 
 def _write_html(db: str, target: str | None, path: str, say: Any = None) -> bool:

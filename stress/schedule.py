@@ -82,7 +82,6 @@ sites.internal(__file__)  # scheduling points run inside lock operations: sites 
 
 SCHEDULES = ("free", "pct", "random")
 POLICY_IDS = {"random": 1, "pct": 2, "steady": 3}
-POLICY_NAMES = {v: k for k, v in POLICY_IDS.items()}
 DONE_STEPS, DONE_FINDING = 1, 2  # SC_DONE: the step budget was spent / a finding ended the run
 
 DEFAULT_DEPTH = 3
@@ -125,8 +124,8 @@ def configure(mv: Any, geo: Any, cfg: SchedConfig) -> None:
     s = geo.sched
     if not 2 <= cfg.depth <= MAX_DEPTH:
         raise ValueError(f"PCT depth must be 2..{MAX_DEPTH}")
-    if len(cfg.script) > SCHEDULE_CAP:
-        raise ValueError(f"a schedule of {len(cfg.script)} entries is longer than {SCHEDULE_CAP}")
+    if len(cfg.script) > SCHED_LOG_CAP:
+        raise ValueError(f"a schedule of {len(cfg.script)} entries is longer than {SCHED_LOG_CAP}")
     mv[s + SC_MODE] = 1
     mv[s + SC_POLICY] = POLICY_IDS[cfg.policy]
     mv[s + SC_FALLBACK] = POLICY_IDS[cfg.fallback or cfg.policy]
@@ -144,8 +143,6 @@ def configure(mv: Any, geo: Any, cfg: SchedConfig) -> None:
     mv[s + SC_LENIENT] = int(cfg.lenient)
 
 
-SCHEDULE_CAP = SCHED_LOG_CAP
-
 
 class Controlled:
     """The scheduler as one process runs it: a worker at its scheduling points (``wid`` >= 0,
@@ -158,7 +155,6 @@ class Controlled:
     def __init__(self, world: Any, wid: int, on_check: Callable[[], None] | None = None) -> None:
         self.mv = world.mv
         geo = world.geo
-        self.geo = geo
         self.s = geo.sched
         self.n = geo.n_workers
         self.wid = wid
@@ -166,11 +162,11 @@ class Controlled:
         self.wss = [geo.wslot(w) for w in range(self.n)]
         self.ws = self.wss[wid] if wid >= 0 else -1
         self.owner_of = geo.locks + L_OWNER  # + lock * LSLOT
-        self.rings = [[geo.ring(src, w) for src in range(self.n + 1)] for w in range(self.n)]
         self.on_check = on_check
         # per worker, the words the options read: (state, at, in_irq, wait, wake, irqok, has_isr, rings)
         self._slots = [(ws + W_SCHED_STATE, ws + W_SCHED_AT, ws + W_IN_IRQ, ws + W_WAIT, ws + W_SCHED_WAKE,
-                        ws + W_SCHED_IRQOK, ws + W_SCHED_HAS_ISR, tuple(self.rings[w]))
+                        ws + W_SCHED_IRQOK, ws + W_SCHED_HAS_ISR,
+                        tuple(geo.ring(src, w) for src in range(self.n + 1)))
                        for w, ws in enumerate(self.wss)]
         self._conf: tuple | None = None  # configuration words, fixed once the run starts
 

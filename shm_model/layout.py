@@ -1,20 +1,30 @@
 """Typed layout of shared state in the arena.
 
 A model declares its shared state as :class:`Struct` subclasses whose fields are
-:class:`Int`, :class:`Array` and :class:`Spinlock`. Every scalar is one signed 64-bit word
-of the arena (a ``memoryview`` cast to ``'q'``: the cheapest field access Python has, see
-FACTS.md). Array sizes may name a workload option (``Array(Int, "vcpus")``) or be a
+:class:`Int`, :class:`Array`, :class:`Nested`, :class:`Spinlock`, :class:`RwLock` (and
+kinds defined elsewhere, e.g. ``shm_model.heap.Heap``). Every scalar is one signed 64-bit
+word of the arena (a ``memoryview`` cast to ``'q'``: the cheapest field access Python has,
+see FACTS.md). Array sizes may name a workload option (``Array(Int, "vcpus")``) or be a
 function of the options, so one declaration serves every ``--vcpus``.
 
 The layout is computed once, in the coordinator, before any IPC object exists; forked
 workers inherit it and only *attach* views to the mapped segment.
+
+Field kinds are open. Each :class:`Field` subclass plans itself (:meth:`Field.plan`, and
+:meth:`Field.plan_array` if it may be an array element) into a *node*: a small object that
+knows the words it owns (:meth:`Node.offsets`) and how to turn itself into what the model
+sees (:meth:`Node.attach`). A new kind is its own ``Field`` and ``Node`` classes, in any
+module; nothing here changes. The planner's context (:class:`Plan`) carries the words, the
+initial values, the lock instances and the auxiliary semaphores a kind asks for
+(``plan.aux``); the attach context (:class:`AttachCtx`) carries those semaphores and
+collects the objects the engine must bind per worker (``ctx.heaps``).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 Size = int | str | Callable[[Any], int]
 
@@ -23,13 +33,28 @@ class LayoutError(ValueError):
     """A declaration that cannot be laid out (bad size, unknown option, ...)."""
 
 
+# ---- declarations ------------------------------------------------------------------------
+
 class Field:
-    """Base of every field declaration."""
+    """Base of every field declaration. A kind implements :meth:`plan`; one that may be an
+    array element implements :meth:`plan_array` too (``Array(Kind, n)`` takes the class,
+    meaning its default instance, or an instance)."""
 
     name: str = "?"
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
+
+    def plan(self, options: Any, plan: "Plan", cname: str, fname: str, path: str) -> "Node":
+        """Reserve this field's words / locks in ``plan`` and return its node. ``cname`` is
+        the lowercase name of the struct that declares it, ``fname`` the field's name and
+        ``path`` its path in the state (``"irqs[2].lock"``)."""
+        raise LayoutError(f"{path}: unknown field {self!r}")
+
+    def plan_array(self, n: int, init: int, options: Any, plan: "Plan", cname: str, fname: str,
+                   path: str) -> "Node":
+        """An array of ``n`` of this field (``init``: the array's own init, 0 if none)."""
+        raise LayoutError(f"{path}: cannot make an array of {self!r}")
 
 
 class Int(Field):
@@ -38,6 +63,20 @@ class Int(Field):
     def __init__(self, init: int = 0, doc: str = "") -> None:
         self.init = init
         self.doc = doc
+
+    def plan(self, options: Any, plan: "Plan", cname: str, fname: str, path: str) -> "Node":
+        off = plan.reserve(1)
+        if self.init:
+            plan.inits.append((off, self.init))
+        return IntNode(off)
+
+    def plan_array(self, n: int, init: int, options: Any, plan: "Plan", cname: str, fname: str,
+                   path: str) -> "Node":
+        off = plan.reserve(n)
+        init = init or self.init
+        if init:
+            plan.inits.extend((off + i, init) for i in range(n))
+        return IntsNode(off, n)
 
 
 class Spinlock(Field):
@@ -50,18 +89,67 @@ class Spinlock(Field):
     kind that are nested in a known order, e.g. per-bucket locks taken in index order. The
     other answer is ``spin_lock_nested(lock, subclass)`` at the inner acquisition."""
 
+    kind: ClassVar[str] = "spin"
+
     def __init__(self, cls: str | None = None, per_instance: bool = False) -> None:
         self.cls = cls
         self.per_instance = per_instance
 
+    def decl(self, plan: "Plan", cname: str, fname: str, path: str) -> "LockDecl":
+        """The lock instance at ``path`` (added to ``plan.locks``)."""
+        cls = self.cls or f"&{cname}->{fname}"
+        if self.per_instance:
+            cls += "".join(re.findall(r"\[\d+\]", path))  # one class per instance: "bucket[3]"
+        d = LockDecl(len(plan.locks), cls, path, kind=self.kind)
+        plan.locks.append(d)
+        return d
+
+    def plan(self, options: Any, plan: "Plan", cname: str, fname: str, path: str) -> "Node":
+        return LockNode(self.decl(plan, cname, fname, path).index)
+
+    def plan_array(self, n: int, init: int, options: Any, plan: "Plan", cname: str, fname: str,
+                   path: str) -> "Node":
+        return LocksNode([self.decl(plan, cname, fname, f"{path}[{i}]").index for i in range(n)])
+
+
+class RwLock(Spinlock):
+    """A reader-writer lock field (Xen's ``rwlock_t``): planned and named like
+    :class:`Spinlock`; its instance is declared with ``kind="rw"`` (the engine builds the
+    rwlock object for it). ``recursive_read=True``: a reader may take it again while
+    holding it for reading (Linux's queued rwlock in interrupt context; lockdep's
+    recursive-read dependency)."""
+
+    kind: ClassVar[str] = "rw"
+
+    def __init__(self, cls: str | None = None, per_instance: bool = False, recursive_read: bool = False) -> None:
+        super().__init__(cls, per_instance)
+        self.recursive_read = recursive_read
+
+    def decl(self, plan: "Plan", cname: str, fname: str, path: str) -> "LockDecl":
+        d = super().decl(plan, cname, fname, path)
+        d.recursive_read = self.recursive_read
+        return d
+
 
 class Array(Field):
-    """``size`` elements of ``elem`` (``Int``, ``Spinlock`` or a ``Struct`` subclass)."""
+    """``size`` elements of ``elem``: a field kind that may be an array element (``Int``,
+    ``Spinlock``, ``RwLock``, as the class or an instance) or a ``Struct`` subclass."""
 
     def __init__(self, elem: Any, size: Size, init: int = 0) -> None:
         self.elem = elem
         self.size = size
         self.init = init
+
+    def plan(self, options: Any, plan: "Plan", cname: str, fname: str, path: str) -> "Node":
+        n = resolve_size(self.size, options, path)
+        elem = self.elem
+        if isinstance(elem, type) and issubclass(elem, Struct):
+            return StructsNode([plan_instance(elem, options, plan, f"{path}[{i}]") for i in range(n)])
+        if isinstance(elem, type) and issubclass(elem, Field) and elem.plan_array is not Field.plan_array:
+            elem = elem()  # Array(Int, n): the kind's default instance
+        if not isinstance(elem, Field):
+            raise LayoutError(f"{path}: cannot make an array of {elem!r}")
+        return elem.plan_array(n, self.init, options, plan, cname, fname, path)
 
 
 class Nested(Field):
@@ -69,6 +157,11 @@ class Nested(Field):
 
     def __init__(self, struct: type) -> None:
         self.struct = struct
+
+    def plan(self, options: Any, plan: "Plan", cname: str, fname: str, path: str) -> "Node":
+        if not (isinstance(self.struct, type) and issubclass(self.struct, Struct)):
+            raise LayoutError(f"{path}: Nested() takes a Struct subclass, not {self.struct!r}")
+        return plan_instance(self.struct, options, plan, path)
 
 
 class Struct:
@@ -103,11 +196,14 @@ def resolve_size(size: Size, options: Any, where: str) -> int:
 
 @dataclass
 class LockDecl:
-    """One lock instance: its index in the arena's lock table, class, and path."""
+    """One lock instance: its index in the arena's lock table, class, and path. ``kind``:
+    ``"spin"`` or ``"rw"``; ``recursive_read`` (rw only): read side may nest."""
 
     index: int
     cls: str
     path: str  # e.g. "ranks[0].lock"
+    kind: str = "spin"
+    recursive_read: bool = False
 
 
 @dataclass
@@ -117,7 +213,21 @@ class Plan:
     words: int = 0
     inits: list[tuple[int, int]] = field(default_factory=list)  # (offset, value) for non-zero
     locks: list[LockDecl] = field(default_factory=list)
+    aux: int = 0  # auxiliary semaphores (Arena.aux): a heap's allocator lock
     node: Any = None  # the tree that `attach` turns into views
+    #: kinds that may not nest in themselves mark what they are planning (e.g. a heap)
+    within: list[str] = field(default_factory=list, repr=False, compare=False)
+
+    def reserve(self, n: int) -> int:
+        """``n`` words; returns the first one's offset."""
+        off = self.words
+        self.words += n
+        return off
+
+    def new_aux(self) -> int:
+        """One auxiliary semaphore (value 1, not a model lock); returns its index."""
+        self.aux += 1
+        return self.aux - 1
 
 
 def plan_struct(struct: type[Struct], options: Any) -> Plan:
@@ -125,60 +235,124 @@ def plan_struct(struct: type[Struct], options: Any) -> Plan:
     if not (isinstance(struct, type) and issubclass(struct, Struct)):
         raise LayoutError(f"state must be a Struct subclass, not {struct!r}")
     plan = Plan()
-    plan.node = _plan(struct, options, plan, struct.__name__.lower(), "")
+    plan.node = plan_instance(struct, options, plan, "")
     return plan
 
 
-def _plan(struct: type[Struct], options: Any, plan: Plan, cname: str, path: str) -> tuple:
-    members: list[tuple[str, Any]] = []
+def plan_instance(struct: type[Struct], options: Any, plan: Plan, path: str) -> "StructNode":
+    """One instance of ``struct`` at the plan's next word, its fields in declaration order."""
     if not struct._fields:
         raise LayoutError(f"{struct.__name__} declares no fields")
+    cname = struct.__name__.lower()
     start = plan.words
-    for f in struct._fields:
-        members.append((f.name, _plan_field(f, f.name, options, plan, cname, _join(path, f.name))))
-    return ("struct", struct, members, start)
+    members = [(f.name, f.plan(options, plan, cname, f.name, _join(path, f.name))) for f in struct._fields]
+    return StructNode(struct, members, start)
 
 
 def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def _plan_field(f: Any, fname: str, options: Any, plan: Plan, cname: str, path: str) -> tuple:
-    if isinstance(f, Int) or f is Int:
-        off = plan.words
-        plan.words += 1
-        init = f.init if isinstance(f, Int) else 0
-        if init:
-            plan.inits.append((off, init))
-        return ("int", off)
-    if isinstance(f, Spinlock) or f is Spinlock:
-        cls = (f.cls if isinstance(f, Spinlock) else None) or f"&{cname}->{fname}"
-        if isinstance(f, Spinlock) and f.per_instance:
-            cls += "".join(re.findall(r"\[\d+\]", path))  # one class per instance: "bucket[3]"
-        decl = LockDecl(len(plan.locks), cls, path)
-        plan.locks.append(decl)
-        return ("lock", decl.index)
-    if isinstance(f, Nested):
-        if not (isinstance(f.struct, type) and issubclass(f.struct, Struct)):
-            raise LayoutError(f"{path}: Nested() takes a Struct subclass, not {f.struct!r}")
-        return _plan(f.struct, options, plan, f.struct.__name__.lower(), path)
-    if isinstance(f, Array):
-        n = resolve_size(f.size, options, path)
-        elem = f.elem
-        if elem is Int or isinstance(elem, Int):
-            off = plan.words
-            plan.words += n
-            init = f.init or (elem.init if isinstance(elem, Int) else 0)
-            if init:
-                plan.inits.extend((off + i, init) for i in range(n))
-            return ("ints", off, n)
-        if isinstance(elem, type) and issubclass(elem, Struct):
-            return ("structs", [_plan(elem, options, plan, elem.__name__.lower(), f"{path}[{i}]") for i in range(n)])
-        if elem is Spinlock or isinstance(elem, Spinlock):
-            return ("locks", [_plan_field(elem, fname, options, plan, cname, f"{path}[{i}]")[1] for i in range(n)])
-        raise LayoutError(f"{path}: cannot make an array of {elem!r}")
-    raise LayoutError(f"{path}: unknown field {f!r}")
+# ---- nodes: the planned tree -------------------------------------------------------------
 
+@dataclass
+class AttachCtx:
+    """What attaching needs beyond the words and locks: the arena's auxiliary semaphores
+    (``Arena.aux``; None in a single-process test) and the objects that must be bound to
+    each worker's Cpu after fork (``heaps``: every heap view, in plan order)."""
+
+    aux: list[Any] | None = None
+    heaps: list[Any] = field(default_factory=list)
+
+
+class Node:
+    """A planned field. ``scalar``: one word the struct view exposes as a property."""
+
+    scalar: ClassVar[bool] = False
+
+    def attach(self, mv: memoryview, base: int, locks: list[Any], cache: dict, ctx: AttachCtx) -> Any:
+        """What the model sees of this field, over ``mv`` (state region at word ``base``)."""
+        raise NotImplementedError
+
+    def offsets(self) -> Iterator[int]:
+        """Every word this node owns (relative to the state region)."""
+        return iter(())
+
+
+@dataclass
+class IntNode(Node):
+    off: int
+    scalar: ClassVar[bool] = True
+
+    def attach(self, mv: memoryview, base: int, locks: list[Any], cache: dict, ctx: AttachCtx) -> Any:
+        return mv[base + self.off]  # a struct view makes it a property instead
+
+    def offsets(self) -> Iterator[int]:
+        yield self.off
+
+
+@dataclass
+class IntsNode(Node):
+    off: int
+    n: int
+
+    def attach(self, mv: memoryview, base: int, locks: list[Any], cache: dict, ctx: AttachCtx) -> Any:
+        return mv[base + self.off: base + self.off + self.n]
+
+    def offsets(self) -> Iterator[int]:
+        return iter(range(self.off, self.off + self.n))
+
+
+@dataclass
+class LockNode(Node):
+    index: int
+
+    def attach(self, mv: memoryview, base: int, locks: list[Any], cache: dict, ctx: AttachCtx) -> Any:
+        return locks[self.index]
+
+
+@dataclass
+class LocksNode(Node):
+    indices: list[int]
+
+    def attach(self, mv: memoryview, base: int, locks: list[Any], cache: dict, ctx: AttachCtx) -> Any:
+        return tuple(locks[i] for i in self.indices)
+
+
+@dataclass
+class StructNode(Node):
+    struct: type
+    members: list[tuple[str, Node]]
+    start: int
+
+    def attach(self, mv: memoryview, base: int, locks: list[Any], cache: dict, ctx: AttachCtx) -> Any:
+        vc = _view_class(self.struct, self.members, self.start, cache)
+        view = vc.__new__(vc)
+        view._mv = mv
+        view._base = base + self.start
+        for name, sub in self.members:
+            if not sub.scalar:
+                view.__dict__[name] = sub.attach(mv, base, locks, cache, ctx)
+        return view
+
+    def offsets(self) -> Iterator[int]:
+        for _, sub in self.members:
+            yield from sub.offsets()
+
+
+@dataclass
+class StructsNode(Node):
+    items: list[StructNode]
+
+    def attach(self, mv: memoryview, base: int, locks: list[Any], cache: dict, ctx: AttachCtx) -> Any:
+        return tuple(sub.attach(mv, base, locks, cache, ctx) for sub in self.items)
+
+    def offsets(self) -> Iterator[int]:
+        for sub in self.items:
+            yield from sub.offsets()
+
+
+# ---- views -------------------------------------------------------------------------------
 
 class StructView:
     """Attribute access to one struct instance in the arena (built per worker)."""
@@ -189,10 +363,15 @@ class StructView:
         return f"<{type(self).__name__} @{self._base}>"
 
 
-def _view_class(struct: type[Struct], members: list[tuple[str, Any]], start: int, cache: dict) -> type:
+def scalar_offsets(members: list[tuple[str, Node]], start: int) -> tuple[tuple[str, int], ...]:
+    """(name, offset relative to ``start``) of every scalar member."""
+    return tuple((name, node.off - start) for name, node in members if node.scalar)
+
+
+def _view_class(struct: type[Struct], members: list[tuple[str, Node]], start: int, cache: dict) -> type:
     """A view class per Struct and plan: Int fields are properties at offsets relative to
     the instance (sizes depend on the run's options, so the cache lives with the plan)."""
-    rel = tuple((name, node[1] - start) for name, node in members if node[0] == "int")
+    rel = scalar_offsets(members, start)
     hit = cache.get(struct)
     if hit is not None:
         if hit[1] != rel:
@@ -216,43 +395,12 @@ def _int_property(off: int) -> property:
     return property(get, put)
 
 
-def attach(node: tuple, mv: memoryview, base: int, locks: list[Any], cache: dict | None = None) -> Any:
+def attach(node: Node, mv: memoryview, base: int, locks: list[Any], cache: dict | None = None,
+           ctx: AttachCtx | None = None) -> Any:
     """Turn a planned tree into views over ``mv`` (state region at word ``base``)."""
-    if cache is None:
-        cache = {}
-    kind = node[0]
-    if kind == "struct":
-        _, struct, members, start = node
-        vc = _view_class(struct, members, start, cache)
-        view = vc.__new__(vc)
-        view._mv = mv
-        view._base = base + start
-        for name, sub in members:
-            if sub[0] != "int":
-                view.__dict__[name] = attach(sub, mv, base, locks, cache)
-        return view
-    if kind == "ints":
-        _, off, n = node
-        return mv[base + off: base + off + n]
-    if kind == "structs":
-        return tuple(attach(sub, mv, base, locks, cache) for sub in node[1])
-    if kind == "lock":
-        return locks[node[1]]
-    if kind == "locks":
-        return tuple(locks[i] for i in node[1])
-    raise LayoutError(f"bad node {kind}")
+    return node.attach(mv, base, locks, {} if cache is None else cache, AttachCtx() if ctx is None else ctx)
 
 
-def iter_int_offsets(node: tuple) -> Iterator[int]:
+def iter_int_offsets(node: Node) -> Iterator[int]:
     """Every word the planned tree owns (used by tests and snapshots)."""
-    kind = node[0]
-    if kind == "struct":
-        for _, sub in node[2]:
-            yield from iter_int_offsets(sub)
-    elif kind == "int":
-        yield node[1]
-    elif kind == "ints":
-        yield from range(node[1], node[1] + node[2])
-    elif kind == "structs":
-        for sub in node[1]:
-            yield from iter_int_offsets(sub)
+    return iter(node.offsets())

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from shm_model.layout import (Array, Int, LayoutError, LockDecl, Nested, Spinlock, Struct, attach,
+from shm_model.layout import (Array, AttachCtx, Field, Int, IntNode, IntsNode, LayoutError, LockDecl, LockNode,
+                              LocksNode, Nested, Node, RwLock, Spinlock, Struct, StructNode, StructsNode, attach,
                               iter_int_offsets, plan_struct)
 
 
@@ -45,20 +46,20 @@ def test_offsets_of_every_field_kind():
 
     p = plan_struct(Top, NS(nrings=2))
     assert p.words == 12
-    kind, struct, members, _start = p.node
-    assert kind == "struct" and struct is Top
-    m = dict(members)
+    assert isinstance(p.node, StructNode) and p.node.struct is Top and p.node.start == 0
+    m = dict(p.node.members)
     assert list(m) == ["a", "v", "big", "ls", "rings", "b"]
-    assert m["a"] == ("int", 0)
-    assert m["v"] == ("ints", 1, 4)
-    assert m["big"] == ("lock", 0)
-    assert m["ls"] == ("locks", [1, 2])
+    assert m["a"] == IntNode(0)
+    assert m["v"] == IntsNode(1, 4)
+    assert m["big"] == LockNode(0)
+    assert m["ls"] == LocksNode([1, 2])
     rings = m["rings"]
-    assert rings[0] == "structs" and len(rings[1]) == 2
-    r0, r1 = (dict(r[2]) for r in rings[1])
-    assert r0 == {"head": ("int", 5), "lock": ("lock", 3), "slots": ("ints", 6, 2)}
-    assert r1 == {"head": ("int", 8), "lock": ("lock", 4), "slots": ("ints", 9, 2)}
-    assert m["b"] == ("int", 11)
+    assert isinstance(rings, StructsNode) and len(rings.items) == 2
+    r0, r1 = (dict(r.members) for r in rings.items)
+    assert r0 == {"head": IntNode(5), "lock": LockNode(3), "slots": IntsNode(6, 2)}
+    assert r1 == {"head": IntNode(8), "lock": LockNode(4), "slots": IntsNode(9, 2)}
+    assert [r.start for r in rings.items] == [5, 8]
+    assert m["b"] == IntNode(11)
     assert sorted(p.inits) == [(0, 3)] + [(i, -1) for i in range(1, 5)]
     assert p.locks == [LockDecl(0, "big_lock", "big"), LockDecl(1, "&top->ls", "ls[0]"),
                        LockDecl(2, "&top->ls", "ls[1]"), LockDecl(3, "&ring->lock", "rings[0].lock"),
@@ -109,7 +110,7 @@ def test_size_from_int_option_or_function(size, opts, n):
 
     p = plan_struct(S, opts)
     assert p.words == n + 1
-    assert dict(p.node[2])["tail"] == ("int", n)
+    assert dict(p.node.members)["tail"] == IntNode(n)
 
 
 def test_one_declaration_serves_every_option_value():
@@ -203,6 +204,103 @@ def test_lock_class_names_explicit_and_default():
         (9, "vcpu_sched", "vcpus[1].named"),
     ]
     assert p.words == 0
+
+
+def test_rwlock_fields_are_planned_like_spinlocks():
+    class Dom(Struct):
+        a = Int()
+        pci = RwLock()
+        tree = RwLock("d->pend_lpi_tree_lock", recursive_read=True)
+        rws = Array(RwLock, 2)
+        per = Array(RwLock("bucket", per_instance=True), 2)
+        spin = Spinlock()
+
+    class S(Struct):
+        doms = Array(Dom, 2)
+
+    p = plan_struct(S, NS())
+    got = [(d.index, d.cls, d.path, d.kind, d.recursive_read) for d in p.locks[:7]]
+    assert got == [
+        (0, "&dom->pci", "doms[0].pci", "rw", False),
+        (1, "d->pend_lpi_tree_lock", "doms[0].tree", "rw", True),
+        (2, "&dom->rws", "doms[0].rws[0]", "rw", False),
+        (3, "&dom->rws", "doms[0].rws[1]", "rw", False),
+        (4, "bucket[0][0]", "doms[0].per[0]", "rw", False),
+        (5, "bucket[0][1]", "doms[0].per[1]", "rw", False),
+        (6, "&dom->spin", "doms[0].spin", "spin", False),
+    ]
+    assert len(p.locks) == 14 and p.words == 2
+    assert LockDecl(0, "A", "a") == LockDecl(0, "A", "a", kind="spin", recursive_read=False)
+    m = dict(dict(p.node.members)["doms"].items[1].members)
+    assert m["tree"] == LockNode(8) and m["rws"] == LocksNode([9, 10])
+    mv, locks, s = view_over(p)
+    assert s.doms[1].tree == "lock#8" and s.doms[1].rws == ("lock#9", "lock#10") and s.doms[0].spin == "lock#6"
+
+
+class Pair(Field):
+    """A field kind declared outside layout.py: two words, shown as a tuple-like object, and
+    one auxiliary semaphore per instance; arrays of it allowed."""
+
+    def plan(self, options, plan, cname, fname, path):
+        off = plan.reserve(2)
+        plan.inits.append((off + 1, 5))
+        return PairNode(off, plan.new_aux(), path)
+
+    def plan_array(self, n, init, options, plan, cname, fname, path):
+        return PairsNode([self.plan(options, plan, cname, fname, f"{path}[{i}]") for i in range(n)])
+
+
+class PairNode(Node):
+    def __init__(self, off, aux, path):
+        self.off, self.aux, self.path = off, aux, path
+
+    def attach(self, mv, base, locks, cache, ctx):
+        view = SimpleNamespace_(mv=mv[base + self.off: base + self.off + 2], sem=ctx.aux[self.aux], path=self.path)
+        ctx.heaps.append(view)
+        return view
+
+    def offsets(self):
+        return iter((self.off, self.off + 1))
+
+
+class PairsNode(Node):
+    def __init__(self, items):
+        self.items = items
+
+    def attach(self, mv, base, locks, cache, ctx):
+        return [it.attach(mv, base, locks, cache, ctx) for it in self.items]
+
+    def offsets(self):
+        for it in self.items:
+            yield from it.offsets()
+
+
+class SimpleNamespace_(NS):
+    pass
+
+
+def test_a_new_field_kind_is_its_own_classes_only():
+    class S(Struct):
+        a = Int(1)
+        p = Pair()
+        ps = Array(Pair, 2)
+        q = Array(Pair(), 1)
+        b = Int()
+
+    p = plan_struct(S, NS())
+    assert p.words == 10 and p.aux == 4
+    assert sorted(iter_int_offsets(p.node)) == list(range(10))
+    assert sorted(p.inits) == [(0, 1), (2, 5), (4, 5), (6, 5), (8, 5)]
+    mv = memoryview(bytearray(8 * p.words)).cast("q")
+    for off, val in p.inits:
+        mv[off] = val
+    ctx = AttachCtx(aux=["sem0", "sem1", "sem2", "sem3"])
+    s = attach(p.node, mv, 0, [], ctx=ctx)
+    assert s.a == 1 and list(s.p.mv) == [0, 5] and s.p.sem == "sem0"
+    assert [x.sem for x in s.ps] == ["sem1", "sem2"] and s.q[0].path == "q[0]"
+    s.b = 9
+    assert mv[9] == 9
+    assert [x.path for x in ctx.heaps] == ["p", "ps[0]", "ps[1]", "q[0]"]  # the attach context collects
 
 
 # ---- attach -------------------------------------------------------------------------------
@@ -307,7 +405,7 @@ def test_one_level_of_inheritance():
         b = Int()
 
     p = plan_struct(B, NS())
-    assert [m[0] for m in p.node[2]] == ["a", "lock", "b"]
+    assert [m[0] for m in p.node.members] == ["a", "lock", "b"]
     assert p.words == 2 and p.locks == [LockDecl(0, "&b->lock", "lock")]
 
 

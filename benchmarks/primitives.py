@@ -26,12 +26,15 @@ from shm_model import sites
 from shm_model import spinlock as sl
 from shm_model.arena import NO_OWNER, S_ACQ, S_CONTENDED, Arena, Geometry, new_run_id
 from shm_model.cpu import Cpu
+from shm_model import rwlock as rw
+from shm_model.rwlock import RwLock
 from shm_model.spinlock import Lock
 
 from .common import Context, StressRunError, Table, fmt_ns, fmt_ratio, median, run_stress, stress_cmd
 
 TARGET_INSTRUMENTED = 3.0  # instrumented pair <= 3.0 x bare pair
 TARGET_MASKING = 1.0  # extra cost of the masking pair <= 1 x bare pair
+TARGET_RW = 1.5  # read_lock and write_lock pairs <= 1.5 x bare pair (issue 21)
 
 
 class _Hooks:
@@ -58,18 +61,20 @@ class Rig:
     baseline. The geometry is a real run's (full-size trace rings)."""
 
     def __init__(self) -> None:
-        self.geo = Geometry(2, 4, 3, 0)
+        self.geo = Geometry(2, 5, 4, 0)
         self.arena = Arena(new_run_id(), self.geo)
         mv = self.arena.mv
         self.hooks = _Hooks()
         self.a = Lock(0, 0, "A", "a", self.arena.sems[0], mv, self.geo)
         self.b = Lock(1, 1, "B", "b", self.arena.sems[1], mv, self.geo)
         self.c = Lock(3, 2, "C", "c", self.arena.sems[3], mv, self.geo)
+        self.rw = RwLock(4, 3, "R", "r", self.arena.sems[4], mv, self.geo)
         self.bare = self.arena.sems[2]
         self.cpu = Cpu(mv, self.geo, 0, self.hooks)
         self.cpu_traced = Cpu(mv, self.geo, 1, self.hooks, trace_locks=True)
         self.a.bind(self.cpu)
         self.c.bind(self.cpu)
+        self.rw.bind(self.cpu)
         self.b.bind(self.cpu_traced)
 
     def stat(self, lock: Lock, field: int) -> int:
@@ -99,6 +104,10 @@ def _cases() -> list[Case]:
              "spin_lock = sl.spin_lock; spin_unlock = sl.spin_unlock; l = lock"),
         Case("method", "`l.lock(); l.unlock()` (instrumented, method calls)", "l.lock(); l.unlock()", "l = lock"),
         Case("with", "`with l: pass` (instrumented, context manager)", "with l:\n    pass", "l = lock"),
+        Case("read", "`read_lock(r); read_unlock(r)` (reader-writer lock, instrumented)",
+             "read_lock(r); read_unlock(r)", "read_lock = rw.read_lock; read_unlock = rw.read_unlock; r = rwl"),
+        Case("write", "`write_lock(r); write_unlock(r)` (reader-writer lock, instrumented)",
+             "write_lock(r); write_unlock(r)", "write_lock = rw.write_lock; write_unlock = rw.write_unlock; r = rwl"),
         Case("traced", "`spin_lock(l); spin_unlock(l)` with --trace-locks (2 trace events)",
              "spin_lock(l); spin_unlock(l)",
              "spin_lock = sl.spin_lock; spin_unlock = sl.spin_unlock; l = lock_traced"),
@@ -122,7 +131,7 @@ def _cases() -> list[Case]:
 
 def _time_cases(ctx: Context, rig: Rig, repeats: int, min_time: float) -> dict[str, list[float]]:
     ns = {"sem": rig.bare, "lock": rig.a, "lock_c": rig.c, "lock_traced": rig.b, "cpu": rig.cpu, "sl": sl, "sites": sites,
-          "sys": sys}
+          "sys": sys, "rw": rw, "rwl": rig.rw}
     cases = _cases()
     timers = {c.key: timeit.Timer(c.stmt, c.setup, globals=ns) for c in cases}
     # warm up: the first pair of each chain goes through the (stub) lockdep and fills the
@@ -259,6 +268,8 @@ def run(ctx: Context) -> list[Table]:
     row("spin", "bare", "bare pair", TARGET_INSTRUMENTED)
     row("method", "bare", "bare pair", TARGET_INSTRUMENTED)
     row("with", "bare", "bare pair")
+    row("read", "bare", "bare pair", TARGET_RW)
+    row("write", "bare", "bare pair", TARGET_RW)
     row("traced", "spin", "plain instrumented pair")
     row("irqsave", "spin", "plain instrumented pair")
     row("mask_extra", "bare", "bare pair", TARGET_MASKING)
@@ -291,13 +302,16 @@ def run(ctx: Context) -> list[Table]:
         f"the fast path is C (shm_model/_fastlock.c), the slow paths Python; "
         f"chain-cache misses while timing: {ctx.facts['primitives_chain_misses_while_timing']}, contended "
         f"acquisitions: {ctx.facts['primitives_contended']} (so every timed pair took the fast path).",
+        "Reader-writer lock rows: Xen's queued rwlock (shm_model/rwlock.py), one atomic on the arena's cnts word "
+        "per operation plus the same instrumentation as a spinlock (chain cache, held stack, statistics, the "
+        "read-hold record); target ≤ 1.5× a bare pair (issue 21).",
         "Targets: instrumented pair ≤ 3.0× a bare pair; interrupt masking ≤ 1× a bare pair — both the extra cost "
         "of `spin_lock_irqsave`/`spin_unlock_irqrestore` over `spin_lock`/`spin_unlock` and the bare soft-mask pair.",
         "Start-up: the median of the runs' `startup_s` (first fork to every worker's pid in the arena) divided by "
         "N, against forking N bare processes that write a ready flag (same multiprocess fork context, gc frozen). "
         "FACTS.md: fork ~2 ms/worker.",
     ]
-    for k in ("bare", "bare_try", "spin", "method", "irqsave", "softmask", "mask_extra", "traced", "trace", "capture",
+    for k in ("bare", "bare_try", "spin", "read", "write", "method", "irqsave", "softmask", "mask_extra", "traced", "trace", "capture",
               "capture_stack4", "getframe"):
         ctx.facts[f"ns_{k}"] = med[k]
     return [t]

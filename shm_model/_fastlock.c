@@ -490,8 +490,7 @@ static inline CpuCore *bound_cpu(LockCore *self) {
 
 /* The chain key of taking this lock on top of ``held``: the top entry's key shifted by one
  * digit, or'ed with (class digit | ctx << 1 | masked). New reference. */
-static PyObject *chain_key(LockCore *self, PyObject *held, Py_ssize_t n, int ctx, int m, int sub) {
-    int64_t digit = self->key | ((int64_t)sub << 2) | ((int64_t)ctx << 1) | m;
+static PyObject *chain_key_digit(PyObject *held, Py_ssize_t n, int64_t digit) {
     if (!n)
         return PyLong_FromLongLong(digit);
     PyObject *top = PyList_GET_ITEM(held, n - 1);
@@ -514,6 +513,10 @@ static PyObject *chain_key(LockCore *self, PyObject *held, Py_ssize_t n, int ctx
     Py_XDECREF(d);
     Py_XDECREF(sh);
     return r;
+}
+
+static PyObject *chain_key(LockCore *self, PyObject *held, Py_ssize_t n, int ctx, int m, int sub) {
+    return chain_key_digit(held, n, self->key | ((int64_t)sub << 2) | ((int64_t)ctx << 1) | m);
 }
 
 static inline int push_held(LockCore *self, PyObject *held, PyObject *key) {
@@ -663,8 +666,9 @@ fail:
     return NULL;
 }
 
-/* spin_unlock */
-static PyObject *c_unlock(LockCore *self, CpuCore *cpu) {
+/* Pop this lock off the held stack of the current context: 1 popped, 0 a bad unlock balance
+ * (reported, nothing to release), -1 an error. Runs masked while in Python. */
+static int pop_held(LockCore *self, CpuCore *cpu) {
     int m = cpu->masked;
     PyObject *held = PyTuple_GET_ITEM(cpu->held, cpu->ctx);
     Py_ssize_t n = PyList_GET_SIZE(held);
@@ -672,28 +676,38 @@ static PyObject *c_unlock(LockCore *self, CpuCore *cpu) {
     if (top && PyTuple_CheckExact(top) && PyTuple_GET_SIZE(top) == 2 && PyTuple_GET_ITEM(top, 0) == (PyObject *)self) {
         Py_SET_SIZE(held, n - 1); /* pop: the list keeps its allocation */
         Py_DECREF(top);
-    } else {
-        PyObject *args[3] = {(PyObject *)self, (PyObject *)cpu, held};
-        cpu->masked = 1;
-        PyObject *r = PyObject_VectorcallMethod(str_unlock_out_of_order, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-        int ok = r ? PyObject_IsTrue(r) : -1;
-        Py_XDECREF(r);
-        if (ok < 0) {
-            cpu->masked = (char)m;
-            return NULL;
-        }
-        if (!ok) { /* bad unlock balance: reported, nothing released */
-            cpu->masked = (char)m;
-            if (run_pending(cpu, m) < 0)
-                return NULL;
-            Py_RETURN_NONE;
-        }
+        return 1;
     }
-    volatile int64_t *w = cpu->w;
-    int64_t hold = now_ns() - w[self->o_since];
+    PyObject *args[3] = {(PyObject *)self, (PyObject *)cpu, held};
+    cpu->masked = 1;
+    PyObject *r = PyObject_VectorcallMethod(str_unlock_out_of_order, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    int ok = r ? PyObject_IsTrue(r) : -1;
+    Py_XDECREF(r);
+    cpu->masked = (char)m;
+    return ok;
+}
+
+/* The hold time of a release: maximum and log2 histogram of this worker's class. */
+static inline void account_hold(LockCore *self, volatile int64_t *w, int64_t since) {
+    int64_t hold = now_ns() - since;
     if (hold > w[self->st + 4 /* S_HOLD_MAX - S_ACQ */])
         w[self->st + 4] = hold;
     w[self->hh + bit_length(hold)] += 1;
+}
+
+/* spin_unlock */
+static PyObject *c_unlock(LockCore *self, CpuCore *cpu) {
+    int m = cpu->masked;
+    int ok = pop_held(self, cpu);
+    if (ok < 0)
+        return NULL;
+    if (!ok) { /* bad unlock balance: reported, nothing released */
+        if (run_pending(cpu, m) < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    volatile int64_t *w = cpu->w;
+    account_hold(self, w, w[self->o_since]);
     w[self->o_owner] = NO_OWNER;
     if (sem_post(self->sem) != 0) {
         cpu->masked = (char)m;
@@ -971,6 +985,439 @@ static PyObject *m_spin_is_locked(PyObject *mod, PyObject *l) {
     return cpu_of(l) ? lock_is_locked((LockCore *)l, NULL) : NULL;
 }
 
+/* ---- RwLockCore: Xen's queued reader-writer lock ------------------------------------------
+ *
+ * xen/include/xen/rwlock.h and xen/common/rwlock.c (4.19): ``cnts`` holds the reader count
+ * (<< 16), the writer state (bits 14-15: waiting, locked) and the writing CPU (bits 0-13);
+ * the fast paths are one atomic on it, here on the lock record's L_CNTS word in the arena
+ * (lock-free atomics are address-free: they work across processes on a shared mapping). The
+ * wait queue (``lock->lock``, a spinlock in Xen) is the lock's POSIX semaphore; the slow
+ * paths that queue and wait are Python (shm_model/rwlock.py: ``_rw_slow``), called masked.
+ *
+ * Readers are many, so each owner's read depth, first site and time are kept in its own
+ * read-hold record (the arena's ``rholds``); only that owner writes it. The lock record's
+ * owner, site and since words name the writer.
+ *
+ * Lockdep: a read acquisition's chain-key digit is ``rkey`` (the lock's read identity), so a
+ * read and a write of one lock are distinct chains; lockdep reads the mode off the digit.
+ */
+#define QW_SHIFT 14
+#define QW_CPUMASK ((((int64_t)1) << QW_SHIFT) - 1)
+#define QW_WAITING (((int64_t)1) << QW_SHIFT)
+#define QW_LOCKED (((int64_t)3) << QW_SHIFT)
+#define QW_WMASK (((int64_t)3) << QW_SHIFT)
+#define QR_BIAS (((int64_t)1) << (QW_SHIFT + 2))
+#define S_RACQ 5 /* offset from S_ACQ */
+#define RHSLOT 3
+
+typedef struct {
+    LockCore base;
+    Py_ssize_t o_cnts, o_qowner;
+    Py_ssize_t rh;  /* this lock's read-hold records: rh + owner * RHSLOT (depth, site, since) */
+    int64_t rkey;   /* chain-key digit of a read acquisition */
+} RwLockCore;
+
+static PyTypeObject RwLockCoreType;
+static PyObject *str_rw_slow;
+
+static inline int64_t *cnts_p(RwLockCore *self, CpuCore *cpu) { return (int64_t *)&cpu->w[self->o_cnts]; }
+
+/* xen/include/xen/rwlock.h: _can_read_lock(cnts) */
+static inline int can_read(int64_t cnts, int64_t cpu_id) {
+    return !(cnts & QW_WMASK) || ((cnts & QW_WMASK) == QW_LOCKED && (cnts & QW_CPUMASK) == cpu_id);
+}
+
+static inline int64_t cpu_id(CpuCore *cpu) { return cpu->oid[0] >> 1; }
+
+/* _open_rw(o_cnts, o_qowner, rh, rkey): where the kind's own words live. */
+static PyObject *rw_open(RwLockCore *self, PyObject *args) {
+    Py_ssize_t o_cnts, o_qowner, rh;
+    long long rkey;
+    if (!PyArg_ParseTuple(args, "nnnL", &o_cnts, &o_qowner, &rh, &rkey))
+        return NULL;
+    self->o_cnts = o_cnts;
+    self->o_qowner = o_qowner;
+    self->rh = rh;
+    self->rkey = rkey;
+    Py_RETURN_NONE;
+}
+
+/* The slow path (Python): queue, wait, take; returns the acquisition's site. */
+static int64_t rw_slow(RwLockCore *self, CpuCore *cpu, int ctx, int m, int read) {
+    PyObject *args[5] = {(PyObject *)self, (PyObject *)cpu, NULL, m ? Py_True : Py_False, read ? Py_True : Py_False};
+    args[2] = PyLong_FromLong(ctx);
+    if (!args[2])
+        return -1;
+    cpu->masked = 1;
+    PyObject *r = PyObject_VectorcallMethod(str_rw_slow, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(args[2]);
+    if (!r)
+        return -1;
+    int64_t site = PyLong_AsLongLong(r);
+    Py_DECREF(r);
+    return site;
+}
+
+/* Validate a new chain and add scheduling noise, as c_lock does. */
+static int rw_prologue(RwLockCore *self, CpuCore *cpu, PyObject *held, PyObject *key, int m, int ctx, int trylock) {
+    PyObject *ckey = trylock ? PyNumber_Invert(key) : Py_NewRef(key);
+    if (!ckey)
+        return -1;
+    int cached = PyDict_Contains(cpu->chains, ckey);
+    int r = (cached < 0 || (!cached && new_chain(cpu, (LockCore *)self, key, ckey, held, m, ctx, trylock) < 0)) ? -1 : 0;
+    Py_DECREF(ckey);
+    if (r == 0 && !trylock && cpu->noise > 0.0) {
+        cpu->masked = 1;
+        PyObject *j = PyObject_CallMethodNoArgs((PyObject *)cpu, str_jitter);
+        if (!j)
+            r = -1;
+        Py_XDECREF(j);
+    }
+    return r;
+}
+
+/* Record a read acquisition: this owner's read depth (site and time at the first), the class
+ * statistics (acquisitions, of which reads), the held stack. */
+static inline int record_read(RwLockCore *self, CpuCore *cpu, PyObject *held, PyObject *key, int ctx, int64_t site) {
+    volatile int64_t *w = cpu->w;
+    Py_ssize_t rh = self->rh + cpu->oid[ctx] * RHSLOT;
+    if (w[rh]++ == 0) {
+        w[rh + 1] = site;
+        w[rh + 2] = now_ns();
+    }
+    w[self->base.st] += 1;
+    w[self->base.st + S_RACQ] += 1;
+    if (push_held((LockCore *)self, held, key) < 0)
+        return -1;
+    if (cpu->trace_locks)
+        c_trace(cpu, EV_ACQUIRE, 0, self->base.index, site, 1);
+    return 0;
+}
+
+/* read_lock (xen/include/xen/rwlock.h: _read_lock) */
+static PyObject *c_read_lock(RwLockCore *self, CpuCore *cpu) {
+    int m = cpu->masked, ctx = cpu->ctx;
+    PyObject *held = PyTuple_GET_ITEM(cpu->held, ctx);
+    PyObject *key = chain_key_digit(held, PyList_GET_SIZE(held), self->rkey | ((int64_t)ctx << 1) | m);
+    if (!key)
+        return NULL;
+    int64_t site = capture_site();
+    if (rw_prologue(self, cpu, held, key, m, ctx, 0) < 0)
+        goto fail;
+    int64_t cnts = __atomic_add_fetch(cnts_p(self, cpu), QR_BIAS, __ATOMIC_SEQ_CST);
+    if (!can_read(cnts, cpu_id(cpu))) {
+        __atomic_sub_fetch(cnts_p(self, cpu), QR_BIAS, __ATOMIC_SEQ_CST); /* the slow path's first step */
+        site = rw_slow(self, cpu, ctx, m, 1);
+        if (site == -1 && PyErr_Occurred())
+            goto fail;
+    }
+    int r = record_read(self, cpu, held, key, ctx, site);
+    Py_DECREF(key);
+    if (r < 0)
+        return NULL;
+    cpu->masked = (char)m;
+    if (run_pending(cpu, m) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(key);
+    cpu->masked = (char)m;
+    return NULL;
+}
+
+/* write_lock (_write_lock) */
+static PyObject *c_write_lock(RwLockCore *self, CpuCore *cpu) {
+    int m = cpu->masked, ctx = cpu->ctx;
+    PyObject *held = PyTuple_GET_ITEM(cpu->held, ctx);
+    PyObject *key = chain_key((LockCore *)self, held, PyList_GET_SIZE(held), ctx, m, 0);
+    if (!key)
+        return NULL;
+    int64_t site = capture_site();
+    if (rw_prologue(self, cpu, held, key, m, ctx, 0) < 0)
+        goto fail;
+    int64_t expect = 0;
+    if (!__atomic_compare_exchange_n(cnts_p(self, cpu), &expect, QW_LOCKED | cpu_id(cpu), 0, __ATOMIC_SEQ_CST,
+                                     __ATOMIC_SEQ_CST)) {
+        site = rw_slow(self, cpu, ctx, m, 0);
+        if (site == -1 && PyErr_Occurred())
+            goto fail;
+    }
+    int r = record_acquire((LockCore *)self, cpu, held, key, ctx, site);
+    Py_DECREF(key);
+    if (r < 0)
+        return NULL;
+    cpu->masked = (char)m;
+    if (run_pending(cpu, m) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(key);
+    cpu->masked = (char)m;
+    return NULL;
+}
+
+/* read_trylock (_read_trylock) / write_trylock (_write_trylock): no dependency edge. */
+static PyObject *c_rw_trylock(RwLockCore *self, CpuCore *cpu, int read) {
+    int m = cpu->masked, ctx = cpu->ctx;
+    PyObject *held = PyTuple_GET_ITEM(cpu->held, ctx);
+    int64_t *p = cnts_p(self, cpu), me = cpu_id(cpu), cnts = __atomic_load_n(p, __ATOMIC_SEQ_CST);
+    int got = 0;
+    if (read) {
+        if (can_read(cnts, me)) {
+            if (can_read(__atomic_add_fetch(p, QR_BIAS, __ATOMIC_SEQ_CST), me))
+                got = 1;
+            else
+                __atomic_sub_fetch(p, QR_BIAS, __ATOMIC_SEQ_CST);
+        }
+    } else {
+        int64_t expect = 0;
+        got = !cnts && __atomic_compare_exchange_n(p, &expect, QW_LOCKED | me, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    }
+    if (!got) {
+        if (cpu->trace_locks)
+            c_trace(cpu, EV_TRYLOCK_FAIL, 0, self->base.index, read, 0);
+        Py_RETURN_FALSE;
+    }
+    PyObject *key = read ? chain_key_digit(held, PyList_GET_SIZE(held), self->rkey | ((int64_t)ctx << 1) | m)
+                         : chain_key((LockCore *)self, held, PyList_GET_SIZE(held), ctx, m, 0);
+    int64_t site = capture_site();
+    if (!key || rw_prologue(self, cpu, held, key, m, ctx, 1) < 0)
+        goto fail;
+    int r = read ? record_read(self, cpu, held, key, ctx, site) : record_acquire((LockCore *)self, cpu, held, key, ctx, site);
+    Py_DECREF(key);
+    if (r < 0)
+        return NULL;
+    cpu->masked = (char)m;
+    if (run_pending(cpu, m) < 0)
+        return NULL;
+    Py_RETURN_TRUE;
+fail:
+    /* taken: give it back before reporting the error */
+    if (read)
+        __atomic_sub_fetch(p, QR_BIAS, __ATOMIC_SEQ_CST);
+    else
+        __atomic_and_fetch(p, ~(QW_CPUMASK | QW_WMASK), __ATOMIC_SEQ_CST);
+    Py_XDECREF(key);
+    cpu->masked = (char)m;
+    return NULL;
+}
+
+/* read_unlock / write_unlock (_read_unlock, _write_unlock) */
+static PyObject *c_rw_unlock(RwLockCore *self, CpuCore *cpu, int read) {
+    int m = cpu->masked;
+    int ok = pop_held((LockCore *)self, cpu);
+    if (ok < 0)
+        return NULL;
+    if (!ok) {
+        if (run_pending(cpu, m) < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    volatile int64_t *w = cpu->w;
+    if (read) {
+        Py_ssize_t rh = self->rh + cpu->oid[cpu->ctx] * RHSLOT;
+        if (--w[rh] == 0)
+            account_hold((LockCore *)self, w, w[rh + 2]);
+        __atomic_sub_fetch(cnts_p(self, cpu), QR_BIAS, __ATOMIC_SEQ_CST);
+    } else {
+        account_hold((LockCore *)self, w, w[self->base.o_since]);
+        w[self->base.o_owner] = NO_OWNER;
+        __atomic_and_fetch(cnts_p(self, cpu), ~(QW_CPUMASK | QW_WMASK), __ATOMIC_SEQ_CST);
+    }
+    if (cpu->trace_locks)
+        c_trace(cpu, EV_RELEASE, 0, self->base.index, read, 0);
+    cpu->masked = (char)m;
+    if (run_pending(cpu, m) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* Helpers for the Python slow path: atomics on cnts. */
+static PyObject *rw_cnts(RwLockCore *self, PyObject *unused) {
+    CpuCore *cpu = bound_cpu((LockCore *)self);
+    return cpu ? PyLong_FromLongLong(__atomic_load_n(cnts_p(self, cpu), __ATOMIC_SEQ_CST)) : NULL;
+}
+
+static PyObject *rw_cnts_add(RwLockCore *self, PyObject *v) {
+    CpuCore *cpu = bound_cpu((LockCore *)self);
+    long long d = PyLong_AsLongLong(v);
+    if (!cpu || (d == -1 && PyErr_Occurred()))
+        return NULL;
+    return PyLong_FromLongLong(__atomic_add_fetch(cnts_p(self, cpu), d, __ATOMIC_SEQ_CST));
+}
+
+static PyObject *rw_cnts_cas(RwLockCore *self, PyObject *const *args, Py_ssize_t nargs) {
+    CpuCore *cpu = bound_cpu((LockCore *)self);
+    if (!cpu)
+        return NULL;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_cnts_cas(old, new)");
+        return NULL;
+    }
+    long long old = PyLong_AsLongLong(args[0]), nw = PyLong_AsLongLong(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    int64_t expect = old;
+    return PyBool_FromLong(__atomic_compare_exchange_n(cnts_p(self, cpu), &expect, nw, 0, __ATOMIC_SEQ_CST,
+                                                       __ATOMIC_SEQ_CST));
+}
+
+static PyObject *rw_read_held_by_me(RwLockCore *self, PyObject *unused) {
+    CpuCore *cpu = bound_cpu((LockCore *)self);
+    if (!cpu)
+        return NULL;
+    volatile int64_t *w = cpu->w;
+    return PyBool_FromLong(w[self->rh + cpu->oid[0] * RHSLOT] > 0 || w[self->rh + cpu->oid[1] * RHSLOT] > 0);
+}
+
+static PyObject *rw_m_read_lock(RwLockCore *self, PyObject *unused) {
+    CpuCore *cpu = bound_cpu((LockCore *)self);
+    return cpu && sched_point(cpu) == 0 ? c_read_lock(self, cpu) : NULL;
+}
+
+static PyObject *rw_m_read_unlock(RwLockCore *self, PyObject *unused) {
+    CpuCore *cpu = bound_cpu((LockCore *)self);
+    return cpu ? unlock_point(c_rw_unlock(self, cpu, 1), cpu) : NULL;
+}
+
+static PyObject *rw_m_write_lock(RwLockCore *self, PyObject *unused) {
+    CpuCore *cpu = bound_cpu((LockCore *)self);
+    return cpu && sched_point(cpu) == 0 ? c_write_lock(self, cpu) : NULL;
+}
+
+static PyObject *rw_m_write_unlock(RwLockCore *self, PyObject *unused) {
+    CpuCore *cpu = bound_cpu((LockCore *)self);
+    return cpu ? unlock_point(c_rw_unlock(self, cpu, 0), cpu) : NULL;
+}
+
+static PyMemberDef rw_members[] = {
+    {"o_cnts", T_PYSSIZET, offsetof(RwLockCore, o_cnts), READONLY, "arena word: Xen's cnts"},
+    {"o_qowner", T_PYSSIZET, offsetof(RwLockCore, o_qowner), READONLY, "arena word: who holds the wait queue"},
+    {"rh", T_PYSSIZET, offsetof(RwLockCore, rh), READONLY, "arena word: this lock's read-hold records"},
+    {"rkey", T_LONGLONG, offsetof(RwLockCore, rkey), READONLY, "chain-key digit of a read acquisition"},
+    {NULL}};
+
+static PyMethodDef rw_methods[] = {
+    {"_open_rw", (PyCFunction)rw_open, METH_VARARGS, "_open_rw(o_cnts, o_qowner, rh, rkey)"},
+    {"_cnts", (PyCFunction)rw_cnts, METH_NOARGS, "atomic read of cnts"},
+    {"_cnts_add", (PyCFunction)rw_cnts_add, METH_O, "atomic add to cnts; returns the new value"},
+    {"_cnts_cas", (PyCFunction)(void (*)(void))rw_cnts_cas, METH_FASTCALL, "atomic compare-and-swap of cnts"},
+    {"read_held_by_me", (PyCFunction)rw_read_held_by_me, METH_NOARGS, "Read-held by this CPU, in either context."},
+    {"read_lock", (PyCFunction)rw_m_read_lock, METH_NOARGS, "read_lock"},
+    {"read_unlock", (PyCFunction)rw_m_read_unlock, METH_NOARGS, "read_unlock"},
+    {"write_lock", (PyCFunction)rw_m_write_lock, METH_NOARGS, "write_lock"},
+    {"write_unlock", (PyCFunction)rw_m_write_unlock, METH_NOARGS, "write_unlock"},
+    {NULL}};
+
+static PyTypeObject RwLockCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shm_model._fastlock.RwLockCore",
+    .tp_basicsize = sizeof(RwLockCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The fast path of a model reader-writer lock (base of shm_model.rwlock.RwLock).",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)lock_dealloc,
+    .tp_traverse = (traverseproc)lock_traverse,
+    .tp_clear = (inquiry)lock_clear,
+    .tp_members = rw_members,
+    .tp_methods = rw_methods,
+};
+
+/* The CPU a model rwlock is bound to, or NULL with the error set. */
+static inline CpuCore *rw_cpu_of(PyObject *o) {
+    if (!PyObject_TypeCheck(o, &RwLockCoreType)) {
+        PyErr_Format(PyExc_TypeError, "expected a model rwlock, got %.100s", Py_TYPE(o)->tp_name);
+        return NULL;
+    }
+    return bound_cpu((LockCore *)o);
+}
+
+static PyObject *m_read_lock(PyObject *mod, PyObject *l) {
+    CpuCore *cpu = rw_cpu_of(l);
+    return cpu && sched_point(cpu) == 0 ? c_read_lock((RwLockCore *)l, cpu) : NULL;
+}
+
+static PyObject *m_read_unlock(PyObject *mod, PyObject *l) {
+    CpuCore *cpu = rw_cpu_of(l);
+    return cpu ? unlock_point(c_rw_unlock((RwLockCore *)l, cpu, 1), cpu) : NULL;
+}
+
+static PyObject *m_write_lock(PyObject *mod, PyObject *l) {
+    CpuCore *cpu = rw_cpu_of(l);
+    return cpu && sched_point(cpu) == 0 ? c_write_lock((RwLockCore *)l, cpu) : NULL;
+}
+
+static PyObject *m_write_unlock(PyObject *mod, PyObject *l) {
+    CpuCore *cpu = rw_cpu_of(l);
+    return cpu ? unlock_point(c_rw_unlock((RwLockCore *)l, cpu, 0), cpu) : NULL;
+}
+
+static PyObject *m_read_trylock(PyObject *mod, PyObject *l) {
+    CpuCore *cpu = rw_cpu_of(l);
+    return cpu && sched_point(cpu) == 0 ? c_rw_trylock((RwLockCore *)l, cpu, 1) : NULL;
+}
+
+static PyObject *m_write_trylock(PyObject *mod, PyObject *l) {
+    CpuCore *cpu = rw_cpu_of(l);
+    return cpu && sched_point(cpu) == 0 ? c_rw_trylock((RwLockCore *)l, cpu, 0) : NULL;
+}
+
+/* The _irqsave forms: save, mask, take; return the flags (Xen's _read_lock_irqsave). */
+static PyObject *rw_lock_irqsave(PyObject *l, int read) {
+    CpuCore *cpu = rw_cpu_of(l);
+    if (!cpu || sched_point(cpu) < 0)
+        return NULL;
+    int flags = cpu->masked;
+    cpu->masked = 1;
+    PyObject *r = read ? c_read_lock((RwLockCore *)l, cpu) : c_write_lock((RwLockCore *)l, cpu);
+    if (!r) {
+        cpu->masked = (char)flags;
+        return NULL;
+    }
+    Py_DECREF(r);
+    return PyBool_FromLong(flags);
+}
+
+static PyObject *rw_unlock_irqrestore(PyObject *const *args, Py_ssize_t nargs, int read) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "expected (lock, flags)");
+        return NULL;
+    }
+    CpuCore *cpu = rw_cpu_of(args[0]);
+    if (!cpu)
+        return NULL;
+    int flags = PyObject_IsTrue(args[1]);
+    if (flags < 0)
+        return NULL;
+    PyObject *r = c_rw_unlock((RwLockCore *)args[0], cpu, read);
+    if (!r)
+        return NULL;
+    Py_DECREF(r);
+    if (c_irq_restore(cpu, flags) < 0 || sched_point(cpu) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *m_read_lock_irqsave(PyObject *mod, PyObject *l) { return rw_lock_irqsave(l, 1); }
+static PyObject *m_write_lock_irqsave(PyObject *mod, PyObject *l) { return rw_lock_irqsave(l, 0); }
+static PyObject *m_read_unlock_irqrestore(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    return rw_unlock_irqrestore(args, nargs, 1);
+}
+static PyObject *m_write_unlock_irqrestore(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    return rw_unlock_irqrestore(args, nargs, 0);
+}
+
+static PyObject *m_rw_is_locked(PyObject *mod, PyObject *l) {
+    CpuCore *cpu = rw_cpu_of(l);
+    return cpu ? PyBool_FromLong(__atomic_load_n(cnts_p((RwLockCore *)l, cpu), __ATOMIC_SEQ_CST) != 0) : NULL;
+}
+
+static PyObject *m_rw_is_write_locked(PyObject *mod, PyObject *l) {
+    CpuCore *cpu = rw_cpu_of(l);
+    return cpu ? PyBool_FromLong((__atomic_load_n(cnts_p((RwLockCore *)l, cpu), __ATOMIC_SEQ_CST) & QW_WMASK) ==
+                                 QW_LOCKED)
+               : NULL;
+}
+
 static PyMethodDef module_methods[] = {
     {"spin_lock", m_spin_lock, METH_O, "Take lock with interrupts as they are."},
     {"spin_unlock", m_spin_unlock, METH_O, "Release lock."},
@@ -987,6 +1434,20 @@ static PyMethodDef module_methods[] = {
      "spin_lock_nested(lock, subclass): take lock as subclass 0..7 of its class (lockdep's nesting annotation)."},
     {"spin_lock_irqsave_nested", (PyCFunction)(void (*)(void))m_spin_lock_irqsave_nested, METH_FASTCALL,
      "spin_lock_irqsave_nested(lock, subclass): as spin_lock_irqsave, as that subclass; returns the flags."},
+    {"read_lock", m_read_lock, METH_O, "Take rwlock for reading (Xen's _read_lock)."},
+    {"read_unlock", m_read_unlock, METH_O, "Release a read hold."},
+    {"write_lock", m_write_lock, METH_O, "Take rwlock for writing (Xen's _write_lock)."},
+    {"write_unlock", m_write_unlock, METH_O, "Release the write hold."},
+    {"read_trylock", m_read_trylock, METH_O, "Take rwlock for reading if that needs no wait."},
+    {"write_trylock", m_write_trylock, METH_O, "Take rwlock for writing if it is free."},
+    {"read_lock_irqsave", m_read_lock_irqsave, METH_O, "Save and mask interrupts, read_lock; return the flags."},
+    {"write_lock_irqsave", m_write_lock_irqsave, METH_O, "Save and mask interrupts, write_lock; return the flags."},
+    {"read_unlock_irqrestore", (PyCFunction)(void (*)(void))m_read_unlock_irqrestore, METH_FASTCALL,
+     "read_unlock, then restore the interrupt state."},
+    {"write_unlock_irqrestore", (PyCFunction)(void (*)(void))m_write_unlock_irqrestore, METH_FASTCALL,
+     "write_unlock, then restore the interrupt state."},
+    {"rw_is_locked", m_rw_is_locked, METH_O, "Held by anyone, for reading or writing (Xen's _rw_is_locked)."},
+    {"rw_is_write_locked", m_rw_is_write_locked, METH_O, "Held for writing (Xen's _rw_is_write_locked)."},
     {"_set_internal", m_set_internal, METH_O, "Register an instrumentation file's co_filename object."},
     {"capture_site", m_capture_site, METH_NOARGS, "The site of the first non-instrumentation caller."},
     {NULL}};
@@ -1006,13 +1467,16 @@ PyMODINIT_FUNC PyInit__fastlock(void) {
     INTERN(str_run_irqs, "run_irqs");
     INTERN(str_irqs_enabled_holding, "irqs_enabled_holding");
     INTERN(str_point, "point");
-    if (PyType_Ready(&CpuCoreType) < 0 || PyType_Ready(&LockCoreType) < 0)
+    INTERN(str_rw_slow, "_rw_slow");
+    RwLockCoreType.tp_base = &LockCoreType;
+    if (PyType_Ready(&CpuCoreType) < 0 || PyType_Ready(&LockCoreType) < 0 || PyType_Ready(&RwLockCoreType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&fastlock_module);
     if (!m)
         return NULL;
     if (PyModule_AddObjectRef(m, "CpuCore", (PyObject *)&CpuCoreType) < 0 ||
         PyModule_AddObjectRef(m, "LockCore", (PyObject *)&LockCoreType) < 0 ||
+        PyModule_AddObjectRef(m, "RwLockCore", (PyObject *)&RwLockCoreType) < 0 ||
         PyModule_AddIntConstant(m, "KEY_DIGIT_BITS", KEY_DIGIT_BITS) < 0) {
         Py_DECREF(m);
         return NULL;

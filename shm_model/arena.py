@@ -47,27 +47,38 @@ HEADER_WORDS = 16
 
 # ---- worker slot words (one 128-byte-aligned slot per worker) -----------------------------
 W_PID, W_STATE, W_OP, W_OP_START, W_OPS, W_IN_IRQ, W_IRQS, W_FINDINGS = range(8)
-W_WAIT = 8  # per context c in (0 task, 1 irq): W_WAIT + 4*c + (lock, site, since_ns, seq)
 W_PARK_ACK, W_CHAIN_MISS, W_ACQ, W_HEARTBEAT_NS, W_IRQS_DEFERRED = range(16, 21)
-W_WAIT_CALLERS = 21  # per context c: W_WAIT_CALLERS + 3*c + k, the callers of the waiting site
-WAIT_CALLERS = 3
 # controlled mode: the worker's scheduler state, published at each scheduling point
 W_SCHED_STATE, W_SCHED_WAKE, W_SCHED_IRQOK, W_SCHED_AT, W_SCHED_HAS_ISR = range(27, 32)
 SCHED_OUT, SCHED_IN, SCHED_GONE = 0, 1, 2  # W_SCHED_STATE: not yet scheduled / scheduled / exited
 AT_BOUNDARY, AT_MIDOP = 0, 1  # W_SCHED_AT: between operations (a safe point) / inside one
-WSLOT = 32
+#: the waiting records, one per context c (0 task, 1 irq) at W_WAIT + WAIT_WORDS * c: a typed
+#: record (shm_model.records.WaitRecord: lock, site, since, seq, mode, callers)
+W_WAIT = 32
+WAIT_WORDS = 8
+WAIT_CALLERS = 3  # callers of the waiting site kept in the record
+WSLOT = W_WAIT + 2 * WAIT_WORDS
 WS_INIT, WS_RUNNING, WS_PARKED, WS_EXITED, WS_FAILED = range(5)
 WORKER_STATES = {WS_INIT: "starting", WS_RUNNING: "running", WS_PARKED: "parked",
                  WS_EXITED: "exited", WS_FAILED: "failed"}
 
 # ---- lock record words (64 bytes each: no false sharing between locks) --------------------
+# a typed record per lock *kind* (shm_model.records.LockRecord): L_KIND says which; the words
+# after L_KIND are the kind's own (a reader-writer lock: its count word and queue holder)
 L_OWNER, L_CLASS, L_SITE, L_SINCE, L_KIND = range(5)
+L_CNTS, L_QOWNER = 5, 6  # rw: Xen's cnts word (readers, writer state, writer CPU); who holds the queue
 LSLOT = 8
 NO_OWNER = -1
+LK_SPIN, LK_RW = 0, 1  # L_KIND
+
+# ---- reader holds: per (rw lock, owner) its read depth, first site and time ---------------
+RH_DEPTH, RH_SITE, RH_SINCE = range(3)
+RHSLOT = 3
 
 # ---- per (worker, class) lock statistics --------------------------------------------------
 S_ACQ, S_CONTENDED, S_WAIT_NS, S_WAIT_MAX, S_HOLD_MAX = range(5)
-SSLOT = 5
+S_RACQ, S_RCONTENDED = 5, 6  # of those, read acquisitions and contended reads (a reader-writer lock)
+SSLOT = 7
 
 # ---- per (worker, class) log2 histograms of hold and wait times (lock_stat's) -------------
 # bucket b counts times t in ns with t.bit_length() == b, i.e. 2**(b-1) <= t < 2**b
@@ -84,7 +95,10 @@ CSLOT = 8
 # ---- class graph edge records (one per ordered class pair) --------------------------------
 # E_GUARD: how many lock *instances* were held outside the edge's first lock on every
 # occasion (E_G0.. hold their indices), or NO_GUARD_YET before the first sighting
-E_SEQ, E_FROM_SITE, E_TO_SITE, E_WORKER, E_GUARD, E_CTX = range(6)
+# E_TYPES: the dependency types seen (lockdep's -(EN)->, -(ER)->, -(SN)->, -(SR)->: the first
+# lock held exclusively or shared, the second taken non-recursively or as a recursive reader)
+E_SEQ, E_FROM_SITE, E_TO_SITE, E_WORKER, E_GUARD, E_TYPES = range(6)
+DEP_EN, DEP_ER, DEP_SN, DEP_SR = 1, 2, 4, 8
 E_G0 = 6
 GUARD_SLOTS = 4  # more outer instances than this: the innermost are kept (fewer guards: never a false one)
 ESLOT = E_G0 + GUARD_SLOTS
@@ -121,6 +135,7 @@ class Geometry:
     n_classes: int
     state_words: int
     trace_events: int = TRACE_EVENTS
+    n_aux: int = 0  # auxiliary semaphores the layout asked for (a heap's allocator lock): no lock records
 
     @property
     def workers(self) -> int:
@@ -143,8 +158,12 @@ class Geometry:
         return self.hists + self.n_workers * self.n_classes * HSLOT
 
     @property
-    def classes(self) -> int:
+    def rholds(self) -> int:
         return self.locks + self.n_locks * LSLOT
+
+    @property
+    def classes(self) -> int:
+        return self.rholds + self.n_locks * 2 * self.n_workers * RHSLOT
 
     @property
     def graph(self) -> int:
@@ -184,6 +203,14 @@ class Geometry:
 
     def lslot(self, lock: int) -> int:
         return self.locks + lock * LSLOT
+
+    def rhslot(self, lock: int, owner: int) -> int:
+        """The read-hold record of lock ``lock`` by owner ``owner`` (worker * 2 + context)."""
+        return self.rholds + (lock * 2 * self.n_workers + owner) * RHSLOT
+
+    def wait_slot(self, w: int, ctx: int) -> int:
+        """The waiting record of worker ``w``'s context ``ctx`` (shm_model.records.WaitRecord)."""
+        return self.workers + w * WSLOT + W_WAIT + WAIT_WORDS * ctx
 
     def sslot(self, w: int, cls: int) -> int:
         return self.stats + (w * MAX_CLASSES + cls) * SSLOT
@@ -244,6 +271,7 @@ class Arena:
         self._owner_pid = os.getpid()
         self.sems: list[posix_ipc.Semaphore] = []
         self.tokens: list[posix_ipc.Semaphore] = []  # one run token per worker (controlled mode)
+        self.aux: list[posix_ipc.Semaphore] = []  # the layout's own semaphores (value 1), not model locks
         self.graph_sem: posix_ipc.Semaphore | None = None
         self._shm: posix_ipc.SharedMemory | None = None
         self._map: mmap.mmap | None = None
@@ -289,11 +317,14 @@ class Arena:
                 ws = self.geo.wslot(w)
                 self.mv[ws + W_OP] = -1
                 for c in (0, 1):
-                    self.mv[ws + W_WAIT + 4 * c] = -1
+                    self.mv[self.geo.wait_slot(w, c)] = -1
             self.graph_sem = posix_ipc.Semaphore(f"{self.base_name}-g", posix_ipc.O_CREX, mode=0o600, initial_value=1)
             for i in range(self.geo.n_locks):
                 self.sems.append(
                     posix_ipc.Semaphore(f"{self.base_name}-l{i}", posix_ipc.O_CREX, mode=0o600, initial_value=1))
+            for i in range(self.geo.n_aux):
+                self.aux.append(
+                    posix_ipc.Semaphore(f"{self.base_name}-a{i}", posix_ipc.O_CREX, mode=0o600, initial_value=1))
             for i in range(self.geo.n_workers):
                 self.tokens.append(
                     posix_ipc.Semaphore(f"{self.base_name}-t{i}", posix_ipc.O_CREX, mode=0o600, initial_value=0))
@@ -306,7 +337,7 @@ class Arena:
         that created the arena unlinks (a forked worker exiting must not)."""
         if os.getpid() != self._owner_pid:
             return
-        for sem in self.sems + self.tokens + ([self.graph_sem] if self.graph_sem else []):
+        for sem in self.sems + self.aux + self.tokens + ([self.graph_sem] if self.graph_sem else []):
             try:
                 sem.unlink()
             except posix_ipc.ExistentialError:
@@ -316,6 +347,7 @@ class Arena:
             except posix_ipc.Error:
                 pass
         self.sems = []
+        self.aux = []
         self.tokens = []
         self.graph_sem = None
         if self._shm is not None:
@@ -350,6 +382,7 @@ class Arena:
         """The /dev/shm entries this arena owns (for tests and cleanup)."""
         n = self.base_name[1:]
         return ([n, f"sem.{n}-g"] + [f"sem.{n}-l{i}" for i in range(self.geo.n_locks)]
+                + [f"sem.{n}-a{i}" for i in range(self.geo.n_aux)]
                 + [f"sem.{n}-t{i}" for i in range(self.geo.n_workers)] + [f"{n}{LIVE_SUFFIX}"])
 
 
@@ -362,7 +395,7 @@ def _run_of_entry(entry: str) -> str | None:
     if not name.startswith(PREFIX) or name.startswith(LIVE_TMP):
         return None
     rest = name[len(PREFIX):]
-    # run id is "<stamp>-<pid>-<rand>"; semaphores add "-l<i>", "-t<i>" or "-g", the liveness file "-live"
+    # run id is "<stamp>-<pid>-<rand>"; semaphores add "-l<i>", "-a<i>", "-t<i>" or "-g", the liveness file "-live"
     parts = rest.split("-")
     return "-".join(parts[:3]) if len(parts) >= 3 else None
 

@@ -41,8 +41,9 @@ from . import sites
 from ._fastlock import (KEY_DIGIT_BITS, LockCore, spin_is_locked, spin_lock, spin_lock_irq, spin_lock_irqsave,
                         spin_lock_irqsave_nested, spin_lock_nested, spin_trylock, spin_unlock, spin_unlock_irq,
                         spin_unlock_irqrestore)
-from .arena import (H_HOLD, H_WAIT, L_CLASS, L_OWNER, L_SINCE, L_SITE, NO_OWNER, S_ACQ, S_CONTENDED, S_HOLD_MAX,
-                    S_WAIT_MAX, S_WAIT_NS, W_WAIT, W_WAIT_CALLERS, WAIT_CALLERS, Geometry)
+from .arena import (H_HOLD, H_WAIT, L_CLASS, L_KIND, L_OWNER, L_SINCE, L_SITE, LK_SPIN, NO_OWNER, S_ACQ,
+                    S_CONTENDED, S_HOLD_MAX, S_WAIT_MAX, S_WAIT_NS, WAIT_CALLERS, Geometry)
+from .records import SPIN, publish_wait, withdraw_wait
 from .cpu import Cpu
 from .trace import EV_ACQUIRED, EV_CONTEND
 
@@ -75,7 +76,37 @@ __all__ = ["Lock", "assert_held", "spin_is_locked", "spin_lock", "spin_lock_irq"
            "spin_trylock", "spin_unlock", "spin_unlock_irq", "spin_unlock_irqrestore"]
 
 
-class Lock(LockCore):
+class LockBase:
+    """What every lock kind shares in Python: naming, binding to a CPU after fork, and the
+    out-of-order unlock slow path. (A mixin: the C base classes hold the fast-path state.)"""
+
+    __slots__ = ()
+    kind = "spin"
+
+    def __repr__(self) -> str:
+        return f"<{self.kind}lock {self.path} ({self.cls_name})>"
+
+    def bind(self, cpu: Cpu) -> None:
+        self.st = self.geo.sslot(cpu.wid, self.cls)
+        self.hh = self.geo.hslot(cpu.wid, self.cls) + H_HOLD
+        self.cpu = cpu
+
+    def _unlock_out_of_order(self, cpu: Cpu, held: list) -> bool:
+        for i in range(len(held) - 1, -1, -1):
+            if held[i][0] is self:
+                rest = held[i + 1:]
+                del held[i:]
+                for lk, k in rest:  # recompute the chain keys above the released lock
+                    held.append((lk, ((held[-1][1] << KEY_DIGIT_BITS) if held else 0) | (k & DIGIT_MASK)))
+                return True
+        owner = self.mv[self.o_owner]
+        cpu.finding("bad-unlock", "WARNING: bad unlock balance detected!",
+                    lock=self.path, cls=self.cls_name, owner=owner, site=sites.capture(2),
+                    ctx="irq" if cpu.ctx else "task")
+        return False
+
+
+class Lock(LockBase, LockCore):
     """One spinlock instance in one process. Built before fork (it opens its semaphore);
     :meth:`bind` gives it the worker's :class:`Cpu` after fork. ``lock``, ``unlock``,
     ``trylock``, ``with lock:``, ``is_locked``, ``held_by_me`` and ``owner`` are the C base
@@ -94,6 +125,7 @@ class Lock(LockCore):
         base = geo.lslot(index)
         mv[base + L_OWNER] = NO_OWNER
         mv[base + L_CLASS] = cls
+        mv[base + L_KIND] = LK_SPIN
         # chain-key digit: the lock instance, then subclass, ctx and irq-state bits
         self._open(sem.name, index, key_digit(index), base + L_OWNER, base + L_SITE, base + L_SINCE)
         self._wait = sem.acquire
@@ -101,26 +133,15 @@ class Lock(LockCore):
     def __repr__(self) -> str:
         return f"<lock {self.path} ({self.cls_name})>"
 
-    def bind(self, cpu: Cpu) -> None:
-        self.st = self.geo.sslot(cpu.wid, self.cls)
-        self.hh = self.geo.hslot(cpu.wid, self.cls) + H_HOLD
-        self.cpu = cpu
-
     # -- slow paths, called by the C fast path with interrupts soft-masked ------------------
     def _contended(self, cpu: Cpu, ctx: int, m: bool) -> int:
         """Slow path: publish the wait, block in slices taking interrupts, then account."""
         mv = self.mv
         stack = sites.capture_stack(2, 1 + WAIT_CALLERS)
         site = stack[0] if stack else 0
-        callers = cpu.ws + W_WAIT_CALLERS + WAIT_CALLERS * ctx
-        for k in range(WAIT_CALLERS):
-            mv[callers + k] = stack[k + 1] if k + 1 < len(stack) else 0
-        w = cpu.ws + W_WAIT + 4 * ctx
+        w = self.geo.wait_slot(cpu.wid, ctx)
         t0 = cpu.now()
-        mv[w + 1] = site
-        mv[w + 2] = t0
-        mv[w + 3] += 1
-        mv[w] = self.index  # published last: the watchdog reads lock, then the rest
+        publish_wait(mv, w, self.index, SPIN, site, t0, list(stack[1:]))
         cpu.trace(EV_CONTEND, 0, self.index, site)
         cpu.masked = m  # wait with interrupts as the caller had them
         sched = cpu.sched
@@ -146,7 +167,7 @@ class Lock(LockCore):
                     cpu.run_irqs()
         finally:
             cpu.masked = True
-            mv[w] = -1
+            withdraw_wait(mv, w)
         waited = cpu.now() - t0
         st = self.st
         mv[st - S_ACQ + S_CONTENDED] += 1
@@ -157,20 +178,6 @@ class Lock(LockCore):
         cpu.trace(EV_ACQUIRED, 0, self.index, waited)
         return site
 
-    def _unlock_out_of_order(self, cpu: Cpu, held: list) -> bool:
-        for i in range(len(held) - 1, -1, -1):
-            if held[i][0] is self:
-                rest = held[i + 1:]
-                del held[i:]
-                for lk, k in rest:  # recompute the chain keys above the released lock
-                    held.append((lk, ((held[-1][1] << KEY_DIGIT_BITS) if held else 0) | (k & DIGIT_MASK)))
-                return True
-        owner = self.mv[self.o_owner]
-        cpu.finding("bad-unlock", "WARNING: bad unlock balance detected!",
-                    lock=self.path, cls=self.cls_name, owner=owner, site=sites.capture(2),
-                    ctx="irq" if cpu.ctx else "task")
-        return False
-
 
 # ---- Xen's API ------------------------------------------------------------------------------
 
@@ -179,8 +186,8 @@ def assert_held(lock: Lock) -> bool:
     *this* CPU (lockdep's ``lockdep_assert_held``). Xen's check passes whenever any CPU holds
     the lock, which hides exactly the races this tool looks for. A failure is a finding
     ``invariant:assert-held``; execution continues, as in a release build."""
-    if lock.held_by_me():
-        return True
+    if lock.held_by_me() or (lock.kind == "rw" and lock.read_held_by_me()):
+        return True  # a reader-writer lock: held in either mode (Xen's rw_is_locked)
     cpu = lock.cpu
     owner = lock.owner()
     cpu.finding("invariant:assert-held", "Assertion 'spin_is_locked(lock)' failed",

@@ -39,10 +39,12 @@ import posix_ipc
 
 from shm_model import sites
 from shm_model.arena import (acquire_retrying, C_IN_IRQ, C_IN_IRQ_SITE, C_IN_IRQ_WORKER, C_IRQ_ON, C_IRQ_ON_SITE,
-                             C_IRQ_ON_WORKER, C_ORIGIN, C_REPORTED, E_FROM_SITE, E_G0, E_GUARD, E_SEQ, E_TO_SITE,
+                             C_IRQ_ON_WORKER, C_ORIGIN, C_REPORTED, DEP_EN, DEP_ER, DEP_SN, DEP_SR, E_FROM_SITE,
+                             E_G0, E_GUARD, E_SEQ, E_TO_SITE, E_TYPES,
                              E_WORKER, GUARD_SLOTS, H_CAP_CLASSES, L_CLASS, H_CAP_EDGES, H_EDGE_SEQ, H_EDGES, H_NCLASSES,
                              MAX_CLASSES, W_CHAIN_MISS)
 from shm_model.cpu import IRQ, Cpu
+from shm_model.rwlock import is_read_key
 from shm_model.spinlock import subclass_of
 
 from .findings import Finding, now_ns
@@ -63,6 +65,7 @@ class Lockdep:
         self.report = report
         self.reported: set[str] = set()
         self._subs: dict[tuple[int, int], int] = {}  # (class, subclass) -> class id, known here
+        self._acq_read = False  # the acquisition being validated is a read (for its report)
 
     @property
     def n(self) -> int:
@@ -116,9 +119,14 @@ class Lockdep:
         try:
             c = self._cls(lock, key)
             classes = [self._cls(h, hk) for h, hk in held]
+            read = self._acq_read = _is_read(lock, key)
             for (h, hk), hc in zip(held, classes):
                 if hc == c and not trylock:  # a trylock cannot wait (lockdep skips it too)
-                    findings.append(self._recursive(cpu, lock, c, h, hc, site, held))
+                    if read and h is lock and not _is_read(h, hk):
+                        continue  # Xen: a CPU that holds the write lock may read-lock it (no wait)
+                    if read and _is_read(h, hk) and lock.recursive_read:
+                        continue  # lockdep: a recursive read after a read cannot deadlock
+                    findings.append(self._recursive(cpu, lock, c, h, hc, site, held, read))
                     break
             if cpu.ctx == IRQ:
                 if self._mark(c, C_IN_IRQ, site, cpu):
@@ -128,9 +136,11 @@ class Lockdep:
                     self._usage_changed(cpu, c, C_IRQ_ON, lock, site, findings)
             if not trylock:
                 outer: list[int] = []  # lock instances held outside h, outermost first
+                acq = DEP_ER if read and lock.recursive_read else DEP_EN  # -(?R)-> or -(?N)->
                 for (h, hk), hc in zip(held, classes):
                     if hc != c:
-                        self._edge(cpu, h, hc, lock, c, site, outer, held, findings)
+                        t = acq if not _is_read(h, hk) else acq << 2  # held shared: -(S?)->
+                        self._edge(cpu, h, hc, lock, c, site, outer, held, findings, t)
                     outer.append(h.index)
         finally:
             self.sem.release()
@@ -189,15 +199,17 @@ class Lockdep:
         self.mv[e + E_GUARD] = len(g)
 
     def _edge(self, cpu: Cpu, h: Any, hc: int, lock: Any, c: int, site: int, outer: list[int], held: list,
-              findings: list[Finding]) -> None:
+              findings: list[Finding], t: int = DEP_EN) -> None:
         mv = self.mv
         e = self.geo.eslot(hc, c)
         if mv[e + E_SEQ] == 0:
             seq = mv[H_EDGE_SEQ] + 1
             mv[H_EDGE_SEQ] = seq
-            mv[e + E_FROM_SITE] = mv[h.o_site]
+            shared = t & (DEP_SN | DEP_SR)  # held for reading: its site is in its read-hold record
+            mv[e + E_FROM_SITE] = mv[self.geo.rhslot(h.index, cpu.oid[cpu.ctx]) + 1] if shared else mv[h.o_site]
             mv[e + E_TO_SITE] = site
             mv[e + E_WORKER] = cpu.oid[cpu.ctx]
+            mv[e + E_TYPES] = t
             self._set_guards(e, outer)
             mv[e + E_SEQ] = seq
             mv[H_EDGES] += 1
@@ -205,10 +217,12 @@ class Lockdep:
         else:
             g = self.guards(hc, c)
             narrowed = [x for x in g if x in outer]
-            if narrowed == g:
-                return  # seen before with at least these guards: nothing new
+            new_type = not mv[e + E_TYPES] & t
+            if narrowed == g and not new_type:
+                return  # seen before with at least these guards and this type: nothing new
+            mv[e + E_TYPES] |= t
             self._set_guards(e, narrowed)
-        path = self._path(c, hc)
+        path = self._strong_path(c, hc, t)
         if path is None:
             return
         cycle = path + [c]  # C -> ... -> H -> C
@@ -235,6 +249,42 @@ class Lockdep:
                 if y not in prev and mv[geo.eslot(x, y) + E_SEQ]:
                     prev[y] = x
                     q.append(y)
+        return None
+
+    def _strong_path(self, src: int, dst: int, t0: int) -> list[int] | None:
+        """Shortest *strong* path src -> ... -> dst closing a cycle with the new edge
+        dst -> src of type ``t0`` (lockdep's read/write rules, Documentation/locking/
+        lockdep-design.rst "Dependency types and strong dependency paths"): no two
+        consecutive dependencies -(xR)-> -(Sy)-> (a lock taken as a recursive reader and
+        then held shared cannot block the next one), the wrap-around included. A cycle
+        of spinlocks and writers only is always strong; a read-read cycle of recursive
+        readers never is. BFS over (class, arrived as a recursive reader)."""
+        mv, geo, n = self.mv, self.geo, self.n
+        r0 = bool(t0 & (DEP_ER | DEP_SR))
+        end_ok_r = not t0 & (DEP_SN | DEP_SR)  # the new edge's first lock held exclusively
+        start = (src, r0)
+        prev: dict[tuple[int, bool], tuple[int, bool] | None] = {start: None}
+        q = deque([start])
+        while q:
+            x, r = q.popleft()
+            if x == dst and (not r or end_ok_r):
+                out = [x]
+                st = prev[(x, r)]
+                while st is not None:
+                    out.append(st[0])
+                    st = prev[st]
+                return out[::-1]
+            for y in range(n):
+                e = geo.eslot(x, y)
+                if not mv[e + E_SEQ]:
+                    continue
+                ts = mv[e + E_TYPES] or DEP_EN
+                if r:
+                    ts &= DEP_EN | DEP_ER  # after -(xR)-> only -(Ey)-> keeps the path strong
+                for nr, mask in ((False, DEP_EN | DEP_SN), (True, DEP_ER | DEP_SR)):
+                    if ts & mask and (y, nr) not in prev:
+                        prev[(y, nr)] = (x, r)
+                        q.append((y, nr))
         return None
 
     def _reach(self, start: int, forward: bool) -> dict[int, int]:
@@ -296,19 +346,28 @@ class Lockdep:
             findings.append(self._irq_order(cpu, safe[0], unsafe[0], fwd, back, lock, site, via=(a, b)))
 
     # -- findings -------------------------------------------------------------------------------
-    def _lock_info(self, lk: Any, site: int | None = None, cls: int | None = None) -> dict:
-        return {"lock": lk.path, "cls": self._name(lk.cls if cls is None else cls),
-                "site": site if site is not None else self.mv[lk.o_site]}
+    def _lock_info(self, lk: Any, site: int | None = None, cls: int | None = None, read: bool = False) -> dict:
+        d = {"lock": lk.path, "cls": self._name(lk.cls if cls is None else cls),
+             "site": site if site is not None else self.mv[lk.o_site]}
+        if read:
+            d["read"] = True
+            if site is None:
+                d["site"] = self.mv[self.geo.rhslot(lk.index, lk.cpu.oid[lk.cpu.ctx]) + 1]
+        return d
 
     def _held_info(self, held: list) -> list[dict]:
-        return [self._lock_info(h, cls=self._cls(h, hk)) for h, hk in held]
+        return [self._lock_info(h, cls=self._cls(h, hk), read=_is_read(h, hk)) for h, hk in held]
 
     def _edge_info(self, a: int, b: int) -> dict:
         mv = self.mv
         e = self.geo.eslot(a, b)
-        return {"from": self._name(a), "to": self._name(b), "from_site": mv[e + E_FROM_SITE],
-                "to_site": mv[e + E_TO_SITE], "owner": mv[e + E_WORKER],
-                "guards": [self._lock_path(x) for x in self.guards(a, b)]}
+        d = {"from": self._name(a), "to": self._name(b), "from_site": mv[e + E_FROM_SITE],
+             "to_site": mv[e + E_TO_SITE], "owner": mv[e + E_WORKER],
+             "guards": [self._lock_path(x) for x in self.guards(a, b)]}
+        types = mv[e + E_TYPES]
+        if types and types != DEP_EN:  # a reader-writer dependency: say which kinds were seen
+            d["types"] = dep_types(types)
+        return d
 
     def _new(self, cpu: Cpu, outcome: str, title: str, signature: str, details: dict, info: bool = False) -> Finding:
         details.setdefault("owner", cpu.oid[cpu.ctx])
@@ -320,13 +379,15 @@ class Lockdep:
         chain = [self._edge_info(a, b) for a, b in zip(path, path[1:])]
         names = [self._name(x) for x in path]
         guarded = [self._lock_path(x, held) for x in guard]
-        acquiring = self._lock_info(lock, site, c)
+        acquiring = self._lock_info(lock, site, c, read=self._acq_read)
         acquiring["callers_site"] = list(sites.capture_stack(1, 4)[1:])
+        hk = next((k for x, k in held if x is h), 0)
+        holding = self._lock_info(h, cls=hc, read=_is_read(h, hk))
         details = {
             "acquiring": acquiring,
-            "holding": self._lock_info(h, cls=hc),
+            "holding": holding,
             "chain": chain,  # existing C -> ... -> H, in order
-            "new_edge": {"from": self._name(hc), "to": self._name(c), "from_site": self.mv[h.o_site],
+            "new_edge": {"from": self._name(hc), "to": self._name(c), "from_site": holding["site"],
                          "to_site": site, "owner": cpu.oid[cpu.ctx]},
             "cycle": names + [names[0]],
             "guarded_by": guarded,  # lock instances (paths) held on every edge of the cycle
@@ -338,9 +399,12 @@ class Lockdep:
         return self._new(cpu, "guarded-inversion" if guarded else "lock-order-inversion", title, sig, details,
                          info=bool(guarded))
 
-    def _recursive(self, cpu: Cpu, lock: Any, c: int, h: Any, hc: int, site: int, held: list) -> Finding:
+    def _recursive(self, cpu: Cpu, lock: Any, c: int, h: Any, hc: int, site: int, held: list,
+                   read: bool = False) -> Finding:
         same = h is lock
-        details = {"acquiring": self._lock_info(lock, site, c), "holding": self._lock_info(h, cls=hc),
+        hk = next((k for x, k in held if x is h), 0)
+        details = {"acquiring": self._lock_info(lock, site, c, read=read),
+                   "holding": self._lock_info(h, cls=hc, read=_is_read(h, hk)),
                    "same_instance": same, "held": self._held_info(held)}
         return self._new(cpu, "recursive-locking", "WARNING: possible recursive locking detected",
                          f"recursive:{self._name(c)}:{same}", details)
@@ -367,6 +431,16 @@ class Lockdep:
                    "acquiring": self._lock_info(lock, site)}
         return self._new(cpu, "irq-lock-inversion", "WARNING: HARDIRQ-safe -> HARDIRQ-unsafe lock order detected",
                          f"irq-order:{self._name(safe)}:{self._name(unsafe)}", details)
+
+
+def _is_read(lock: Any, key: int) -> bool:
+    """Is this held-stack entry (or acquisition) a read of a reader-writer lock?"""
+    return getattr(lock, "kind", "spin") == "rw" and is_read_key(key, lock.index)
+
+
+def dep_types(mask: int) -> list[str]:
+    """Lockdep's names of the dependency types in an edge's mask: ``EN``, ``ER``, ``SN``, ``SR``."""
+    return [n for bit, n in ((DEP_EN, "EN"), (DEP_ER, "ER"), (DEP_SN, "SN"), (DEP_SR, "SR")) if mask & bit]
 
 
 def class_name(mv: Any, geo: Any, declared: list[str], c: int) -> str:

@@ -7,8 +7,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from shm_model.arena import (H_HOLD, H_WAIT, HBUCKETS, E_FROM_SITE, E_G0, E_GUARD, E_SEQ, E_TO_SITE, E_WORKER, H_CAP_CLASSES, H_CAP_EDGES, H_EDGES, MAX_OPS, S_ACQ, S_CONTENDED, S_HOLD_MAX,
-                             S_WAIT_MAX, S_WAIT_NS, W_CHAIN_MISS, W_IRQS, W_IRQS_DEFERRED, W_OP, W_OPS, W_PID,
-                             W_STATE, W_WAIT, WORKER_STATES, WS_PARKED, H_PARK, L_OWNER)
+                             S_RACQ, S_RCONTENDED, S_WAIT_MAX, S_WAIT_NS, W_CHAIN_MISS, W_IRQS, W_IRQS_DEFERRED, W_OP,
+                             W_OPS, W_PID, W_STATE, WORKER_STATES, WS_PARKED, H_PARK)
+from shm_model.records import MODE_NAMES, WaitRecord, holders
 
 
 @dataclass
@@ -19,6 +20,10 @@ class ClassStats:
     wait_ns: int = 0
     wait_max_ns: int = 0
     hold_max_ns: int = 0
+    #: of the acquisitions and contentions, those for reading (reader-writer locks: the rest
+    #: are writes; a spinlock has none)
+    read_acquisitions: int = 0
+    read_contended: int = 0
 
     @property
     def contended_pct(self) -> float:
@@ -76,18 +81,22 @@ def snapshot(world: Any, t_s: float) -> Snapshot:
             ops[o.spec.name] += mv[base + o.oid]
     owners: dict[int, list[str]] = {}
     for lk in range(geo.n_locks):
-        ow = mv[geo.lslot(lk) + L_OWNER]
-        if ow >= 0:
-            owners.setdefault(ow // 2, []).append(world.plan.locks[lk].path)
+        for h in holders(mv, geo, lk):
+            owners.setdefault(h.owner // 2, []).append(
+                world.plan.locks[lk].path + (f" ({h.how})" if h.how != "lock" else ""))
     rows = []
     irqs = 0
     misses = 0
     for w, info in enumerate(world.workers):
         s = geo.wslot(w)
         op = mv[s + W_OP]
-        wt = mv[s + W_WAIT]
-        wi = mv[s + W_WAIT + 4]
-        waiting = world.plan.locks[wt].path if wt >= 0 else (world.plan.locks[wi].path + " [irq]" if wi >= 0 else "")
+        waiting = ""
+        for c in (0, 1):
+            wr = WaitRecord.read(mv, geo, w, c)
+            if wr is not None:
+                waiting = (world.plan.locks[wr.lock].path + (f" ({MODE_NAMES[wr.mode]})" if wr.mode else "")
+                           + (" [irq]" if c else ""))
+                break
         irqs += mv[s + W_IRQS]
         misses += mv[s + W_CHAIN_MISS]
         state = WORKER_STATES.get(mv[s + W_STATE], "?")
@@ -107,6 +116,8 @@ def snapshot(world: Any, t_s: float) -> Snapshot:
             cs.wait_ns += mv[b + S_WAIT_NS]
             cs.wait_max_ns = max(cs.wait_max_ns, mv[b + S_WAIT_MAX])
             cs.hold_max_ns = max(cs.hold_max_ns, mv[b + S_HOLD_MAX])
+            cs.read_acquisitions += mv[b + S_RACQ]
+            cs.read_contended += mv[b + S_RCONTENDED]
         acq_total += cs.acquisitions
         classes.append(cs)
     return Snapshot(t_s, ops, rows, classes, mv[H_EDGES], misses, acq_total,

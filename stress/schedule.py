@@ -75,7 +75,8 @@ from shm_model.arena import (AT_BOUNDARY, AT_MIDOP, H_STOP, L_OWNER, LSLOT, NO_O
                              SC_RNG, SC_ROUND, SC_ROUND_AT, SC_SCRIPT, SC_SCRIPT_N, SC_SCRIPT_POS, SC_SCRIPT_USED,
                              SC_STEP, SC_STEP_NS, SC_STUCK, SC_SWITCHES, SC_VCLOCK, SCHED_GONE, SCHED_IN,
                              SCHED_LOG_CAP, W_IN_IRQ, W_SCHED_AT, W_SCHED_HAS_ISR, W_SCHED_IRQOK, W_SCHED_STATE,
-                             W_SCHED_WAKE, W_WAIT, MAX_DEPTH)
+                             W_SCHED_WAKE, MAX_DEPTH, WAIT_WORDS)
+from shm_model.records import SPIN, WAIT_MODE, can_go, waits_for, WaitRecord
 from shm_model.cpu import Cpu, Stop
 
 sites.internal(__file__)  # scheduling points run inside lock operations: sites are their callers'
@@ -164,7 +165,8 @@ class Controlled:
         self.owner_of = geo.locks + L_OWNER  # + lock * LSLOT
         self.on_check = on_check
         # per worker, the words the options read: (state, at, in_irq, wait, wake, irqok, has_isr, rings)
-        self._slots = [(ws + W_SCHED_STATE, ws + W_SCHED_AT, ws + W_IN_IRQ, ws + W_WAIT, ws + W_SCHED_WAKE,
+        self.geo = geo
+        self._slots = [(ws + W_SCHED_STATE, ws + W_SCHED_AT, ws + W_IN_IRQ, geo.wait_slot(w, 0), ws + W_SCHED_WAKE,
                         ws + W_SCHED_IRQOK, ws + W_SCHED_HAS_ISR,
                         tuple(geo.ring(src, w) for src in range(self.n + 1)))
                        for w, ws in enumerate(self.wss)]
@@ -200,24 +202,28 @@ class Controlled:
         members cannot change (each waits for a lock only another member can release), so a
         cycle is a deadlock the moment it closes, whoever else can still run (a device that
         keeps raising interrupts). Nodes are (worker, context); a task whose ISR runs waits
-        for that ISR."""
-        mv, owner_of = self.mv, self.owner_of
-        w, c = self.wid, mv[self.ws + W_IN_IRQ]
-        seen = set()
-        while (w, c) not in seen:
-            seen.add((w, c))
+        for that ISR; a waiter waits for every owner its lock kind names (a writer for each
+        reader), and a cycle through any of them is a deadlock."""
+        mv, geo = self.mv, self.geo
+        start = (self.wid, mv[self.ws + W_IN_IRQ])
+        todo, seen = [start], {start}
+        while todo:
+            w, c = todo.pop()
             ws = self.wss[w]
             if c == 0 and mv[ws + W_IN_IRQ]:
-                c = 1  # the task cannot go on before its interrupt handler returns
-                continue
-            lk = mv[ws + W_WAIT + 4 * c]
-            if lk < 0:
-                return False
-            owner = mv[owner_of + lk * LSLOT]
-            if owner == NO_OWNER:
-                return False
-            w, c = divmod(owner, 2)
-        return True
+                nxt = [(w, 1)]  # the task cannot go on before its interrupt handler returns
+            else:
+                wt = WaitRecord.read(mv, geo, w, c)
+                if wt is None or can_go(mv, geo, wt.lock, wt.mode):
+                    continue
+                nxt = [divmod(o, 2) for o in waits_for(mv, geo, wt)]
+            for n in nxt:
+                if n == start:
+                    return True
+                if n not in seen:
+                    seen.add(n)
+                    todo.append(n)
+        return False
 
     def freeze(self) -> None:
         """No progress is possible: keep the token and stop here, every other worker parked
@@ -347,8 +353,10 @@ class Controlled:
             if mv[st] != SCHED_IN or (drain and mv[at] == AT_BOUNDARY and not irq):
                 w2 += 2
                 continue
-            lk = mv[wait + 4 * irq]
-            if lk < 0 or mv[owner_of + lk * LSLOT] == NO_OWNER:
+            wr = wait + WAIT_WORDS * irq
+            lk = mv[wr]
+            if lk < 0 or (mv[owner_of + lk * LSLOT] == NO_OWNER if mv[wr + WAIT_MODE] == SPIN
+                          else can_go(mv, self.geo, lk, mv[wr + WAIT_MODE])):
                 t = mv[wk]
                 if t > vt:
                     wake = t if not wake or t < wake else wake

@@ -3,7 +3,9 @@
 Runs in the coordinator, reading the arena only (a wedged worker cannot tell us anything).
 Nodes of the wait-for graph are contexts: (worker, task) and (worker, irq).
 
-- A context waiting for a lock points at the lock's owner context; a task interrupted by
+- A context waiting for a lock points at every context the lock's kind says it waits for
+  (shm_model/records.py: a spinlock's owner; a reader-writer lock's queue holder, writer,
+  or each of its readers); a task interrupted by
   its ISR (``in_irq``) points at that ISR: it cannot run until the ISR returns. So an ISR
   waiting for a lock its own task holds is the cycle (w, irq) -> (w, task) -> (w, irq).
 - A cycle of any length that is present, unchanged, in two consecutive scans (same members,
@@ -27,11 +29,12 @@ that state and its length ("stopped (SIGSTOP or SIGTSTP) for 4.1 s").
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
-from shm_model.arena import (L_OWNER, L_SINCE, L_SITE, NO_OWNER, W_IN_IRQ, W_OP, W_OP_START, W_WAIT,
-                             W_WAIT_CALLERS, WAIT_CALLERS)
+from dataclasses import dataclass
+
+from shm_model.arena import NO_OWNER, W_IN_IRQ, W_OP, W_OP_START
+from shm_model.records import MODE_NAMES, WaitRecord, holders, waits_for
 
 from .findings import Finding, now_ns
 
@@ -39,6 +42,19 @@ Node = tuple[int, int]  # (worker, context)
 Probe = Callable[[int], "tuple[str, float] | None"]  # worker -> (psutil status, cpu seconds)
 
 STOPPED = ("stopped", "tracing-stop")
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A waiting context: its record, and the owners its lock's kind says it waits for (a
+    spinlock's owner; a rwlock's queue holder, writer, or every reader)."""
+
+    rec: WaitRecord
+    owners: tuple[int, ...]
+
+    @property
+    def owner(self) -> int:
+        return self.owners[0] if self.owners else NO_OWNER
 
 
 class Watchdog:
@@ -128,18 +144,16 @@ class Watchdog:
                 "text": f"it was stopped for {(until - since) / 1e9:.1f} s, until {(now - until) / 1e9:.1f} s ago"}
 
     # -- reading the arena ----------------------------------------------------------------------
-    def _waits(self, alive: list[bool]) -> dict[Node, tuple[int, int, int, int, int]]:
+    def _waits(self, alive: list[bool]) -> dict[Node, Waiting]:
         mv, geo = self.world.mv, self.world.geo
         out = {}
         for w in range(geo.n_workers):
             if not alive[w]:
                 continue
-            base = geo.wslot(w) + W_WAIT
             for c in (0, 1):
-                lk = mv[base + 4 * c]
-                if lk >= 0:
-                    owner = mv[geo.lslot(lk) + L_OWNER]
-                    out[(w, c)] = (lk, owner, mv[base + 4 * c + 1], mv[base + 4 * c + 2], mv[base + 4 * c + 3])
+                rec = WaitRecord.read(mv, geo, w, c)
+                if rec is not None:
+                    out[(w, c)] = Waiting(rec, tuple(waits_for(mv, geo, rec)))
         return out
 
     def _succ(self, node: Node, waits: dict, in_irq: list[int]) -> list[Node]:
@@ -148,18 +162,21 @@ class Watchdog:
         if c == 0 and in_irq[w]:
             out.append((w, 1))
         wt = waits.get(node)
-        if wt is not None and wt[1] != NO_OWNER:
-            out.append(divmod(wt[1], 2))
+        if wt is not None:
+            out.extend(divmod(o, 2) for o in wt.owners)
         return out
 
     def held_by(self, owner: int) -> list[dict]:
         mv, geo, world = self.world.mv, self.world.geo, self.world
         out = []
         for lk in range(geo.n_locks):
-            s = geo.lslot(lk)
-            if mv[s + L_OWNER] == owner:
-                out.append({"lock": world.plan.locks[lk].path, "cls": world.plan.locks[lk].cls,
-                            "site": world.site(mv[s + L_SITE]), "since_ns": mv[s + L_SINCE]})
+            for h in holders(mv, geo, lk):
+                if h.owner == owner:
+                    d = {"lock": world.plan.locks[lk].path, "cls": world.plan.locks[lk].cls,
+                         "site": world.site(h.site), "since_ns": h.since}
+                    if h.how != "lock":
+                        d["how"] = h.how  # a reader-writer lock: "read" or "write"
+                    out.append(d)
         out.sort(key=lambda d: d["since_ns"])
         return out
 
@@ -173,12 +190,14 @@ class Watchdog:
                              "holds": self.held_by(w * 2 + c)}
         wt = waits.get(node)
         if wt is not None:
-            lk, owner, site, since, _ = wt
-            cb = geo.wslot(w) + W_WAIT_CALLERS + WAIT_CALLERS * c
-            callers = [world.site(k) for k in mv[cb:cb + WAIT_CALLERS] if k]
+            rec, owner = wt.rec, wt.owner
+            lk = rec.lock
             d["waiting"] = {"lock": world.plan.locks[lk].path, "cls": world.plan.locks[lk].cls,
-                            "site": world.site(site), "callers": callers,
-                            "for_ms": (now_ns() - since) / 1e6, "owner": owner}
+                            "site": world.site(rec.site), "callers": [world.site(k) for k in rec.callers],
+                            "for_ms": (now_ns() - rec.since) / 1e6, "owner": owner}
+            if rec.mode:  # a reader-writer lock's wait: for its queue, its writer or its readers
+                d["waiting"]["mode"] = MODE_NAMES.get(rec.mode, str(rec.mode))
+                d["waiting"]["owners"] = list(wt.owners)
             ost = self.state_of(owner // 2) if owner != NO_OWNER else None
             if ost is not None:
                 d["waiting"]["owner_state"] = ost
@@ -203,7 +222,7 @@ class Watchdog:
         seen_now = set()
         in_cycle: set[Node] = set()
         for cyc in cycles:
-            key = tuple(sorted((n, waits[n][4] if n in waits else -1) for n in cyc))
+            key = tuple(sorted((n, waits[n].rec.seq if n in waits else -1) for n in cyc))
             seen_now.add(key)
             in_cycle.update(cyc)
             if key in self._seen or settled:
@@ -255,16 +274,16 @@ class Watchdog:
         out = []
         by_worker: dict[int, list[dict]] = {}
         for lk in range(geo.n_locks):
-            owner = mv[geo.lslot(lk) + L_OWNER]
-            if owner != NO_OWNER and not alive[owner // 2]:
-                by_worker.setdefault(owner // 2, [])
+            for h in holders(mv, geo, lk):
+                if not alive[h.owner // 2]:
+                    by_worker.setdefault(h.owner // 2, [])
         for w in by_worker:
             sig = f"dead-holder:{w}"
             if sig in self.reported:
                 continue
             self.reported.add(sig)
             holds = self.held_by(2 * w) + self.held_by(2 * w + 1)
-            waiters = [self._member(n, waits) for n, wt in waits.items() if wt[1] // 2 == w]
+            waiters = [self._member(n, waits) for n, wt in waits.items() if any(o // 2 == w for o in wt.owners)]
             out.append(Finding("held-by-dead-worker", "BUG: lock held by a dead worker", -1,
                                {"dead": w, "holds": holds, "waiters": waiters}, t_ns=now_ns(), signature=sig))
         return out
@@ -272,14 +291,15 @@ class Watchdog:
     def _hung(self, waits: dict, in_irq: list[int], in_cycle: set, alive: list[bool]) -> list[Finding]:
         now = now_ns()
         out = []
-        for node, (lk, owner, site, since, seq) in waits.items():
+        for node, wt in waits.items():
+            since, seq, owner = wt.rec.since, wt.rec.seq, wt.owner
             if node in in_cycle or now - since < self.hung_ns or owner == NO_OWNER:
                 continue
             chain = [node]
             cur = divmod(owner, 2)
-            while cur in waits and cur not in chain and waits[cur][1] != NO_OWNER:
+            while cur in waits and cur not in chain and waits[cur].owner != NO_OWNER:
                 chain.append(cur)
-                cur = divmod(waits[cur][1], 2)
+                cur = divmod(waits[cur].owner, 2)
             if cur in chain or cur in in_cycle or not alive[cur[0]]:
                 continue  # a cycle (reported as a deadlock) or a dead holder (reported as such)
             sig = f"hung:{node}:{seq}"
@@ -309,7 +329,7 @@ class Watchdog:
         mv, geo, world = self.world.mv, self.world.geo, self.world
         now = now_ns()
         out = []
-        waited_for = {wt[1] // 2 for wt in waits.values() if wt[1] != NO_OWNER}
+        waited_for = {o // 2 for wt in waits.values() for o in wt.owners}
         waiting = {n[0] for n in waits}
         cyc_workers = {n[0] for n in in_cycle}
         for w in range(geo.n_workers):
@@ -346,8 +366,7 @@ class Watchdog:
             holder = self._member((w, 0), waits)
             holder["holds"] = self.held_by(2 * w) + self.held_by(2 * w + 1)
             holder["process"] = world.process_state(w)
-            waiters = [self._member(n, waits) for n, wt in waits.items()
-                       if wt[1] != NO_OWNER and wt[1] // 2 == w]
+            waiters = [self._member(n, waits) for n, wt in waits.items() if any(o // 2 == w for o in wt.owners)]
             out.append(Finding("hung", title, -1, {"kind": kind, "blocked": [], "holder": holder,
                                                    "waiters": waiters}, t_ns=now, signature=sig))
         return out

@@ -12,8 +12,9 @@ import posix_ipc
 import pytest
 
 from conftest import stress_objects
+from shm_model.records import WAIT_CALLER0
 from shm_model.arena import (H_MAGIC, H_NCLASSES, H_NLOCKS, H_NWORKERS, H_PID, MAGIC, PREFIX, SHM_DIR,
-                             SCHED_WORDS, W_OP, W_SCHED_HAS_ISR, W_SCHED_STATE, W_WAIT, W_WAIT_CALLERS, WAIT_CALLERS, WSLOT, Arena, Geometry,
+                             SCHED_WORDS, W_OP, W_SCHED_HAS_ISR, W_SCHED_STATE, W_WAIT, WAIT_CALLERS, WAIT_WORDS, WSLOT, Arena, Geometry,
                              _run_of_entry, list_objects, new_run_id, pid_of_run, sweep_orphans)
 
 
@@ -65,16 +66,17 @@ def dead_pid() -> int:
 
 def test_geometry_regions_are_ordered_and_disjoint():
     g = Geometry(3, 5, 4, 10, trace_events=8)
-    starts = [g.workers, g.ops, g.stats, g.hists, g.locks, g.classes, g.graph, g.irq_rings, g.traces, g.sched,
+    starts = [g.workers, g.ops, g.stats, g.hists, g.locks, g.rholds, g.classes, g.graph, g.irq_rings, g.traces, g.sched,
               g.state, g.total_words]
     assert starts == sorted(starts) and len(set(starts)) == len(starts)
     assert g.total_words - g.state == 10
     assert g.wslot(2) + WSLOT == g.ops
-    assert W_WAIT_CALLERS + 2 * WAIT_CALLERS <= WSLOT
+    assert g.wait_slot(2, 1) + WAIT_WORDS == g.ops and WAIT_CALLER0 + WAIT_CALLERS <= WAIT_WORDS
     assert g.ring(3, 2) + g.ring_words == g.traces  # the coordinator's ring to the last worker
     assert g.trace(2) + g.trace_words == g.sched
     assert g.sched + SCHED_WORDS == g.state
-    assert W_SCHED_HAS_ISR < WSLOT and W_WAIT_CALLERS + 2 * WAIT_CALLERS <= W_SCHED_STATE
+    assert W_SCHED_HAS_ISR < W_WAIT  # the scheduler's words end before the waiting records
+    assert g.rholds == g.locks + 5 * 8 and g.rhslot(4, 5) + 3 == g.classes  # a read-hold record per (lock, owner)
 
 
 def test_run_id_names_its_coordinator():
@@ -122,8 +124,8 @@ def test_segment_size_and_initial_contents(make_arena):
     for w in range(3):
         ws = g.wslot(w)
         assert a.mv[ws + W_OP] == -1, "no operation"
-        assert a.mv[ws + W_WAIT] == -1 and a.mv[ws + W_WAIT + 4] == -1, "not waiting, either context"
-        assert list(a.mv[ws + W_WAIT + 1: ws + W_WAIT + 4]) == [0, 0, 0]
+        assert a.mv[g.wait_slot(w, 0)] == -1 and a.mv[g.wait_slot(w, 1)] == -1, "not waiting, either context"
+        assert list(a.mv[g.wait_slot(w, 0) + 1: g.wait_slot(w, 0) + WAIT_WORDS]) == [0] * (WAIT_WORDS - 1)
     assert all(s.value == 1 for s in a.sems) and a.graph_sem.value == 1
     assert not any(a.mv[g.graph: g.irq_rings])  # no edges
     assert not any(a.mv[g.state:])

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from conftest import stress_objects
 from shm_model.arena import (H_HOLD, H_WAIT, HBUCKETS, H_STOP, IRQ_RING, L_CLASS, L_SINCE, L_SITE, NO_OWNER, S_ACQ,
                              S_CONTENDED, S_HOLD_MAX, S_WAIT_MAX, S_WAIT_NS, W_FINDINGS, W_IN_IRQ, W_IRQS,
-                             W_IRQS_DEFERRED, W_WAIT, Arena, Geometry, new_run_id)
+                             W_IRQS_DEFERRED, Arena, Geometry, new_run_id)
 from shm_model.cpu import IRQ, IRQ_SIGNAL, TASK, Cpu, Stop
 from shm_model.spinlock import (Lock, assert_held, spin_is_locked, spin_lock, spin_lock_irq,
                                 spin_lock_irqsave, spin_trylock, spin_unlock, spin_unlock_irq,
@@ -688,7 +688,7 @@ def test_blocked_waiter_takes_interrupt_then_acquires(irq_handler, no_leaks):
         events = []
 
         def isr(irq):
-            events.append(("isr", irq, mv[geo.wslot(0) + W_WAIT], A.owner(), cpu.ctx))
+            events.append(("isr", irq, mv[geo.wait_slot(0, 0)], A.owner(), cpu.ctx))
             os.write(rel_w, b"r")  # now the holder may let go
 
         cpu.isr = isr
@@ -713,7 +713,7 @@ def test_blocked_waiter_takes_interrupt_then_acquires(irq_handler, no_leaks):
             def interrupter():
                 os.close(rel_w)
                 deadline = time.monotonic() + 10
-                while mv[geo.wslot(0) + W_WAIT] != A.index:  # the parent published its wait
+                while mv[geo.wait_slot(0, 0)] != A.index:  # the parent published its wait
                     if time.monotonic() > deadline:
                         mv[H_STOP] = 1
                         return 3
@@ -742,7 +742,7 @@ def test_blocked_waiter_takes_interrupt_then_acquires(irq_handler, no_leaks):
             assert owner_then == 2 and ctx == IRQ
             assert events[1:] == [("acquired", 0)]
             assert held_paths(cpu) == ["a"] and cpu.held[IRQ] == [] and not cpu.masked
-            w = geo.wslot(0) + W_WAIT
+            w = geo.wait_slot(0, 0)
             assert mv[w] == -1 and mv[w + 3] == 1, "wait record cleared; one wait"
             assert rig.stat(A, S_CONTENDED) == 1 and rig.stat(A, S_ACQ) == 1
             assert rig.stat(A, S_WAIT_NS) > 0 and rig.stat(A, S_WAIT_MAX) == rig.stat(A, S_WAIT_NS)
@@ -767,7 +767,7 @@ def test_blocked_waiter_leaves_on_stop(no_leaks):
         try:
             def stopper():
                 deadline = time.monotonic() + 10
-                while mv[geo.wslot(0) + W_WAIT] != A.index:
+                while mv[geo.wait_slot(0, 0)] != A.index:
                     if time.monotonic() > deadline:
                         return 3
                     time.sleep(0.0005)
@@ -777,7 +777,7 @@ def test_blocked_waiter_leaves_on_stop(no_leaks):
             pids.append(_child(stopper))
             with pytest.raises(Stop):
                 A.lock()
-            assert mv[geo.wslot(0) + W_WAIT] == -1, "the wait record is withdrawn"
+            assert mv[geo.wait_slot(0, 0)] == -1, "the wait record is withdrawn"
             assert cpu.held == ([], []) and A.owner() == NO_OWNER
         finally:
             mv[H_STOP] = 0

@@ -250,7 +250,7 @@ def test_stopped_holder_named_in_the_waiter_line_and_tracked_since_first_seen():
     time.sleep(0.06)
     wd.scan(ALIVE)
     assert wd.stopped_since[1] == first, "since it was first seen stopped"
-    m = wd._member((0, 0), {(0, 0): (1, 2, 201, now_ns(), 3)})
+    m = wd._member((0, 0), wd._waits(ALIVE))  # worker 0 waits for lock 1, held by worker 1 (owner 2)
     ost = m["waiting"]["owner_state"]
     assert ost["state"] == "stopped" and ost["for_s"] >= 0.05
     assert ost["text"].startswith("stopped (SIGSTOP or SIGTSTP) for ")

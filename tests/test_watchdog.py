@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from shm_model.arena import (L_OWNER, L_SINCE, L_SITE, NO_OWNER, W_IN_IRQ, W_OP, W_OP_START, W_WAIT,
+from shm_model.records import SPIN, WAIT_SEQ, publish_wait, withdraw_wait
+from shm_model.arena import (L_OWNER, L_SINCE, L_SITE, NO_OWNER, W_IN_IRQ, W_OP, W_OP_START, 
                              Geometry)
 from shm_model.layout import LockDecl
 from stress.findings import now_ns
@@ -26,7 +27,7 @@ class FakeWorld:
         for w in range(n_workers):
             ws = self.geo.wslot(w)
             self.mv[ws + W_OP] = -1
-            self.mv[ws + W_WAIT] = self.mv[ws + W_WAIT + 4] = -1
+            self.mv[self.geo.wait_slot(w, 0)] = self.mv[self.geo.wait_slot(w, 1)] = -1
         for lk in range(n_locks):
             self.mv[self.geo.lslot(lk) + L_OWNER] = NO_OWNER
 
@@ -44,18 +45,16 @@ class FakeWorld:
         self.mv[s + L_SITE] = 100 + lock
         self.mv[s + L_SINCE] = now_ns()
 
-    def wait(self, w: int, ctx: int, lock: int, seq: int = 1, age_s: float = 0.0) -> None:
-        b = self.geo.wslot(w) + W_WAIT + 4 * ctx
-        self.mv[b + 1] = 200 + lock
-        self.mv[b + 2] = now_ns() - int(age_s * 1e9)
-        self.mv[b + 3] = seq
-        self.mv[b] = lock
+    def wait(self, w: int, ctx: int, lock: int, seq: int = 1, age_s: float = 0.0, mode: int = SPIN) -> None:
+        b = self.geo.wait_slot(w, ctx)
+        publish_wait(self.mv, b, lock, mode, 200 + lock, now_ns() - int(age_s * 1e9), [])
+        self.mv[b + WAIT_SEQ] = seq
 
     def stop_waiting(self, w: int, ctx: int = 0) -> None:
-        self.mv[self.geo.wslot(w) + W_WAIT + 4 * ctx] = -1
+        withdraw_wait(self.mv, self.geo.wait_slot(w, ctx))
 
     def set_seq(self, w: int, ctx: int, seq: int) -> None:
-        self.mv[self.geo.wslot(w) + W_WAIT + 4 * ctx + 3] = seq
+        self.mv[self.geo.wait_slot(w, ctx) + WAIT_SEQ] = seq
 
     def in_irq(self, w: int, on: bool = True) -> None:
         self.mv[self.geo.wslot(w) + W_IN_IRQ] = int(on)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 import signal
 
-from stress.workload import (Array, Int, Option, Role, Spinlock, Struct, Variant, Workload, op, isr, spin_lock,
-                             spin_lock_irqsave, spin_lock_nested, spin_unlock, spin_unlock_irqrestore)
+from stress.workload import (Array, Int, Option, Role, RwLock, Spinlock, Struct, Variant, Workload, op, isr,
+                             read_lock, read_unlock, spin_lock, spin_lock_irqsave, spin_lock_nested, spin_unlock,
+                             spin_unlock_irqrestore, write_lock, write_unlock)
 
 IRQ = 7
 
@@ -31,6 +32,12 @@ class State(Struct):
     G = Spinlock("G")
     K = Array(Spinlock("K"), 2)
     P = Array(Spinlock("P", per_instance=True), 2)
+    # reader-writer locks: X, Y, Z as lockdep's selftest declares rwlock_t (recursive readers);
+    # Q as Xen declares rwlock_t (a waiting writer blocks new readers)
+    X = Array(RwLock("X", recursive_read=True), 2)
+    Y = RwLock("Y", recursive_read=True)
+    Z = RwLock("Z", recursive_read=True)
+    Q = RwLock("Q")
     done = Int()
 
 
@@ -48,14 +55,39 @@ ORDERS: dict[str, list[list[str] | None]] = {
     "nested-annotation-lies": [["K0", "K1/1"], ["K1", "K0/1"], None, None],
     "per-instance-ordered": [["P0", "P1"], ["P0", "P1"], None, None],
     "per-instance-inverted": [["P0", "P1"], ["P1", "P0"], None, None],
+    # lockdep's rwlock rows (lib/locking-selftest.c: rlock_AA1 ... W1R2_R2R3_W3W1); rX0 is
+    # read_lock(X[0]), wX0 write_lock(X[0]); A stands for the selftest's spinlock Y1
+    "rlock-AA1": [["rX0", "rX0"], None, None, None],
+    "rlock-AA1B": [["rX0", "rX1"], None, None, None],
+    "rlock-AA2": [["rX0", "wX1"], None, None, None],
+    "rlock-AA3": [["wX0", "rX1"], None, None, None],
+    "rlock-ABBA1": [["rX0", "A"], ["A", "wX0"], None, None],
+    "rlock-ABBA2": [["rX0", "A"], ["A", "rX0"], None, None],
+    "rlock-ABBA3": [["wX0", "A"], ["A", "wX0"], None, None],
+    "rlock-chaincache-ABBA1": [["rX0", "A"], ["A", "rX0"], ["A", "wX0"], None],
+    "rlock-W1R2-W2R3-W3R1": [["wX0", "rY"], ["wY", "rZ"], ["wZ", "rX0"], None],
+    "rlock-W1W2-R2R3-W3R1": [["wX0", "wY"], ["rY", "rZ"], ["wZ", "rX0"], None],
+    "rlock-W1W2-R2R3-R3W1": [["wX0", "wY"], ["rY", "rZ"], ["rZ", "wX0"], None],
+    "rlock-W1R2-R2R3-W3W1": [["wX0", "rY"], ["rY", "rZ"], ["wZ", "wX0"], None],
+    # Xen's rwlock: readers are not recursive (a waiting writer blocks them)
+    "xen-rlock-AA": [["rQ", "rQ"], ["wQ"], None, None],
+    "xen-rlock-write-then-read": [["wQ", "rQ"], None, None, None],
 }
 
 
 def _lock(s, name: str):
-    """(lock, subclass) of a name in ORDERS: ``A``, ``K1`` (s.K[1]), ``K1/1`` (subclass 1)."""
+    """(lock, subclass or "r"/"w") of a name in ORDERS: ``A``, ``K1`` (s.K[1]), ``K1/1``
+    (subclass 1), ``rX0``/``wX0`` (read or write of the reader-writer lock s.X[0])."""
+    mode = 0
+    if name[0] in "rw":
+        mode, name = name[0], name[1:]
     name, _, sub = name.partition("/")
     lk = getattr(s, name[0])[int(name[1:])] if name[1:].isdigit() else getattr(s, name)
-    return lk, int(sub or 0)
+    return lk, mode or int(sub or 0)
+
+
+_TAKE = {"r": read_lock, "w": write_lock}
+_DROP = {"r": read_unlock, "w": write_unlock}
 
 
 def _v(id: str, expect, doc: str) -> Variant:
@@ -99,6 +131,33 @@ class LockdepSelftest(Workload):
            "L is irq-safe, L -> A is taken, A is taken with interrupts enabled: safe -> unsafe order"),
         _v("irq-order-safe", "clean",
            "L is irq-safe and L -> A is taken, but A is always taken with interrupts disabled"),
+        _v("rlock-AA1", "clean", "recursive read-lock: read_lock(X[0]) twice (recursive readers)"),
+        _v("rlock-AA1B", "clean", "recursive read-lock #2: read_lock(X[0]) then read_lock(X[1])"),
+        _v("rlock-AA2", "recursive-locking", "mixed read-write-lock: read_lock(X[0]) then write_lock(X[1])"),
+        _v("rlock-AA3", "recursive-locking", "mixed write-read-lock: write_lock(X[0]) then read_lock(X[1])"),
+        _v("rlock-ABBA1", ["lock-order-inversion", "deadlock"],
+           "mixed read-lock/lock-write ABBA: read X then A on CPU 0, A then write X on CPU 1"),
+        _v("rlock-ABBA2", "clean",
+           "mixed read-lock/lock-read ABBA: read X then A, A then read X: recursive readers cannot deadlock"),
+        _v("rlock-ABBA3", ["lock-order-inversion", "deadlock"],
+           "mixed write-lock/lock-write ABBA: write X then A, A then write X"),
+        _v("rlock-chaincache-ABBA1", ["lock-order-inversion", "deadlock"],
+           "chain cached mixed R-L/L-W ABBA: A -> read X is cached; A -> write X is a new chain"),
+        _v("rlock-W1R2-W2R3-W3R1", ["lock-order-inversion", "deadlock"],
+           "write-read / write-read / write-read: a deadlock even though the reads are recursive"),
+        _v("rlock-W1W2-R2R3-W3R1", ["lock-order-inversion", "deadlock"],
+           "write-write / read-read / write-read: a deadlock even though the reads are recursive"),
+        _v("rlock-W1W2-R2R3-R3W1", "clean",
+           "write-write / read-read / read-write: no deadlock when the reads are recursive (no strong cycle)"),
+        _v("rlock-W1R2-R2R3-W3W1", "clean",
+           "write-read / read-read / write-write: no deadlock when the reads are recursive (no strong cycle)"),
+        Variant("xen-rlock-AA", ["recursive-locking", "deadlock"],
+                provenance="Xen's queued rwlock (xen/common/rwlock.c, 4.19): a waiting writer blocks new readers",
+                doc="CPU 0 read-locks Q twice while CPU 1 write-locks it: the second read waits behind the "
+                    "waiting writer, which waits for CPU 0's first read"),
+        Variant("xen-rlock-write-then-read", "clean",
+                provenance="Xen's _can_read_lock (xen/include/xen/rwlock.h, 4.19): _is_write_locked_by_me",
+                doc="CPU 0 write-locks Q, then read-locks it: Xen lets the writing CPU read"),
         _v("dead-holder", "held-by-dead-worker", "CPU 0 dies holding A while CPU 1 waits for it"),
         _v("hung", "hung", "CPU 0 holds A and never releases it, without waiting for anything"),
     ]
@@ -121,13 +180,15 @@ class LockdepSelftest(Workload):
                 taken = []
                 for name in order:
                     lk, sub = _lock(s, name)
-                    if sub:
+                    if sub in _TAKE:
+                        _TAKE[sub](lk)
+                    elif sub:
                         spin_lock_nested(lk, sub)
                     else:
                         spin_lock(lk)
-                    taken.append(lk)
-                for lk in reversed(taken):
-                    spin_unlock(lk)
+                    taken.append((lk, sub))
+                for lk, sub in reversed(taken):
+                    _DROP.get(sub, spin_unlock)(lk)
                 return
             hold = self.options.__dict__["hold-us"] * 1e-6
             if v == "irq-inconsistent" and i == 0:

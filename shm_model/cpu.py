@@ -59,6 +59,11 @@ class Stop(BaseException):
     blocked in a lock wait, e.g. a member of a deadlock)."""
 
 
+class Panic(BaseException):
+    """A model fault that ends this CPU: the hypervisor panicked (e.g. a NULL dereference
+    in the heap, reported as a finding first). The worker ends as a panicked CPU."""
+
+
 class Hooks(Protocol):
     """What the engine plugs into a Cpu (shm_model knows nothing more of the engine)."""
 

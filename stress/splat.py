@@ -38,7 +38,15 @@ def _lock(d: dict) -> str:
     name = f"({d['cls']})"
     if d.get("lock") and d["lock"] != d["cls"]:
         name += f" {d['lock']}"
+    how = "read" if d.get("read") else d.get("how")  # a reader-writer lock's mode
+    if how:
+        name += f" [{how}]"
     return name
+
+
+def _verb(d: dict) -> str:
+    """Lockdep's scenario verb: ``rlock`` for a read of a reader-writer lock, else ``lock``."""
+    return "rlock" if d.get("read") or d.get("how") == "read" else "lock"
 
 
 def _held_block(roster: Roster, owner: int, holds: list[dict], op: str | None = None) -> list[str]:
@@ -80,6 +88,8 @@ def render_circular(f: Finding, roster: Roster) -> list[str]:
         lines.append(f"       {e['to_site']}")
         lines.append(f"       (taken while holding ({e['from']}), acquired at {e['from_site']};")
         lines.append(f"        first seen in {_who(roster, e['owner'])})")
+        if e.get("types"):  # lockdep-design.rst's dependency types: held E/S, taken N/R
+            lines.append("       (dependency " + ", ".join(f"-({t})->" for t in e["types"]) + ")")
         lines.append("")
     lines.append(f"-> #0 ({acq['cls']}):")
     lines.append(f"       {acq['site']}")
@@ -89,10 +99,18 @@ def render_circular(f: Finding, roster: Roster) -> list[str]:
         lines.append("Chain exists of:")
         lines.append("  " + " --> ".join(f"({c})" for c in d["cycle"][:-1]) + f" --> ({d['cycle'][0]})")
     # columns: the current context takes H then C; each existing edge a -> b: a then b
-    edges = [(d["owner"], hold["cls"], acq["cls"])] + [(e["owner"], e["from"], e["to"]) for e in chain]
-    cols = [_short(roster, o) for o, _, _ in edges]
-    steps = [(i, f"lock({a});") for i, (_, a, _) in enumerate(edges)]
-    steps += [(i, f"lock({b});") for i, (_, _, b) in reversed(list(enumerate(edges)))]
+    # a reader-writer dependency: rlock() where the first lock was held shared (S?) or the
+    # second taken as a recursive reader (?R), as lockdep's scenario prints it
+    def verbs(e: dict) -> tuple[str, str]:
+        t = e.get("types") or []
+        return ("rlock" if t and all(x[0] == "S" for x in t) else "lock",
+                "rlock" if t and all(x[1] == "R" for x in t) else "lock")
+
+    edges = [(d["owner"], hold["cls"], acq["cls"], _verb(hold), _verb(acq))] + [
+        (e["owner"], e["from"], e["to"], *verbs(e)) for e in chain]
+    cols = [_short(roster, o) for o, *_ in edges]
+    steps = [(i, f"{va}({a});") for i, (_, a, _, va, _) in enumerate(edges)]
+    steps += [(i, f"{vb}({b});") for i, (_, _, b, _, vb) in reversed(list(enumerate(edges)))]
     if len(set(cols)) < len(cols):
         # one worker took several of the paths (at different times): the scenario needs
         # as many CPUs as paths, so name them as lockdep does and say whose path each is
@@ -125,12 +143,15 @@ def render_recursive(f: Finding, roster: Roster) -> list[str]:
               "but task is already holding lock:",
               f"  {_lock(hold)}, at: {hold['site']}", "",
               "other info that might help us debug this:"]
-    if d.get("same_instance"):
+    if d.get("same_instance") and hold.get("read") and acq.get("read"):
+        lines.append(" the same lock, read twice: the second read waits behind any writer that queued in "
+                     "between, and that writer waits for the first read.")
+    elif d.get("same_instance"):
         lines.append(" the same lock instance: this context will wait for itself.")
     else:
         lines.append(" two instances of one class, nested without an order between them.")
     cols = [_short(roster, d["owner"])]
-    lines += _scenario(cols, [(0, f"lock({hold['cls']});"), (0, f"lock({acq['cls']});")])
+    lines += _scenario(cols, [(0, f"{_verb(hold)}({hold['cls']});"), (0, f"{_verb(acq)}({acq['cls']});")])
     lines += ["", " *** DEADLOCK ***", "", " May be due to missing lock nesting notation", ""]
     lines += _held_block(roster, d["owner"], d.get("held", []))
     return lines
@@ -180,9 +201,15 @@ def _member_lines(roster: Roster, m: dict) -> list[str]:
         out.append(f"  {_lock(wt)}, at: {wt['site']}  (for {wt['for_ms']:.0f} ms)")
         for c in wt.get("callers", []):
             out.append(f"      called from {c}")
-        if wt.get("owner", -1) >= 0:
+        mode = wt.get("mode")  # a reader-writer lock's wait (shm_model/records.py)
+        if mode == "readers" and wt.get("owners"):
+            out.append("as a writer, for its readers to leave: it is held for reading by "
+                       + ", ".join(_who(roster, o) for o in wt["owners"]) + ".")
+        elif wt.get("owner", -1) >= 0:
             ost = wt.get("owner_state")
-            out.append(f"which is held by {_who(roster, wt['owner'])}" + (f", {ost['text']}." if ost else "."))
+            held = {"queue": "whose wait queue is held by", "writer": "which is held for writing by"}.get(
+                mode, "which is held by")
+            out.append(f"{held} {_who(roster, wt['owner'])}" + (f", {ost['text']}." if ost else "."))
     elif m.get("interrupted"):
         out.append(f"{who} is interrupted: it runs again only when its interrupt handler returns.")
     if m.get("state") and ("waiting" in m or m.get("interrupted")):
@@ -208,7 +235,8 @@ def render_deadlock(f: Finding, roster: Roster) -> list[str]:
         cols = [_short(roster, m["owner"]) for m in members]
         steps = []
         for i, m in enumerate(members):
-            want = [x for x in members if x.get("waiting", {}).get("owner") == m["owner"]]
+            want = [x for x in members if m["owner"] in x.get("waiting", {}).get(
+                "owners", [x.get("waiting", {}).get("owner")])]
             held = want[0]["waiting"]["cls"] if want else "?"
             steps.append((i, f"lock({held});"))
         for i, m in enumerate(members):
@@ -347,6 +375,82 @@ def render_generic(f: Finding, roster: Roster) -> list[str]:
     return lines + _subject_history(f, roster)
 
 
+KASAN_BAR = "=" * 66
+
+
+def render_kasan(f: Finding, roster: Roster) -> list[str]:
+    """A heap finding (shm_model/heap.py) in KASAN's words: the bad access and its stack,
+    who allocated and who freed the object, and what the address belongs to."""
+    d = f.details
+    kind = d["kasan"]
+    owner = d.get("owner_of_report", f.worker * 2)
+
+    def who(o: int) -> str:
+        return _who(roster, o) if o >= 0 else "the coordinator (workload setup)"
+
+    def stack(st: list) -> list[str]:
+        return [f" {s}" for s in st] or [" (no model frames)"]
+
+    size = d.get("size", 8)
+    verb = {"read": "Read", "write": "Write", "free": "Free"}.get(d.get("access", ""), "Access")
+    field = f"field {d['field']} of {d['type']}" if d.get("field") and d["field"] != "refcount" else d.get("type", "?")
+    lines = [KASAN_BAR, f.title]
+    if kind == "null-ptr-deref":
+        lines.append(f"#PF: supervisor {'write' if d.get('access') == 'write' else 'read'} access in kernel mode")
+        lines.append(f"{verb} of size {size} by {who(owner)}: {field} through a NULL {d.get('type', '?')} *"
+                     + (f" ({d['refcount_op']}() of its refcount)" if d.get("refcount_op") else ""))
+    else:
+        at = f" at addr {d['address']}" if d.get("address") else ""
+        if verb == "Free":
+            lines.append(f"Free of addr {d.get('address', '?')} by {who(owner)}")
+        else:
+            lines.append(f"{verb} of size {size}{at} by {who(owner)}")
+    if d.get("refcount_op"):
+        lines.append("refcount_t: " + ("addition on 0; use-after-free." if d["refcount_op"] == "get"
+                                       else "underflow; use-after-free."))
+    if d.get("op"):
+        lines.append(f" in operation {d['op']}")
+    lines += ["", "Call trace:"]
+    lines += stack(d.get("stack") or ([d["site"]] if d.get("site") else []))
+    if kind == "null-ptr-deref":
+        lines += ["", f"Kernel panic - not syncing: Fatal exception ({_who(roster, owner)} stops here; "
+                      "the locks it holds stay held)", KASAN_BAR]
+        return lines
+    if kind == "wild-memory-access" and "slot_gen" not in d:
+        lines += ["", f"The handle {d.get('handle', 0):#x} names slot {d.get('slot', '?')} of a heap of "
+                      f"{d.get('slots', '?')} {d.get('type', '?')} slots: no such object.",
+                  f"Kernel panic - not syncing: Fatal exception ({_who(roster, owner)} stops here)", KASAN_BAR]
+        return lines
+    if d.get("alloc"):
+        a = d["alloc"]
+        lines += ["", f"Allocated by {who(a['owner'])}:"] + stack(a.get("stack", []))
+    if d.get("free"):
+        fr = d["free"]
+        lines += ["", f"Freed by {who(fr['owner'])}:"] + stack(fr.get("stack", []))
+        if kind in ("use-after-free", "double-free") and fr.get("gen") not in (None, d.get("gen")):
+            lines.append(f" (these are generation {fr['gen']}'s records: the slot was reallocated and freed "
+                         f"again after generation {d.get('gen', '?')} was freed)")
+    if d.get("realloc"):
+        ra = d["realloc"]
+        lines += ["", f"Reallocated by {who(ra['owner'])} (generation {ra.get('gen', '?')}):"] + stack(ra.get("stack", []))
+    lines += ["", f"The buggy address belongs to the object of type {d.get('type', '?')}"]
+    where = f" (slot {d.get('slot', '?')}, generation {d.get('gen', '?')}"
+    if d.get("reallocated"):
+        where += f"; the slot was reallocated since: generation {d.get('realloc_gen', '?')}"
+    elif kind == "wild-memory-access" or kind == "invalid-free":
+        sg = d.get("slot_gen", 0)
+        where += ("; the slot was never allocated" if not d.get("alloc") else
+                  f"; no such generation: the slot is at generation {sg}, {d.get('state', '?')}")
+    lines.append(where + ")")
+    if d.get("object") and verb != "Free":
+        lines.append(f"The buggy address is located {d.get('offset', 0)} bytes inside of the "
+                     f"{d.get('object_size', '?')}-byte object at {d['object']}"
+                     + (f" (field {d['field']})" if d.get("field") and d["field"] != "refcount" else
+                        " (its refcount, kept before the object)" if d.get("field") == "refcount" else ""))
+    lines.append(KASAN_BAR)
+    return lines
+
+
 RENDERERS: dict[str, Callable[[Finding, Roster], list[str]]] = {
     "WARNING: possible circular locking dependency detected": render_circular,
     "WARNING: possible recursive locking detected": render_recursive,
@@ -365,6 +469,8 @@ def render(f: Finding, roster: Roster, trace_tail: int = 12) -> str:
         fn = render_assert
     elif f.outcome.startswith("invariant:") and f.worker < 0:
         fn = render_invariant
+    elif f.details.get("kasan"):  # a heap finding (shm_model/heap.py)
+        fn = render_kasan
     else:
         fn = RENDERERS.get(f.title, render_generic)
     try:
@@ -401,6 +507,9 @@ def parties(f: Finding) -> list[int]:
         add(2 * d["dead"])
     if f.worker >= 0:
         add(2 * f.worker)
+    for k in ("alloc", "free", "realloc"):  # a heap finding: who allocated and freed the object
+        if isinstance(d.get(k), dict):
+            add(d[k].get("owner"))
     return ws
 
 

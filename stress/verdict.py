@@ -43,6 +43,9 @@ _WORDS = {
     "hung": "hung worker",
     "use-after-free": "use-after-free",
     "null-deref": "NULL pointer dereference",
+    "double-free": "double free",
+    "invalid-free": "invalid free",
+    "invalid-access": "wild memory access",
     "stale-read": "stale read",
     "lost-wakeup": "lost wake-up",
     "crash": "crash",
@@ -149,7 +152,8 @@ def judge(expected: tuple[str, ...], findings: list[Finding], incomplete: str = 
     return Verdict(status, expected, found, unexpected, text, code, headline, match, len(known), len(info_rest))
 
 
-_SEVERITY = ("deadlock", "held-by-dead-worker", "use-after-free", "null-deref", "crash")
+_SEVERITY = ("deadlock", "held-by-dead-worker", "use-after-free", "null-deref", "double-free", "invalid-free",
+             "invalid-access", "crash")
 
 
 def _order(found: tuple[str, ...]) -> list[str]:

@@ -28,7 +28,7 @@ from typing import Any
 from shm_model.arena import (H_PARK, H_START_NS, H_STOP, MAX_OPS, SC_CHECKS, SC_STEP, W_OP, W_OP_START, W_OPS,
                              W_PARK_ACK, W_PID, W_STATE, WS_EXITED, WS_FAILED, WS_PARKED, WS_RUNNING)
 from shm_model import sites
-from shm_model.cpu import Cpu, Stop
+from shm_model.cpu import Cpu, Panic, Stop
 from shm_model.trace import EV_OP_START
 
 from .evidence import snapshot_traces
@@ -75,7 +75,7 @@ class WorkerHooks:
         d.setdefault("owner_of_report", cpu.oid[cpu.ctx])
         op = self.world.mv[cpu.ws + W_OP]
         d.setdefault("op", self.world.ops[op].spec.name if 0 <= op < len(self.world.ops) else None)
-        sig = f"{outcome}:{d.get('lock', '')}:{d.get('site', '')}"
+        sig = f"{outcome}:{d.get('lock', '')}:{d.get('type', '')}:{d.get('site', '')}"
         if sig in self._reported:
             return
         self._reported.add(sig)
@@ -150,6 +150,8 @@ def worker_main(world: World, wid: int, findings_dir: str) -> None:
     cpu.user_events = {n: i for i, n in enumerate(world.event_names)}
     for lk in world.locks:
         lk.bind(cpu)
+    for hp in world.heaps:  # heap views: this CPU, and the resolver for their alloc/free stacks
+        hp.bind(cpu, world.site)
     role_cls = world.cls.roles()[info.role]
     role = role_cls()
     role.workload = world.workload
@@ -185,6 +187,8 @@ def worker_main(world: World, wid: int, findings_dir: str) -> None:
         _loop(world, wid, cpu, role, state, sched)
     except Stop:
         pass
+    except Panic:
+        pass  # a model fault ended this CPU (the hypervisor panicked): its finding is written
     except Exception as e:
         status = 1
         hooks.finding(cpu, "crash", f"BUG: exception in {info.role}: {type(e).__name__}: {e}",

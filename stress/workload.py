@@ -32,7 +32,11 @@ from types import SimpleNamespace
 from typing import Any, Callable, Iterable
 
 from shm_model.cpu import Cpu
-from shm_model.layout import Array, Int, LayoutError, Nested, Spinlock, Struct, plan_struct
+from shm_model.heap import NULL, Heap
+from shm_model.layout import Array, Int, LayoutError, Nested, RwLock, Spinlock, Struct, plan_struct
+from shm_model.rwlock import (assert_write_held, read_lock, read_lock_irqsave, read_trylock, read_unlock,
+                              read_unlock_irqrestore, rw_is_locked, rw_is_write_locked, write_lock,
+                              write_lock_irqsave, write_trylock, write_unlock, write_unlock_irqrestore)
 from shm_model.spinlock import (Lock, assert_held, spin_is_locked, spin_lock, spin_lock_irq,
                                 spin_lock_irqsave, spin_lock_irqsave_nested, spin_lock_nested, spin_trylock,
                                 spin_unlock, spin_unlock_irq, spin_unlock_irqrestore)
@@ -43,6 +47,9 @@ __all__ = [
     "spin_lock_irqsave_nested",
     "spin_unlock_irq", "spin_lock_irqsave", "spin_unlock_irqrestore", "spin_is_locked",
     "assert_held", "WorkloadError", "OUTCOMES",
+    "RwLock", "read_lock", "read_unlock", "write_lock", "write_unlock", "read_trylock", "write_trylock",
+    "read_lock_irqsave", "read_unlock_irqrestore", "write_lock_irqsave", "write_unlock_irqrestore",
+    "rw_is_locked", "rw_is_write_locked", "assert_write_held", "Heap", "NULL",
 ]
 
 #: Outcomes a variant may expect. ``invariant:<name>`` names one of the workload's
@@ -63,7 +70,8 @@ __all__ = [
 #: (``stress.verdict.LEGACY``), and the verdict says which precise outcome met it.
 OUTCOMES = ("clean", "open", "deadlock", "lock-order-inversion", "guarded-inversion", "recursive-locking",
             "inconsistent-lock-state", "irq-lock-inversion", "held-by-dead-worker", "hung",
-            "use-after-free", "null-deref", "stale-read", "lost-wakeup", "crash", "bad-unlock")
+            "use-after-free", "null-deref", "double-free", "invalid-free", "invalid-access", "stale-read",
+            "lost-wakeup", "crash", "bad-unlock")
 
 
 class WorkloadError(ValueError):

@@ -13,7 +13,7 @@ from typing import Any
 from shm_model.arena import MAX_CLASSES, MAX_OPS, Arena, Geometry
 from shm_model.layout import LayoutError, plan_struct
 from shm_model.sites import SiteResolver
-from shm_model.spinlock import MAX_LOCKS, Lock
+from shm_model.locks import MAX_LOCKS, make_lock
 from shm_model.trace import (EV_ACQUIRE, EV_ACQUIRED, EV_CONTEND, EV_IRQ_ENTER, EV_IRQ_EXIT,
                              EV_IRQ_RAISE, EV_OP_START, EV_RELEASE, EV_TRYLOCK_FAIL, EV_USER)
 
@@ -108,31 +108,35 @@ class World:
         if len(self.ops) > MAX_OPS:
             raise WorkloadError(f"{len(self.ops)} operations: at most {MAX_OPS} are supported")
         self.event_names = list(cls.events)
-        self.geo = Geometry(len(self.workers), len(self.plan.locks), len(self.class_names), self.plan.words)
+        self.geo = Geometry(len(self.workers), len(self.plan.locks), len(self.class_names), self.plan.words,
+                            n_aux=self.plan.aux)
         self.arena: Arena | None = None
-        self.locks: list[Lock] = []
+        self.locks: list[Any] = []  # Lock or RwLock (shm_model.locks.make_lock)
         self.state: Any = None
+        self.heaps: list[Any] = []  # every heap view of the state, bound to each worker's Cpu after fork
         self.resolver = SiteResolver()
 
     # -- lifecycle ----------------------------------------------------------------------------
     def create(self) -> None:
         """Create the arena and its semaphores, build locks and state views, initialise."""
-        from shm_model.layout import attach
+        from shm_model.layout import AttachCtx, attach
 
         self.arena = Arena(self.cfg.run_id, self.geo)
         mv = self.arena.mv
         cid = {n: i for i, n in enumerate(self.class_names)}
-        self.locks = [Lock(d.index, cid[d.cls], d.cls, d.path, self.arena.sems[d.index], mv, self.geo)
-                      for d in self.plan.locks]
+        self.locks = [make_lock(d, cid[d.cls], self.arena.sems[d.index], mv, self.geo) for d in self.plan.locks]
         base = self.geo.state
         for off, val in self.plan.inits:
             mv[base + off] = val
-        self.state = attach(self.plan.node, mv, base, self.locks)
+        ctx = AttachCtx(aux=self.arena.aux)
+        self.state = attach(self.plan.node, mv, base, self.locks, ctx=ctx)
+        self.heaps = ctx.heaps
 
     def destroy(self) -> None:
         if self.arena is not None:
             self.state = None
             self.locks = []
+            self.heaps = []
             self.arena.destroy()
 
     @property

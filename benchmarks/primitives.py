@@ -27,6 +27,8 @@ from shm_model import spinlock as sl
 from shm_model.arena import NO_OWNER, S_ACQ, S_CONTENDED, Arena, Geometry, new_run_id
 from shm_model.cpu import Cpu
 from shm_model import rwlock as rw
+from shm_model.heap import Heap
+from shm_model.layout import AttachCtx, Int, Struct, attach, plan_struct
 from shm_model.rwlock import RwLock
 from shm_model.spinlock import Lock
 
@@ -35,6 +37,16 @@ from .common import Context, StressRunError, Table, fmt_ns, fmt_ratio, median, r
 TARGET_INSTRUMENTED = 3.0  # instrumented pair <= 3.0 x bare pair
 TARGET_MASKING = 1.0  # extra cost of the masking pair <= 1 x bare pair
 TARGET_RW = 1.5  # read_lock and write_lock pairs <= 1.5 x bare pair (issue 21)
+TARGET_DEREF = 2.0  # a checked field read through a heap handle <= 2 x a plain field read (issue 21)
+
+
+class _Obj(Struct):
+    cmd = Int()
+
+
+class _HeapState(Struct):
+    x = Int()
+    objs = Heap(_Obj, slots=2, ctype="struct obj")
 
 
 class _Hooks:
@@ -72,6 +84,16 @@ class Rig:
         self.bare = self.arena.sems[2]
         self.cpu = Cpu(mv, self.geo, 0, self.hooks)
         self.cpu_traced = Cpu(mv, self.geo, 1, self.hooks, trace_locks=True)
+        # a second arena for the heap rows: a state with a plain Int and a heap of one-Int objects
+        self.hplan = plan_struct(_HeapState, None)
+        self.hgeo = Geometry(1, 0, 1, self.hplan.words, trace_events=16, n_aux=self.hplan.aux)
+        self.harena = Arena(new_run_id(), self.hgeo)
+        actx = AttachCtx(aux=self.harena.aux)
+        self.hs = attach(self.hplan.node, self.harena.mv, self.hgeo.state, [], ctx=actx)
+        self.hcpu = Cpu(self.harena.mv, self.hgeo, 0, self.hooks)
+        for hv in actx.heaps:
+            hv.bind(self.hcpu, None)
+        self.handle = self.hs.objs.alloc()
         self.a.bind(self.cpu)
         self.c.bind(self.cpu)
         self.rw.bind(self.cpu)
@@ -81,6 +103,8 @@ class Rig:
         return self.arena.mv[lock.st - S_ACQ + field]
 
     def destroy(self) -> None:
+        self.hs = None
+        self.harena.destroy()
         self.arena.destroy()
 
 
@@ -108,6 +132,12 @@ def _cases() -> list[Case]:
              "read_lock(r); read_unlock(r)", "read_lock = rw.read_lock; read_unlock = rw.read_unlock; r = rwl"),
         Case("write", "`write_lock(r); write_unlock(r)` (reader-writer lock, instrumented)",
              "write_lock(r); write_unlock(r)", "write_lock = rw.write_lock; write_unlock = rw.write_unlock; r = rwl"),
+        Case("field", "`s.x` (a plain Int field read through a struct view: the baseline of the heap rows)",
+             "s.x", "s = hs"),
+        Case("checked", "`v.cmd` (an Int field read through a checked heap view `v = s.objs[h]`)", "v.cmd",
+             "v = hs.objs[h]"),
+        Case("deref", "`s.objs[h].cmd` (dereference a handle, then the checked read)", "objs[h].cmd",
+             "objs = hs.objs; h = handle"),
         Case("traced", "`spin_lock(l); spin_unlock(l)` with --trace-locks (2 trace events)",
              "spin_lock(l); spin_unlock(l)",
              "spin_lock = sl.spin_lock; spin_unlock = sl.spin_unlock; l = lock_traced"),
@@ -131,7 +161,7 @@ def _cases() -> list[Case]:
 
 def _time_cases(ctx: Context, rig: Rig, repeats: int, min_time: float) -> dict[str, list[float]]:
     ns = {"sem": rig.bare, "lock": rig.a, "lock_c": rig.c, "lock_traced": rig.b, "cpu": rig.cpu, "sl": sl, "sites": sites,
-          "sys": sys, "rw": rw, "rwl": rig.rw}
+          "sys": sys, "rw": rw, "rwl": rig.rw, "hs": rig.hs, "h": rig.handle, "handle": rig.handle}
     cases = _cases()
     timers = {c.key: timeit.Timer(c.stmt, c.setup, globals=ns) for c in cases}
     # warm up: the first pair of each chain goes through the (stub) lockdep and fills the
@@ -245,7 +275,8 @@ def run(ctx: Context) -> list[Table]:
               ["measurement", "median", "min", "max", "unit", "ratio", "ratio of mins", "ratio against", "target",
                "met"])
 
-    def row(key: str, base: str | None, base_label: str = "", target: float | None = None) -> None:
+    def row(key: str, base: str | None, base_label: str = "", target: float | None = None,
+            fact: str | None = None) -> None:
         ratio = rmin = None
         if base:
             # paired: the ratio within each round, then the median over rounds
@@ -260,7 +291,7 @@ def run(ctx: Context) -> list[Table]:
               "–" if derived else fmt_ns(maxs[key]), "ns/op",
               fmt_ratio(ratio) if base else "", fmt_ratio(rmin) if base else "", base_label if base else "",
               f"≤ {target:g}×" if target is not None else "", met)
-        ctx.facts[f"ratio_{key}"] = ratio
+        ctx.facts[fact or f"ratio_{key}"] = ratio
 
     row("empty", None)
     row("bare", "bare", "bare pair (baseline)")
@@ -270,6 +301,11 @@ def run(ctx: Context) -> list[Table]:
     row("with", "bare", "bare pair")
     row("read", "bare", "bare pair", TARGET_RW)
     row("write", "bare", "bare pair", TARGET_RW)
+    row("read", "spin", "spinlock pair", fact="ratio_read_vs_spin")
+    row("write", "spin", "spinlock pair", fact="ratio_write_vs_spin")
+    row("field", "field", "plain Int field read (baseline)")
+    row("checked", "field", "plain Int field read", TARGET_DEREF)
+    row("deref", "field", "plain Int field read", TARGET_DEREF)
     row("traced", "spin", "plain instrumented pair")
     row("irqsave", "spin", "plain instrumented pair")
     row("mask_extra", "bare", "bare pair", TARGET_MASKING)
@@ -311,7 +347,7 @@ def run(ctx: Context) -> list[Table]:
         "N, against forking N bare processes that write a ready flag (same multiprocess fork context, gc frozen). "
         "FACTS.md: fork ~2 ms/worker.",
     ]
-    for k in ("bare", "bare_try", "spin", "read", "write", "method", "irqsave", "softmask", "mask_extra", "traced", "trace", "capture",
+    for k in ("bare", "bare_try", "spin", "read", "write", "field", "checked", "deref", "method", "irqsave", "softmask", "mask_extra", "traced", "trace", "capture",
               "capture_stack4", "getframe"):
         ctx.facts[f"ns_{k}"] = med[k]
     return [t]

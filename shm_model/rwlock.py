@@ -49,13 +49,12 @@ from . import sites
 from ._fastlock import (RwLockCore, read_lock, read_lock_irqsave, read_trylock, read_unlock, read_unlock_irqrestore,
                         rw_is_locked, rw_is_write_locked, write_lock, write_lock_irqsave, write_trylock, write_unlock,
                         write_unlock_irqrestore)
-from .arena import (H_HOLD, H_WAIT, L_CLASS, L_CNTS, L_KIND, L_OWNER, L_QOWNER, L_SINCE, L_SITE, LK_RW, NO_OWNER,
-                    S_ACQ, S_CONTENDED, S_RCONTENDED, S_WAIT_MAX, S_WAIT_NS, WAIT_CALLERS, Geometry)
+from .arena import L_CLASS, L_CNTS, L_KIND, L_OWNER, L_QOWNER, L_SINCE, L_SITE, LK_RW, NO_OWNER, WAIT_CALLERS, Geometry
 from .cpu import Cpu
 from .records import (QR_BIAS, QUEUE, QW_CPUMASK, QW_LOCKED, QW_WAITING, QW_WMASK, READERS, UNLOCK, WRITER,
                       publish_wait, withdraw_wait)
-from .spinlock import WAIT_SLICE_S, LockBase, key_digit
-from .trace import EV_ACQUIRED, EV_CONTEND
+from .spinlock import LockBase, key_digit
+from .trace import EV_CONTEND
 
 sites.internal(__file__)
 
@@ -65,7 +64,6 @@ READ_KEY_BASE = 511
 MAX_RW_INDEX = READ_KEY_BASE
 
 _Busy = posix_ipc.BusyError
-_Signal = posix_ipc.SignalError
 
 __all__ = ["RwLock", "read_lock", "read_unlock", "write_lock", "write_unlock", "read_trylock", "write_trylock",
            "read_lock_irqsave", "read_unlock_irqrestore", "write_lock_irqsave", "write_unlock_irqrestore",
@@ -136,16 +134,7 @@ class RwLock(LockBase, RwLockCore):
         finally:
             cpu.masked = True
             withdraw_wait(mv, wrec)
-        waited = cpu.now() - t0
-        st = self.st
-        mv[st - S_ACQ + S_CONTENDED] += 1
-        if read:
-            mv[st - S_ACQ + S_RCONTENDED] += 1
-        mv[st - S_ACQ + S_WAIT_NS] += waited
-        if waited > mv[st - S_ACQ + S_WAIT_MAX]:
-            mv[st - S_ACQ + S_WAIT_MAX] = waited
-        mv[self.hh - H_HOLD + H_WAIT + waited.bit_length()] += 1
-        cpu.trace(EV_ACQUIRED, 0, self.index, waited)
+        self._account_wait(cpu, t0, read)
         return site
 
     def _not_write_locked(self) -> bool:
@@ -185,27 +174,8 @@ class RwLock(LockBase, RwLockCore):
             pass
         mv = self.mv
         publish_wait(mv, wrec, self.index, QUEUE, site, t0, callers)
-        sched = cpu.sched
         try:
-            while sched is not None:
-                sched.block(cpu, self.index, not m)
-                try:
-                    self.sem.acquire(0)
-                    return
-                except _Busy:
-                    continue
-            while True:
-                try:
-                    self.sem.acquire(WAIT_SLICE_S)
-                    return
-                except _Busy:
-                    cpu.check_stop()
-                    if not m and cpu.irqs_waiting():
-                        cpu.run_irqs()
-                except _Signal:
-                    pass
-                if cpu.irq_pending and not m:
-                    cpu.run_irqs()
+            self._sem_wait(cpu, self.sem.acquire, m)
         finally:
             withdraw_wait(mv, wrec)
 

@@ -42,7 +42,7 @@ from ._fastlock import (KEY_DIGIT_BITS, LockCore, spin_is_locked, spin_lock, spi
                         spin_lock_irqsave_nested, spin_lock_nested, spin_trylock, spin_unlock, spin_unlock_irq,
                         spin_unlock_irqrestore)
 from .arena import (H_HOLD, H_WAIT, L_CLASS, L_KIND, L_OWNER, L_SINCE, L_SITE, LK_SPIN, NO_OWNER, S_ACQ,
-                    S_CONTENDED, S_HOLD_MAX, S_WAIT_MAX, S_WAIT_NS, WAIT_CALLERS, Geometry)
+                    S_CONTENDED, S_HOLD_MAX, S_RCONTENDED, S_WAIT_MAX, S_WAIT_NS, WAIT_CALLERS, Geometry)
 from .records import SPIN, publish_wait, withdraw_wait
 from .cpu import Cpu
 from .trace import EV_ACQUIRED, EV_CONTEND
@@ -90,6 +90,45 @@ class LockBase:
         self.st = self.geo.sslot(cpu.wid, self.cls)
         self.hh = self.geo.hslot(cpu.wid, self.cls) + H_HOLD
         self.cpu = cpu
+
+    def _sem_wait(self, cpu: Cpu, acquire, m: bool) -> None:
+        """Block until ``acquire`` (a semaphore's) succeeds, the wait record published by the
+        caller: in the scheduler (controlled mode), or in the kernel in slices of
+        WAIT_SLICE_S taking interrupts as the caller had them (``m``: masked) and the stop."""
+        sched = cpu.sched
+        while sched is not None:  # controlled mode: wait in the scheduler, not in the kernel
+            sched.block(cpu, self.index, not m)
+            try:
+                acquire(0)
+                return
+            except _Busy:
+                continue
+        while True:
+            try:
+                acquire(WAIT_SLICE_S)
+                return
+            except _Busy:
+                cpu.check_stop()
+                if not m and cpu.irqs_waiting():
+                    cpu.run_irqs()
+            except _Signal:
+                pass  # the handler ran (maybe our ISR); resume waiting
+            if cpu.irq_pending and not m:
+                cpu.run_irqs()
+
+    def _account_wait(self, cpu: Cpu, t0: int, read: bool = False) -> None:
+        """A contended acquisition's statistics (its class, this worker) and trace event."""
+        mv = self.mv
+        waited = cpu.now() - t0
+        st = self.st
+        mv[st - S_ACQ + S_CONTENDED] += 1
+        if read:
+            mv[st - S_ACQ + S_RCONTENDED] += 1
+        mv[st - S_ACQ + S_WAIT_NS] += waited
+        if waited > mv[st - S_ACQ + S_WAIT_MAX]:
+            mv[st - S_ACQ + S_WAIT_MAX] = waited
+        mv[self.hh - H_HOLD + H_WAIT + waited.bit_length()] += 1
+        cpu.trace(EV_ACQUIRED, 0, self.index, waited)
 
     def _unlock_out_of_order(self, cpu: Cpu, held: list) -> bool:
         for i in range(len(held) - 1, -1, -1):
@@ -144,38 +183,12 @@ class Lock(LockBase, LockCore):
         publish_wait(mv, w, self.index, SPIN, site, t0, list(stack[1:]))
         cpu.trace(EV_CONTEND, 0, self.index, site)
         cpu.masked = m  # wait with interrupts as the caller had them
-        sched = cpu.sched
         try:
-            while sched is not None:  # controlled mode: wait in the scheduler, not in the kernel
-                sched.block(cpu, self.index, not m)
-                try:
-                    self._wait(0)
-                    break
-                except _Busy:
-                    continue
-            while sched is None:
-                try:
-                    self._wait(WAIT_SLICE_S)
-                    break
-                except _Busy:
-                    cpu.check_stop()
-                    if not m and cpu.irqs_waiting():
-                        cpu.run_irqs()
-                except _Signal:
-                    pass  # the handler ran (maybe our ISR); resume waiting
-                if cpu.irq_pending and not m:
-                    cpu.run_irqs()
+            self._sem_wait(cpu, self._wait, m)
         finally:
             cpu.masked = True
             withdraw_wait(mv, w)
-        waited = cpu.now() - t0
-        st = self.st
-        mv[st - S_ACQ + S_CONTENDED] += 1
-        mv[st - S_ACQ + S_WAIT_NS] += waited
-        if waited > mv[st - S_ACQ + S_WAIT_MAX]:
-            mv[st - S_ACQ + S_WAIT_MAX] = waited
-        mv[self.hh - H_HOLD + H_WAIT + waited.bit_length()] += 1
-        cpu.trace(EV_ACQUIRED, 0, self.index, waited)
+        self._account_wait(cpu, t0)
         return site
 
 

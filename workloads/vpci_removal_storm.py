@@ -156,7 +156,18 @@ class VpciRemovalStorm(Workload):
                        "panics, a release build merges the ranges"},
                 doc="Is the stale v->vpci.pdev re-check of vpci_process_pending ('!pdev->vpci || v->domain != "
                     "pdev->domain' under the read lock) a use-after-free of a pdev that "
-                    "PHYSDEVOP_pci_device_remove freed?"),
+                    "PHYSDEVOP_pci_device_remove freed?",
+                answer="yes: use-after-free (a read of struct pci_dev's vpci field) in 30 of 30 runs (10 seeds "
+                       "free, 10 PCT, 10 PCT with --iommu-fail 0 --map-fail 0; median 0.06-0.08 s), e.g. --seed 2 "
+                       "--schedule pct --pct-depth 3 --pct-steps 64 at step 2,089 (replayable). A Dom0 vCPU's "
+                       "vpci_write defers a map (defer_map raises SCHEDULE_SOFTIRQ; or its vpci_process_pending "
+                       "returned -ERESTART between chunks) and drops d->pci_lock; pci_remove_device takes it for "
+                       "writing, vpci_deassign_device leaves v->vpci.pdev alone, list_del, write_unlock, "
+                       "free_pdev; the vCPU's next vpci_process_pending takes the read lock and reads "
+                       "pdev->vpci of the freed pdev. The value read is the NULL vpci_deassign_device stored, so "
+                       "the work is dropped (benign while the memory is not reused: no run saw the slot "
+                       "reallocated); once the allocator hands the memory to a new pdev with a vpci in the same "
+                       "domain, the re-check passes and (inferred) the vCPU maps or unmaps that device's BARs"),
     ]
     events = EVENTS
     key_events = KEY_EVENTS

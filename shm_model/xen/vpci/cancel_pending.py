@@ -86,6 +86,13 @@ class CancelPendingAllVcpus(CancelPending):
 
     name = "cancel-pending-all-vcpus"
 
+    def finish_pending(self, v: Any) -> None:
+        """``vpci_process_pending`` ends its own work only (PROTOCOLS.md puts the walk in
+        ``vpci_remove_device``)."""
+        self.trace("pending_done", v.pending_sbdf, self.dom, self.vid)
+        self.s.pending_done += 1
+        self.cancel_one(v, self.vid, self.dom, v.pdev)
+
     def vpci_cancel_pending(self, h: int) -> None:
         s = self.s
         dom = s.pdevs[h].domain

@@ -320,7 +320,7 @@ class Attempts:
 STORY_KINDS = ("op", "acquire", "contend", "acquired", "release", "trylock-fail", "irq-enter", "irq-exit", "event")
 
 
-_PATH = re.compile(r"(?:/[^\s:()]+/)([^/\s:()]+\.py:\d+)")
+_PATH = re.compile(r"(?<![^\s(])[^\s:()]*/([^/\s:()]+\.py:\d+)")  # a whole path token, absolute or relative
 
 
 def story(run_dir: str, limit: int = 40) -> list[str]:

@@ -57,6 +57,7 @@ class WorkerHooks:
         self._reported: set[str] = set()  # a finding repeats at its site: write its evidence once
         self.lockdep = Lockdep(world, self.write)
         self.sched: Controlled | None = None
+        self.cpu: Cpu | None = None  # this worker's Cpu, once made
         self.known = world.cls.variant_named(world.cfg.variant).known
 
     def new_chain(self, cpu: Cpu, lock: Any, key: int, held: list, irqs_on: bool, trylock: bool) -> int:
@@ -98,10 +99,21 @@ class WorkerHooks:
             sched.finish(DONE_FINDING)
 
     def check_invariants(self) -> None:
-        """The controlled scheduler's stop-the-world check, run by this worker."""
+        """The controlled scheduler's stop-the-world check, run by this worker. The check is
+        not the model: what it reads (a heap dereference, a lock) is no scheduling point,
+        so the token stays here until it is done."""
         world = self.world
         n = world.mv[world.geo.sched + SC_CHECKS]
-        for f in check_invariants(world, world.cls.invariants(), n, DRAINED):
+        cpu = self.cpu
+        sched = cpu.sched if cpu is not None else None
+        if cpu is not None:
+            cpu.sched = None
+        try:
+            found = check_invariants(world, world.cls.invariants(), n, DRAINED)
+        finally:
+            if cpu is not None:
+                cpu.sched = sched
+        for f in found:
             if f.signature not in self._reported:
                 self._reported.add(f.signature)
                 self.write(f)
@@ -143,6 +155,7 @@ def worker_main(world: World, wid: int, findings_dir: str) -> None:
     controlled = cfg.controlled
     cpu = Cpu(mv, geo, wid, hooks, seed=cfg.seed * 1_000_003 + wid, noise=0.0 if controlled else cfg.noise,
               trace_locks=cfg.trace_locks or controlled)  # controlled: the scheduler is the noise
+    hooks.cpu = cpu
     sched = None
     if controlled:
         _pin_one_cpu()

@@ -428,6 +428,7 @@ typedef struct {
     int64_t key; /* this lock's chain-key digit: (class + 1) << 2 */
     Py_ssize_t o_owner, o_site, o_since;
     Py_ssize_t st, hh; /* this worker's class statistics and hold histogram */
+    PyObject *k0[8];   /* the outermost chain keys, made once: [read << 2 | ctx << 1 | masked] */
 } LockCore;
 
 static PyTypeObject LockCoreType;
@@ -439,6 +440,8 @@ static int lock_traverse(LockCore *self, visitproc visit, void *arg) {
 
 static int lock_clear(LockCore *self) {
     Py_CLEAR(self->cpu);
+    for (int i = 0; i < 8; i++)
+        Py_CLEAR(self->k0[i]);
     return 0;
 }
 
@@ -469,6 +472,8 @@ static PyObject *lock_open(LockCore *self, PyObject *args) {
     self->sem = s;
     self->index = index;
     self->key = key;
+    for (int i = 0; i < 8; i++)
+        Py_CLEAR(self->k0[i]); /* made from the old key digits */
     self->o_owner = o_owner;
     self->o_site = o_site;
     self->o_since = o_since;
@@ -515,8 +520,20 @@ static PyObject *chain_key_digit(PyObject *held, Py_ssize_t n, int64_t digit) {
     return r;
 }
 
+/* The key of an outermost acquisition (nothing held in this context) is one of eight per lock:
+ * kept, so the commonest acquisition allocates no key object. New reference. */
+static inline PyObject *outer_key(LockCore *self, int slot, int64_t digit) {
+    PyObject *k = self->k0[slot];
+    if (!k && !(k = self->k0[slot] = PyLong_FromLongLong(digit)))
+        return NULL;
+    return Py_NewRef(k);
+}
+
 static PyObject *chain_key(LockCore *self, PyObject *held, Py_ssize_t n, int ctx, int m, int sub) {
-    return chain_key_digit(held, n, self->key | ((int64_t)sub << 2) | ((int64_t)ctx << 1) | m);
+    int64_t digit = self->key | ((int64_t)sub << 2) | ((int64_t)ctx << 1) | m;
+    if (!n && !sub)
+        return outer_key(self, ctx << 1 | m, digit);
+    return chain_key_digit(held, n, digit);
 }
 
 static inline int push_held(LockCore *self, PyObject *held, PyObject *key) {
@@ -1029,6 +1046,13 @@ static inline int can_read(int64_t cnts, int64_t cpu_id) {
 
 static inline int64_t cpu_id(CpuCore *cpu) { return cpu->oid[0] >> 1; }
 
+/* The chain key of a read acquisition (its own digit: a read and a write are distinct chains). */
+static inline PyObject *read_key(RwLockCore *self, PyObject *held, int ctx, int m) {
+    Py_ssize_t n = PyList_GET_SIZE(held);
+    int64_t digit = self->rkey | ((int64_t)ctx << 1) | m;
+    return n ? chain_key_digit(held, n, digit) : outer_key((LockCore *)self, 4 | ctx << 1 | m, digit);
+}
+
 /* _open_rw(o_cnts, o_qowner, rh, rkey): where the kind's own words live. */
 static PyObject *rw_open(RwLockCore *self, PyObject *args) {
     Py_ssize_t o_cnts, o_qowner, rh;
@@ -1039,6 +1063,8 @@ static PyObject *rw_open(RwLockCore *self, PyObject *args) {
     self->o_qowner = o_qowner;
     self->rh = rh;
     self->rkey = rkey;
+    for (int i = 4; i < 8; i++)
+        Py_CLEAR(self->base.k0[i]); /* made from the old read digit */
     Py_RETURN_NONE;
 }
 
@@ -1098,7 +1124,7 @@ static inline int record_read(RwLockCore *self, CpuCore *cpu, PyObject *held, Py
 static PyObject *c_read_lock(RwLockCore *self, CpuCore *cpu) {
     int m = cpu->masked, ctx = cpu->ctx;
     PyObject *held = PyTuple_GET_ITEM(cpu->held, ctx);
-    PyObject *key = chain_key_digit(held, PyList_GET_SIZE(held), self->rkey | ((int64_t)ctx << 1) | m);
+    PyObject *key = read_key(self, held, ctx, m);
     if (!key)
         return NULL;
     int64_t site = capture_site();
@@ -1178,7 +1204,7 @@ static PyObject *c_rw_trylock(RwLockCore *self, CpuCore *cpu, int read) {
             c_trace(cpu, EV_TRYLOCK_FAIL, 0, self->base.index, read, 0);
         Py_RETURN_FALSE;
     }
-    PyObject *key = read ? chain_key_digit(held, PyList_GET_SIZE(held), self->rkey | ((int64_t)ctx << 1) | m)
+    PyObject *key = read ? read_key(self, held, ctx, m)
                          : chain_key((LockCore *)self, held, PyList_GET_SIZE(held), ctx, m, 0);
     int64_t site = capture_site();
     if (!key || rw_prologue(self, cpu, held, key, m, ctx, 1) < 0)

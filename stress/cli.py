@@ -592,6 +592,11 @@ def _print_summary(result: Any, con: Any, story_lines: int = STORY_LINES) -> Non
                        f" ({s['invariant_checks_skipped']} skipped: a worker was blocked), "
                        f"{s['irqs_handled']} interrupts handled, {d['capacity_hits']} capacity hits, "
                        f"{d['trace_overruns']} trace events overwritten"))
+        if d.get("heaps"):
+            con.print(Text("heap: " + ", ".join(
+                f"{p} {h['allocs']} allocs, max {h['max_live']} live, {h['reports']} faults"
+                + (f", EXHAUSTED {h['exhausted']} times (allocations refused)" if h["exhausted"] else "")
+                for p, h in d["heaps"].items())))
     if s.get("model"):
         con.print(Text("model: " + ", ".join(f"{k} {v}" for k, v in s["model"].items())))
     findings = s.get("findings", [])

@@ -523,4 +523,6 @@ class Run:
                               "watchdog_scans": getattr(getattr(self, "watchdog", None), "scans", 0),
                               "capacity_hits": last.capacity_hits,
                               "trace_overruns": getattr(self, "overruns", 0)}
+            if last.heaps:  # each pool's counters; an exhausted one refused allocations (never silent)
+                s["detectors"]["heaps"] = last.heaps
         return s

@@ -56,6 +56,9 @@ class Snapshot:
     capacity_hits: int
     irqs: int
     extra: dict[str, int] = field(default_factory=dict)
+    #: each heap pool's counters (shm_model.heap.HeapView.stats): allocations, live, faults,
+    #: and how often it was exhausted (an allocation refused)
+    heaps: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def total_ops(self) -> int:
@@ -121,7 +124,8 @@ def snapshot(world: Any, t_s: float) -> Snapshot:
         acq_total += cs.acquisitions
         classes.append(cs)
     return Snapshot(t_s, ops, rows, classes, mv[H_EDGES], misses, acq_total,
-                    mv[H_CAP_EDGES] + mv[H_CAP_CLASSES], irqs)
+                    mv[H_CAP_EDGES] + mv[H_CAP_CLASSES], irqs,
+                    heaps={h.path: h.stats() for h in getattr(world, "heaps", [])})
 
 
 def class_graph(world: Any) -> dict:

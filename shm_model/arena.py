@@ -89,8 +89,11 @@ HSLOT = 2 * HBUCKETS
 # ---- class usage (lockdep's usage bits, with the first site and worker of each) ----------
 C_IN_IRQ, C_IN_IRQ_SITE, C_IN_IRQ_WORKER, C_IRQ_ON, C_IRQ_ON_SITE, C_IRQ_ON_WORKER = range(6)
 C_REPORTED = 6
+# the same two usages by a *recursive* reader (lockdep's USED_IN_HARDIRQ_READ, ENABLED_HARDIRQ_READ):
+# a recursive read in an ISR and another with interrupts on cannot deadlock; either against a write can
+C_IN_IRQ_R, C_IRQ_ON_R = 8, 11  # each followed by its site and worker
 C_ORIGIN = 7  # a subclass made by spin_lock_nested: base class * 8 + subclass + 1 (0: declared)
-CSLOT = 8
+CSLOT = 14
 
 # ---- class graph edge records (one per ordered class pair) --------------------------------
 # E_GUARD: how many lock *instances* were held outside the edge's first lock on every

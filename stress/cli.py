@@ -581,7 +581,10 @@ def _print_summary(result: Any, con: Any, story_lines: int = STORY_LINES) -> Non
         for c in ("class", "acquisitions", "contended %", "avg wait µs", "max wait µs", "max hold µs"):
             t.add_column(c, justify="right" if c != "class" else "left", overflow="fold")
         for c in s["locks"]:
-            t.add_row(c["class"], str(c["acquisitions"]), f"{c['contended_pct']:.2f}", f"{c['wait_avg_us']:.1f}",
+            acq = str(c["acquisitions"])
+            if c.get("reads"):  # a reader-writer lock: its reads, and how many of them waited
+                acq += f" ({c['reads']} read, {c.get('reads_contended', 0)} of them contended)"
+            t.add_row(c["class"], acq, f"{c['contended_pct']:.2f}", f"{c['wait_avg_us']:.1f}",
                       f"{c['wait_max_us']:.1f}", f"{c['hold_max_us']:.1f}")
         con.print(t)
         d = s["detectors"]

@@ -515,7 +515,10 @@ class Run:
                            "hold_max_us": round(c.hold_max_ns / 1e3, 1),
                            "wait_avg_us": round(c.wait_ns / c.contended / 1e3, 1) if c.contended else 0.0,
                            "hold_hist": hists.get(c.cls, {}).get("hold", []),
-                           "wait_hist": hists.get(c.cls, {}).get("wait", [])}
+                           "wait_hist": hists.get(c.cls, {}).get("wait", []),
+                           # a reader-writer lock's share of reads (the rest are writes)
+                           **({"reads": c.read_acquisitions, "reads_contended": c.read_contended}
+                              if c.read_acquisitions else {})}
                           for c in last.classes]
             s["detectors"] = {"classes": len(self.world.class_names), "edges": last.edges,
                               "chains_checked": last.chain_misses, "acquisitions": last.acquisitions,

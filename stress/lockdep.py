@@ -39,7 +39,7 @@ import posix_ipc
 
 from shm_model import sites
 from shm_model.arena import (acquire_retrying, C_IN_IRQ, C_IN_IRQ_SITE, C_IN_IRQ_WORKER, C_IRQ_ON, C_IRQ_ON_SITE,
-                             C_IRQ_ON_WORKER, C_ORIGIN, C_REPORTED, DEP_EN, DEP_ER, DEP_SN, DEP_SR, E_FROM_SITE,
+                             C_IRQ_ON_WORKER, C_ORIGIN, C_REPORTED, C_IN_IRQ_R, C_IRQ_ON_R, DEP_EN, DEP_ER, DEP_SN, DEP_SR, E_FROM_SITE,
                              E_G0, E_GUARD, E_SEQ, E_TO_SITE, E_TYPES,
                              E_WORKER, GUARD_SLOTS, H_CAP_CLASSES, L_CLASS, H_CAP_EDGES, H_EDGE_SEQ, H_EDGES, H_NCLASSES,
                              MAX_CLASSES, W_CHAIN_MISS)
@@ -128,12 +128,15 @@ class Lockdep:
                         continue  # lockdep: a recursive read after a read cannot deadlock
                     findings.append(self._recursive(cpu, lock, c, h, hc, site, held, read))
                     break
+            rec = read and lock.recursive_read  # lockdep's read usage bits: recursive readers only
             if cpu.ctx == IRQ:
-                if self._mark(c, C_IN_IRQ, site, cpu):
-                    self._usage_changed(cpu, c, C_IN_IRQ, lock, site, findings)
+                bit = C_IN_IRQ_R if rec else C_IN_IRQ
+                if self._mark(c, bit, site, cpu):
+                    self._usage_changed(cpu, c, bit, lock, site, findings)
             elif irqs_on:
-                if self._mark(c, C_IRQ_ON, site, cpu):
-                    self._usage_changed(cpu, c, C_IRQ_ON, lock, site, findings)
+                bit = C_IRQ_ON_R if rec else C_IRQ_ON
+                if self._mark(c, bit, site, cpu):
+                    self._usage_changed(cpu, c, bit, lock, site, findings)
             if not trylock:
                 outer: list[int] = []  # lock instances held outside h, outermost first
                 acq = DEP_ER if read and lock.recursive_read else DEP_EN  # -(?R)-> or -(?N)->
@@ -179,8 +182,11 @@ class Lockdep:
                 return
             try:
                 hc = self._cls(h, hk)
-                if self._mark(hc, C_IRQ_ON, self.mv[h.o_site], cpu):
-                    self._usage_changed(cpu, hc, C_IRQ_ON, h, self.mv[h.o_site], findings)
+                read = _is_read(h, hk)
+                bit = C_IRQ_ON_R if read and h.recursive_read else C_IRQ_ON
+                hsite = self.mv[self.geo.rhslot(h.index, cpu.oid[0]) + 1] if read else self.mv[h.o_site]
+                if self._mark(hc, bit, hsite, cpu):
+                    self._usage_changed(cpu, hc, bit, h, hsite, findings)
             finally:
                 self.sem.release()
             self._emit(findings)
@@ -316,9 +322,14 @@ class Lockdep:
     def _usage_changed(self, cpu: Cpu, c: int, bit: int, lock: Any, site: int, findings: list[Finding]) -> None:
         mv, geo = self.mv, self.geo
         s = geo.cslot(c)
-        if mv[s + C_IN_IRQ] and mv[s + C_IRQ_ON] and not mv[s + C_REPORTED]:
+        # lockdep's mark_lock_irq: a usage conflicts with the opposite write usage, and a write
+        # usage with the opposite read usage too; two recursive reads do not conflict
+        inw, onw, inr, onr = mv[s + C_IN_IRQ], mv[s + C_IRQ_ON], mv[s + C_IN_IRQ_R], mv[s + C_IRQ_ON_R]
+        if (inw and (onw or onr) or inr and onw) and not mv[s + C_REPORTED]:
             mv[s + C_REPORTED] = 1
             findings.append(self._inconsistent(cpu, c, bit, lock, site))
+        if bit in (C_IN_IRQ_R, C_IRQ_ON_R):
+            return  # a recursive read neither makes a class irq-safe nor irq-unsafe for ordering
         if bit == C_IN_IRQ:  # c is irq-safe now: does it lead to an irq-unsafe class?
             reach = self._reach(c, forward=True)
             for u in reach:
@@ -414,10 +425,20 @@ class Lockdep:
         return {"site": self.mv[s + bit + 1], "owner": self.mv[s + bit + 2]}
 
     def _inconsistent(self, cpu: Cpu, c: int, bit: int, lock: Any, site: int) -> Finding:
-        new, old = ("IN-HARDIRQ-W", "HARDIRQ-ON-W") if bit == C_IN_IRQ else ("HARDIRQ-ON-W", "IN-HARDIRQ-W")
+        s = self.geo.cslot(c)
+        name = {C_IN_IRQ: "IN-HARDIRQ-W", C_IN_IRQ_R: "IN-HARDIRQ-R", C_IRQ_ON: "HARDIRQ-ON-W",
+                C_IRQ_ON_R: "HARDIRQ-ON-R"}
+        new = name[bit]
+        if bit in (C_IN_IRQ, C_IN_IRQ_R):  # the opposite usage seen before: a write one if any
+            obit = C_IRQ_ON if self.mv[s + C_IRQ_ON] else C_IRQ_ON_R
+        else:
+            obit = C_IN_IRQ if self.mv[s + C_IN_IRQ] else C_IN_IRQ_R
+        old = name[obit]
+        inb = bit if bit in (C_IN_IRQ, C_IN_IRQ_R) else obit
+        onb = obit if inb == bit else bit
         details = {"cls": self._name(c), "lock": lock.path, "usage_new": new, "usage_old": old,
                    "site": site,
-                   "in_irq": self._usage(c, C_IN_IRQ), "irq_on": self._usage(c, C_IRQ_ON),
+                   "in_irq": self._usage(c, inb), "irq_on": self._usage(c, onb),
                    "held": self._held_info(cpu.held[cpu.ctx])}
         return self._new(cpu, "inconsistent-lock-state", "WARNING: inconsistent lock state",
                          f"inconsistent:{self._name(c)}", details)

@@ -164,10 +164,14 @@ def render_inconsistent(f: Finding, roster: Roster) -> list[str]:
               f"{_who(roster, d['owner'])} takes:",
               f"  {_lock(d)}, at: {d['site']}",
               f"{{{d['usage_old']}}} state was registered at:"]
-    old = d["in_irq"] if d["usage_old"] == "IN-HARDIRQ-W" else d["irq_on"]
+    old = d["in_irq"] if d["usage_old"].startswith("IN-HARDIRQ") else d["irq_on"]
     lines.append(f"  {old['site']} ({_who(roster, old['owner'])})")
     lines += ["", "other info that might help us debug this:"]
-    lines += _scenario(["CPU0"], [(0, f"lock({d['cls']});"), (0, "<Interrupt>"), (0, f"  lock({d['cls']});")])
+    # lockdep's scenario: the task's use, then the interrupt's (rlock for a read usage)
+    on, inn = (d["usage_new"], d["usage_old"]) if d["usage_new"].startswith("HARDIRQ-ON") else (
+        d["usage_old"], d["usage_new"])
+    v_on, v_in = ("rlock" if on.endswith("-R") else "lock"), ("rlock" if inn.endswith("-R") else "lock")
+    lines += _scenario(["CPU0"], [(0, f"{v_on}({d['cls']});"), (0, "<Interrupt>"), (0, f"  {v_in}({d['cls']});")])
     lines += ["", " *** DEADLOCK ***", ""]
     lines += _held_block(roster, d["owner"], d.get("held", []))
     return lines

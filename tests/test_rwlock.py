@@ -227,6 +227,7 @@ ROWS = [
     ("rlock-W1W2-R2R3-W3R1", {"lock-order-inversion", "deadlock"}),
     ("rlock-W1W2-R2R3-R3W1", set()), ("rlock-W1R2-R2R3-W3W1", set()),
     ("xen-rlock-AA", {"recursive-locking", "deadlock"}), ("xen-rlock-write-then-read", set()),
+    ("rlock-irq-read-recursion", set()), ("rlock-irq-write-vs-read", {"inconsistent-lock-state", "deadlock"}),
 ]
 
 
@@ -241,6 +242,11 @@ def test_lockdep_rwlock_rows(variant, expected, runs_dir):
     else:
         # the potential report is certain; the real deadlock follows when the timing lets it
         assert r.outcomes <= expected and (r.outcomes & (expected - {"deadlock"})), r.out
+    if variant == "rlock-irq-read-recursion":
+        assert r.summary["irqs_handled"] > 100, "recursive reads in the ISR really met the task's reads"
+    if variant == "rlock-irq-write-vs-read":
+        assert "inconsistent {IN-HARDIRQ-W} -> {HARDIRQ-ON-R} usage." in r.out or \
+            "inconsistent {HARDIRQ-ON-R} -> {IN-HARDIRQ-W} usage." in r.out, r.out
     if variant == "xen-rlock-AA" and "deadlock" in r.outcomes:
         assert "as a writer, for its readers to leave: it is held for reading by worker 0" in r.out
         assert "whose wait queue is held by worker 1" in r.out

@@ -151,6 +151,12 @@ class LockdepSelftest(Workload):
            "write-write / read-read / read-write: no deadlock when the reads are recursive (no strong cycle)"),
         _v("rlock-W1R2-R2R3-W3W1", "clean",
            "write-read / read-read / write-write: no deadlock when the reads are recursive (no strong cycle)"),
+        _v("rlock-irq-read-recursion", "clean",
+           "read-lock / write-lock recursion that is actually safe (irq_read_recursion): X written with "
+           "interrupts off, read with interrupts on, and read in an ISR: recursive reads never conflict"),
+        _v("rlock-irq-write-vs-read", ["inconsistent-lock-state", "deadlock"],
+           "X read with interrupts on, and written in an ISR on that CPU: {HARDIRQ-ON-R} -> {IN-HARDIRQ-W}, "
+           "and the ISR waits for its own task's read"),
         Variant("xen-rlock-AA", ["recursive-locking", "deadlock"],
                 provenance="Xen's queued rwlock (xen/common/rwlock.c, 4.19): a waiting writer blocks new readers",
                 doc="CPU 0 read-locks Q twice while CPU 1 write-locks it: the second read waits behind the "
@@ -213,6 +219,15 @@ class LockdepSelftest(Workload):
             elif v == "irq-order-safe" and i == 1:
                 flags = spin_lock_irqsave(s.A)
                 spin_unlock_irqrestore(s.A, flags)
+            elif v in ("rlock-irq-read-recursion", "rlock-irq-write-vs-read") and i == 0:
+                flags = spin_lock_irqsave(s.A)  # interrupts off: writes of X here are no irq-unsafe use
+                write_lock(s.X[1])
+                write_unlock(s.X[1])
+                spin_unlock_irqrestore(s.A, flags)
+            elif v in ("rlock-irq-read-recursion", "rlock-irq-write-vs-read") and i == 1:
+                read_lock(s.X[1])  # interrupts enabled: our ISR may come in here
+                self.cpu.delay(hold, spin=True)
+                read_unlock(s.X[1])
             elif v == "dead-holder" and i == 0:
                 spin_lock(s.A)
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -237,6 +252,12 @@ class LockdepSelftest(Workload):
             if self.variant in ("irq-inconsistent", "irq-safe", "irq-self-deadlock", "irq-order", "irq-order-safe"):
                 spin_lock(s.L)  # interrupt context: interrupts are off
                 spin_unlock(s.L)
+            elif self.variant == "rlock-irq-read-recursion":
+                read_lock(s.X[1])  # a recursive reader in interrupt context: never waits for a reader
+                read_unlock(s.X[1])
+            elif self.variant == "rlock-irq-write-vs-read":
+                write_lock(s.X[1])  # waits for its own task's read: forever
+                write_unlock(s.X[1])
 
     class device(Role):
         """Raises interrupt 7 on the CPUs the case needs."""
@@ -246,7 +267,8 @@ class LockdepSelftest(Workload):
         @op(rate=2000)
         def raise_irq(self, s):
             targets = {"irq-inconsistent": [1], "irq-safe": [0, 1], "irq-self-deadlock": [0],
-                       "irq-order": [2], "irq-order-safe": [2]}.get(self.variant)
+                       "irq-order": [2], "irq-order-safe": [2], "rlock-irq-read-recursion": [1],
+                       "rlock-irq-write-vs-read": [1]}.get(self.variant)
             if targets:
                 for t in targets:
                     self.cpu.raise_irq(t, IRQ)

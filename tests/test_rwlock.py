@@ -243,7 +243,7 @@ def test_lockdep_rwlock_rows(variant, expected, runs_dir):
         # the potential report is certain; the real deadlock follows when the timing lets it
         assert r.outcomes <= expected and (r.outcomes & (expected - {"deadlock"})), r.out
     if variant == "rlock-irq-read-recursion":
-        assert r.summary["irqs_handled"] > 100, "recursive reads in the ISR really met the task's reads"
+        assert r.summary["irqs_handled"] > 20, "recursive reads in the ISR really met the task's reads"
     if variant == "rlock-irq-write-vs-read":
         assert "inconsistent {IN-HARDIRQ-W} -> {HARDIRQ-ON-R} usage." in r.out or \
             "inconsistent {HARDIRQ-ON-R} -> {IN-HARDIRQ-W} usage." in r.out, r.out

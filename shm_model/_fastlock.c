@@ -1035,7 +1035,7 @@ typedef struct {
 } RwLockCore;
 
 static PyTypeObject RwLockCoreType;
-static PyObject *str_rw_slow;
+static PyObject *str_rw_slow, *str_bad_mode_unlock;
 
 static inline int64_t *cnts_p(RwLockCore *self, CpuCore *cpu) { return (int64_t *)&cpu->w[self->o_cnts]; }
 
@@ -1231,6 +1231,21 @@ fail:
 /* read_unlock / write_unlock (_read_unlock, _write_unlock) */
 static PyObject *c_rw_unlock(RwLockCore *self, CpuCore *cpu, int read) {
     int m = cpu->masked;
+    volatile int64_t *wa = cpu->w;
+    /* an unlock of a mode this context does not hold (read_unlock of a write hold, or of no
+     * hold at all): lockdep's bad unlock balance, and nothing is released (cnts stays sane) */
+    if (read ? wa[self->rh + cpu->oid[cpu->ctx] * RHSLOT] <= 0 : wa[self->base.o_owner] != cpu->oid[cpu->ctx]) {
+        PyObject *args[3] = {(PyObject *)self, (PyObject *)cpu, read ? Py_True : Py_False};
+        cpu->masked = 1;
+        PyObject *r = PyObject_VectorcallMethod(str_bad_mode_unlock, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        cpu->masked = (char)m;
+        if (!r)
+            return NULL;
+        Py_DECREF(r);
+        if (run_pending(cpu, m) < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
     int ok = pop_held((LockCore *)self, cpu);
     if (ok < 0)
         return NULL;
@@ -1494,6 +1509,7 @@ PyMODINIT_FUNC PyInit__fastlock(void) {
     INTERN(str_irqs_enabled_holding, "irqs_enabled_holding");
     INTERN(str_point, "point");
     INTERN(str_rw_slow, "_rw_slow");
+    INTERN(str_bad_mode_unlock, "_bad_mode_unlock");
     RwLockCoreType.tp_base = &LockCoreType;
     if (PyType_Ready(&CpuCoreType) < 0 || PyType_Ready(&LockCoreType) < 0 || PyType_Ready(&RwLockCoreType) < 0)
         return NULL;

@@ -107,6 +107,13 @@ class RwLock(LockBase, RwLockCore):
     def is_read_key(self, key: int) -> bool:
         return is_read_key(key, self.index)
 
+    def _bad_mode_unlock(self, cpu: Cpu, read: bool) -> None:
+        """``read_unlock`` without a read hold, or ``write_unlock`` without the write hold, by
+        this context: lockdep's bad unlock balance; nothing is released."""
+        cpu.finding("bad-unlock", "WARNING: bad unlock balance detected!",
+                    lock=self.path, cls=self.cls_name, owner=self.mv[self.o_owner], site=sites.capture(2),
+                    ctx="irq" if cpu.ctx else "task", how="read_unlock" if read else "write_unlock")
+
     # -- the slow path (queue_read_lock_slowpath / queue_write_lock_slowpath) -------------------
     def _rw_slow(self, cpu: Cpu, ctx: int, m: bool, read: bool) -> int:
         """Called by the C fast path, masked, when the lock cannot be taken at once. Returns

@@ -265,3 +265,16 @@ def test_xen_read_recursion_deadlock_is_found_and_replayed_under_pct(runs_dir):
     assert rp.code == 0, rp.out + rp.err
     assert f"replay of {rid}: reproduced" in rp.out, rp.out[-3000:]
     assert rp.summary["schedule"]["steps"] == r.summary["schedule"]["steps"]
+
+
+def test_unlock_of_a_mode_not_held_is_a_bad_unlock_and_releases_nothing(rig):
+    cpu = rig.cpu(0)
+    L = rig.lock
+    write_lock(L)
+    read_unlock(L)  # the write hold is not a read hold
+    assert [f[0] for f in cpu.hooks.findings] == ["bad-unlock"]
+    assert cnts(rig) == QW_LOCKED | 0 and rw_is_write_locked(L), "the write hold is intact"
+    write_unlock(L)
+    write_unlock(L)  # nothing held any more
+    assert [f[0] for f in cpu.hooks.findings] == ["bad-unlock", "bad-unlock"]
+    assert cnts(rig) == 0 and cpu.held == ([], [])

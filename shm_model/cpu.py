@@ -60,8 +60,10 @@ class Stop(BaseException):
 
 
 class Panic(BaseException):
-    """A model fault that ends this CPU: the hypervisor panicked (e.g. a NULL dereference
-    in the heap, reported as a finding first). The worker ends as a panicked CPU."""
+    """A model fault that ends the current operation: where Xen would panic (a NULL
+    dereference in the heap, reported as a finding first). The engine releases what the
+    operation held and the CPU goes on, so the run shows what else happens; raised in an
+    ISR, it ends the interrupted operation too."""
 
 
 class Hooks(Protocol):
@@ -176,8 +178,8 @@ class Cpu(CpuCore):
                         irq = mv[r + 2 + tail % IRQ_RING]
                         mv[r + 1] = tail + 1
                         self._handle(irq)
-            except Stop:
-                stopping = True  # the run ends under the ISR (e.g. in a lock wait): it did not return
+            except (Stop, Panic):
+                stopping = True  # the run ends under the ISR (e.g. in a lock wait), or it faulted: it did not return
                 raise
             finally:
                 held = self.held[IRQ]

@@ -37,7 +37,8 @@ compares the slot's tag with the handle (one arena read and one comparison), the
 the memory. A mismatch is a *fault*, classified from the metadata:
 
 - handle ``NULL``: ``null-deref`` ("BUG: kernel NULL pointer dereference, address:" the
-  field's offset), then :class:`~shm_model.cpu.Panic`: the worker ends as a panicked CPU;
+  field's offset), then :class:`~shm_model.cpu.Panic`: the operation ends there (the engine
+  releases what it held and the CPU goes on: Xen would have panicked);
 - a generation that was allocated and freed: ``use-after-free``; the access then proceeds on
   the memory as a real one would (reads whatever the slot holds now: poison-free, like
   Xen's allocator, the old object's values until the slot is reused and zeroed);

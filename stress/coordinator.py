@@ -352,6 +352,10 @@ class Run:
         self.rundir.finding(f.as_dict())
         self.rundir.text("report.txt", f.text + "\n")
         if f.ends_run and not self.stop_reason:
+            expected = set(self.variant.outcomes)
+            seen = {x.outcome for x in self.findings if not x.info}
+            if getattr(self.variant, "stop", "first") == "all" and f.outcome in expected and not expected <= seen:
+                return  # an expected outcome is still missing: the run goes on for it
             self.stop_reason = "finding"
 
     # -- stop-the-world checks --------------------------------------------------------------------

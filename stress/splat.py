@@ -417,13 +417,14 @@ def render_kasan(f: Finding, roster: Roster) -> list[str]:
     lines += ["", "Call trace:"]
     lines += stack(d.get("stack") or ([d["site"]] if d.get("site") else []))
     if kind == "null-ptr-deref":
-        lines += ["", f"Kernel panic - not syncing: Fatal exception ({_who(roster, owner)} stops here; "
-                      "the locks it holds stay held)", KASAN_BAR]
+        lines += ["", f"Oops: Xen would panic here. {_who(roster, owner)}'s operation ends at this access; "
+                      "the locks it held are released and the CPU goes on, so the run can show what else happens.",
+                  KASAN_BAR]
         return lines
     if kind == "wild-memory-access" and "slot_gen" not in d:
         lines += ["", f"The handle {d.get('handle', 0):#x} names slot {d.get('slot', '?')} of a heap of "
                       f"{d.get('slots', '?')} {d.get('type', '?')} slots: no such object.",
-                  f"Kernel panic - not syncing: Fatal exception ({_who(roster, owner)} stops here)", KASAN_BAR]
+                  f"Oops: Xen would panic here. {_who(roster, owner)}'s operation ends at this access.", KASAN_BAR]
         return lines
     if d.get("alloc"):
         a = d["alloc"]

@@ -25,7 +25,7 @@ import time
 import traceback
 from typing import Any
 
-from shm_model.arena import (H_PARK, H_START_NS, H_STOP, MAX_OPS, SC_CHECKS, SC_STEP, W_OP, W_OP_START, W_OPS,
+from shm_model.arena import (H_EXPECT_SEEN, H_PARK, H_START_NS, H_STOP, MAX_OPS, SC_CHECKS, SC_STEP, W_OP, W_OP_START, W_OPS,
                              W_PARK_ACK, W_PID, W_STATE, WS_EXITED, WS_FAILED, WS_PARKED, WS_RUNNING)
 from shm_model import sites
 from shm_model.cpu import Cpu, Panic, Stop
@@ -58,7 +58,11 @@ class WorkerHooks:
         self.lockdep = Lockdep(world, self.write)
         self.sched: Controlled | None = None
         self.cpu: Cpu | None = None  # this worker's Cpu, once made
-        self.known = world.cls.variant_named(world.cfg.variant).known
+        variant = world.cls.variant_named(world.cfg.variant)
+        self.known = variant.known
+        # Variant(stop="all"): an expected finding ends a controlled run only once every
+        # expected outcome has been seen (the arena keeps which, for every worker)
+        self.expected = list(variant.outcomes) if getattr(variant, "stop", "first") == "all" else []
 
     def new_chain(self, cpu: Cpu, lock: Any, key: int, held: list, irqs_on: bool, trylock: bool) -> int:
         return self.lockdep.new_chain(cpu, lock, key, held, irqs_on, trylock)
@@ -96,6 +100,11 @@ class WorkerHooks:
         self.count += 1
         write_finding(self.dir, f"w{self.wid}-{self.count}", f)
         if sched is not None and not f.info and not f.potential and f.outcome not in self.known:
+            if f.outcome in self.expected:
+                mv = self.world.mv
+                mv[H_EXPECT_SEEN] |= 1 << self.expected.index(f.outcome)
+                if mv[H_EXPECT_SEEN] != (1 << len(self.expected)) - 1:
+                    return  # another expected outcome is still to be found: the run goes on
             sched.finish(DONE_FINDING)
 
     def check_invariants(self) -> None:
@@ -201,7 +210,7 @@ def worker_main(world: World, wid: int, findings_dir: str) -> None:
     except Stop:
         pass
     except Panic:
-        pass  # a model fault ended this CPU (the hypervisor panicked): its finding is written
+        pass  # a model fault outside an operation (setup) ended this CPU: its finding is written
     except Exception as e:
         status = 1
         hooks.finding(cpu, "crash", f"BUG: exception in {info.role}: {type(e).__name__}: {e}",
@@ -282,10 +291,30 @@ def _loop(world: World, wid: int, cpu: Cpu, role: Any, state: Any, sched: Contro
         trace(EV_OP_START, 0, oid)
         if sched is not None:
             sched.begin_op()
-        fn(role, state)
+        try:
+            fn(role, state)
+        except Panic:
+            _recover(cpu)  # the operation faulted (its finding is written): this CPU goes on
         mv[ws + W_OP] = -1
         mv[ops_base + oid] += 1
         mv[ws + W_OPS] += 1
+
+
+def _recover(cpu: Cpu) -> None:
+    """After a model fault (``Panic``: a NULL dereference) aborted an operation: release what
+    the operation held, innermost first, each by its kind's unlock, and enable interrupts.
+    Xen would have panicked; the run goes on so that what else the protocol does wrong is
+    still found (the fault's finding says where it happened)."""
+    from shm_model.rwlock import read_unlock, write_unlock
+    from shm_model.spinlock import spin_unlock
+
+    cpu.masked = True
+    for lk, key in reversed(list(cpu.held[0])):
+        if getattr(lk, "kind", "spin") == "rw":
+            (read_unlock if lk.is_read_key(key) else write_unlock)(lk)
+        else:
+            spin_unlock(lk)
+    cpu.local_irq_restore(False)
 
 
 def _park(mv: memoryview, ws: int, cpu: Cpu, seq: int) -> None:

@@ -92,6 +92,11 @@ class Variant:
     #: for an ``open`` variant: what runs have shown so far, with the seed that shows it
     #: (``stress list`` prints it beside the question)
     answer: str = ""
+    #: when the run stops: ``"first"`` (default) at the first decisive finding; ``"all"``: an
+    #: expected finding stops it only once every expected outcome has been seen (or the time
+    #: is up), for a protocol that has several bugs, one of which can hide the other (a NULL
+    #: dereference that comes first, and the use-after-free behind it). The verdict is the same.
+    stop: str = "first"
 
     @property
     def outcomes(self) -> tuple[str, ...]:
@@ -312,6 +317,8 @@ def validate(cls: Any, origin: str = "") -> None:
                 raise WorkloadError(f"{where}variant {v.id!r}: known outcome {o!r} must be a finding it does not expect")
         if ("clean" in v.outcomes or "open" in v.outcomes) and len(v.outcomes) > 1:
             raise WorkloadError(f"{where}variant {v.id!r}: 'clean' and 'open' stand alone")
+        if v.stop not in ("first", "all"):
+            raise WorkloadError(f"{where}variant {v.id!r}: stop must be 'first' or 'all', not {v.stop!r}")
     roles = cls.roles()
     if not roles:
         raise WorkloadError(f"{where}{cls.__name__} declares no Role")

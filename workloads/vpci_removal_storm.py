@@ -33,7 +33,6 @@ AFTERMATH = {
                   "vpci set up for the device's new owner; the lock taken was the freed one's",
     "recursive-locking": "after the race: the freed vpci's lock is still held (the unlock released another "
                          "one), and the CPU takes a vpci lock again",
-    "held-by-dead-worker": "a CPU panicked on the NULL dereference holding locks",
 }
 
 LEFTOVERS = ("frames stay mapped that vPCI does not account for: a map or unmap dropped or cancelled half "
@@ -120,20 +119,20 @@ class VpciRemovalStorm(Workload):
                                    min=0.0, max=1.0),
     }
     variants = [
-        Variant("unsynchronised-removal", expect=["null-deref", "use-after-free"],
+        Variant("unsynchronised-removal", expect=["null-deref", "use-after-free"], stop="all",
                 provenance=f"Xen 4.16 (RELEASE-4.16.0) vpci.c/header.c/pci.c, the code {THREAD} analyses",
                 known={"invariant:no-stale-mappings": LEFTOVERS, **AFTERMATH},
                 doc="vpci_process_pending, vpci_read/write and the toolstack's vpci_remove_device/free_pdev share "
                     "no lock: crash paths 1-3 of the thread (a NULL pdev->vpci after a failed add, a removal "
                     "during another vCPU's work, MMIO after removal)"),
-        Variant("cancel-pending", expect=["use-after-free", "null-deref"],
+        Variant("cancel-pending", expect=["use-after-free", "null-deref"], stop="all",
                 provenance="[PATCH v4 02/11] vpci: cancel pending map/unmap on vpci removal (5 Nov 2021), as "
                            "posted; never merged",
                 known={"invariant:no-stale-mappings": LEFTOVERS, **AFTERMATH},
                 doc="vpci_remove_device cancels current's pending work only (Jan: 'Doesn't \"any\" include "
                     "pending work on all vCPU-s of the guest, not just current?'): another vCPU's "
                     "v->vpci.pdev outlives the pdev; the 4.16 paths without a pending map are unchanged"),
-        Variant("cancel-pending-all-vcpus", expect=["use-after-free", "null-deref"],
+        Variant("cancel-pending-all-vcpus", expect=["use-after-free", "null-deref"], stop="all",
                 provenance="PROTOCOLS.md's reading of v4 02/11: the cancel walks every vCPU of the domain "
                            "(Oleksandr's reply of 16 Nov 2021 without its vcpu_pause), unsynchronised",
                 known={"invariant:no-stale-mappings": LEFTOVERS, **AFTERMATH},

@@ -47,7 +47,7 @@ designs say theirs):
 Heap objects (``shm_model.heap``): ``pdevs`` (``struct pci_dev``), ``vpcis``
 (``struct vpci``), ``rangesets`` (``struct rangeset``). Pointers are handles in ``Int``
 words; every field access through ``s.pdevs[h]`` is checked (a freed object is a
-``use-after-free`` finding shaped as KASAN's, NULL a ``null-deref`` and a panicked CPU) and
+``use-after-free`` finding shaped as KASAN's, NULL a ``null-deref`` that ends the operation) and
 is a scheduling point. ``domain`` fields are domain indices (-1: NULL); a NULL domain
 dereferenced by the code is reported by :meth:`VpciCpu.domain_deref` the same way.
 """
@@ -260,7 +260,7 @@ class VpciCpu:
 
     def domain_deref(self, dom: int, what: str) -> Any:
         """``pdev->domain`` dereferenced (``has_vpci(pdev->domain)``, ``pdev->domain->...``):
-        the domain, or for a NULL domain a null-deref finding and a panicked CPU."""
+        the domain, or for a NULL domain a null-deref finding that ends the operation."""
         if dom == NO_DOMAIN:
             self.cpu.finding("null-deref", f"BUG: kernel NULL pointer dereference in {what} (pdev->domain)",
                              function=what, field="domain", type="struct domain")

@@ -199,13 +199,3 @@ def waits_for(mv, geo: Geometry, wait: WaitRecord) -> list[int]:
 def can_go(mv, geo: Geometry, index: int, mode: int) -> bool:
     """Would a context waiting for lock ``index`` in ``mode`` get past its wait now?"""
     return KINDS.get(mv[geo.lslot(index) + L_KIND], SpinKind).can_go(mv, geo, index, mode)
-
-
-def held_by(mv, geo: Geometry, owner: int) -> list[tuple[int, Holder]]:
-    """(lock index, holder) of every lock ``owner`` holds, in any kind and mode."""
-    out = []
-    for lk in range(geo.n_locks):
-        for h in holders(mv, geo, lk):
-            if h.owner == owner:
-                out.append((lk, h))
-    return out

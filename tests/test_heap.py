@@ -530,7 +530,8 @@ class Replace(Workload):
     duration = 20.0
     check_interval = 0.0
     variants = [Variant("racy", expect="use-after-free", doc="the user reads the handle, then uses it unreferenced"),
-                Variant("refcounted", expect="clean", doc="the user takes a reference under the publish lock")]
+                Variant("refcounted", expect="clean", doc="the user takes a reference under the publish lock"),
+                Variant("leaky", expect="clean", doc="the owner never frees: the pool runs out (said, not a fault)")]
 
     def setup(self, s):
         s.cur = s.objs.alloc()
@@ -541,6 +542,8 @@ class Replace(Workload):
         @op()
         def replace(self, s):
             new = s.objs.alloc()
+            if self.variant == "leaky":
+                return  # nothing freed: allocations are refused once the 8 slots are live
             with s.publish:
                 old = s.cur
                 s.cur = new
@@ -554,6 +557,8 @@ class Replace(Workload):
 
         @op()
         def use(self, s):
+            if self.variant == "leaky":
+                return
             if self.variant == "racy":
                 with s.publish:
                     h = s.cur
@@ -615,3 +620,15 @@ def test_engine_free_mode_refcounted_is_clean_and_racy_is_caught(workload_file):
     r = run_cli(["run", "--workload", src, "--variant", "racy", "--duration", "10s", "--seed", "3"], out)
     assert r.code == 0 and r.outcomes == {"use-after-free"}, r.out[-4000:] + r.err
     assert "BUG: KASAN: use-after-free in Replace.user.use()" in r.out and "Freed by worker 0 (owner" in r.out
+
+
+@pytest.mark.timeout(60)
+def test_engine_says_when_a_pool_runs_out(workload_file):
+    """An exhausted pool is no fault, but never silent: the detectors' statistics and the
+    console's heap line say how many allocations were refused."""
+    src, out = workload_file
+    r = run_cli(["run", "--workload", src, "--variant", "leaky", "--duration", "1s", "--seed", "1"], out)
+    assert r.code == 0 and r.outcomes == set(), r.out[-3000:] + r.err
+    pool = r.summary["detectors"]["heaps"]["objs"]
+    assert pool["max_live"] == 8 and pool["exhausted"] > 0 and pool["reports"] == 0, pool
+    assert f"objs {pool['allocs']} allocs, max 8 live, 0 faults, EXHAUSTED {pool['exhausted']} times" in r.out

@@ -103,6 +103,7 @@ import posix_ipc
 
 from . import sites
 from .cpu import Panic
+from .trace import EV_ALLOC, EV_FREE
 from .layout import (AttachCtx, Field, LayoutError, Node, Plan, Size, Struct, StructNode, StructsNode,
                      plan_instance, resolve_size, scalar_offsets)
 
@@ -327,6 +328,7 @@ class HeapView(dict):
         self.n = node.n
         self.ctype = node.ctype
         self.path = node.path
+        self.trace_id = 0  # this pool's number in its trace events (the engine's index of it)
         self._mv = mv
         self._sem = sem
         self._p = base + node.hdr
@@ -594,6 +596,8 @@ class HeapView(dict):
                 mv[p + P_MAX_LIVE] = live
         finally:
             self._unlock(cpu, flags)
+        if cpu is not _NO_CPU:
+            cpu.trace(EV_ALLOC, 0, h, self.trace_id)
         if zero and self._obj_words:
             b = self._starts[slot]
             mv[b:b + self._obj_words] = self._zeros
@@ -615,6 +619,8 @@ class HeapView(dict):
         bad = self._free_locked(cpu, h, stack)
         if bad is not None:
             self._free_fault(cpu, h, bad, func, stack, how)
+        elif cpu is not _NO_CPU:
+            cpu.trace(EV_FREE, 0, h, self.trace_id)
 
     def _free_locked(self, cpu: Any, h: int, stack: list[int]) -> str | None:
         """Free under the allocator lock; the bug's kind when ``h`` cannot be freed."""

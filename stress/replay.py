@@ -317,7 +317,8 @@ class Attempts:
 
 # ---- the story ------------------------------------------------------------------------------------
 
-STORY_KINDS = ("op", "acquire", "contend", "acquired", "release", "trylock-fail", "irq-enter", "irq-exit", "event")
+STORY_KINDS = ("op", "acquire", "contend", "acquired", "release", "trylock-fail", "irq-enter", "irq-exit", "event",
+               "alloc", "free")
 
 
 _PATH = re.compile(r"(?<![^\s(])[^\s:()]*/([^/\s:()]+\.py:\d+)")  # a whole path token, absolute or relative

@@ -14,7 +14,7 @@ from shm_model.arena import MAX_CLASSES, MAX_OPS, Arena, Geometry
 from shm_model.layout import LayoutError, plan_struct
 from shm_model.sites import SiteResolver
 from shm_model.locks import MAX_LOCKS, make_lock
-from shm_model.trace import (EV_ACQUIRE, EV_ACQUIRED, EV_CONTEND, EV_IRQ_ENTER, EV_IRQ_EXIT,
+from shm_model.trace import (EV_ACQUIRE, EV_ACQUIRED, EV_ALLOC, EV_CONTEND, EV_FREE, EV_IRQ_ENTER, EV_IRQ_EXIT,
                              EV_IRQ_RAISE, EV_OP_START, EV_RELEASE, EV_TRYLOCK_FAIL, EV_USER)
 
 from .loader import Found
@@ -131,6 +131,9 @@ class World:
         ctx = AttachCtx(aux=self.arena.aux)
         self.state = attach(self.plan.node, mv, base, self.locks, ctx=ctx)
         self.heaps = ctx.heaps
+        for i, hp in enumerate(self.heaps):  # alloc/free trace events name their pool by this index
+            hp.trace_id = i
+        self.heap_names = [(hp.ctype, hp.path) for hp in self.heaps]  # kept past destroy, for the traces
 
     def destroy(self) -> None:
         if self.arena is not None:
@@ -199,6 +202,11 @@ class World:
             return f"{self.lock_label(a)} at {self.site(b)}" if b else self.lock_label(a)
         if kind == EV_ACQUIRED:
             return f"{self.lock_label(a)} after {b / 1e3:.1f} us"
+        if kind in (EV_ALLOC, EV_FREE):  # a heap object: its type, pool slot and generation
+            names = getattr(self, "heap_names", [])
+            what = (f"{names[b][0]} {names[b][1]}[{a & 0xFFFF}]" if 0 <= b < len(names)
+                    else f"heap#{b}[{a & 0xFFFF}]")
+            return f"{what} gen {a >> 16} (handle {a:#x})"
         if kind in (EV_RELEASE, EV_TRYLOCK_FAIL):
             return self.lock_label(a)
         if kind in (EV_IRQ_ENTER, EV_IRQ_EXIT):

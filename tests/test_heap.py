@@ -600,6 +600,9 @@ def test_engine_reports_a_use_after_free_with_its_sites(workload_file):
     assert "The buggy address belongs to the object of type struct obj" in text
     f = [x for x in r.summary["findings"] if x["outcome"] == "use-after-free"][0]
     assert f["title"] == "BUG: KASAN: use-after-free in Replace.user.use()"
+    # the evidence: the freeing worker's trace shows the free of that very object
+    import re
+    assert re.search(r"task free +struct obj objs\[\d\] gen \d+ \(handle 0x[0-9a-f]+\)", text), text[-3000:]
 
 
 @pytest.mark.timeout(150)

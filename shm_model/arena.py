@@ -4,8 +4,14 @@ Everything the detectors read lives here, as signed 64-bit words at fixed offset
 the coordinator can read the state of a worker that is wedged, stopped or dead:
 
     header | worker slots | op counters | lock-class stats | wait/hold histograms |
-    lock records | class usage |
+    lock records | read holds | class usage |
     class graph (edges) | interrupt rings | trace rings | scheduler | model state
+
+Lock records and waiting records are typed by lock *kind* (shm_model/records.py, which the
+detectors read them through); a reader-writer lock's readers each have a read-hold record.
+The model state region holds the workload's structs and heap pools (shm_model/layout.py,
+shm_model/heap.py). Besides the lock semaphores, a layout may ask for auxiliary semaphores
+(``-a<i>``: a heap's allocator lock), never model locks.
 
 The scheduler region is used only in controlled mode (``stress run --schedule pct``): the
 run token, virtual clock, PCT priorities and change points, and the schedule's recording

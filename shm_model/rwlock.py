@@ -49,11 +49,11 @@ from . import sites
 from ._fastlock import (RwLockCore, read_lock, read_lock_irqsave, read_trylock, read_unlock, read_unlock_irqrestore,
                         rw_is_locked, rw_is_write_locked, write_lock, write_lock_irqsave, write_trylock, write_unlock,
                         write_unlock_irqrestore)
-from .arena import L_CLASS, L_CNTS, L_KIND, L_OWNER, L_QOWNER, L_SINCE, L_SITE, LK_RW, NO_OWNER, WAIT_CALLERS, Geometry
+from .arena import L_CNTS, L_QOWNER, LK_RW, NO_OWNER, WAIT_CALLERS, Geometry
 from .cpu import Cpu
 from .records import (QR_BIAS, QUEUE, QW_CPUMASK, QW_LOCKED, QW_WAITING, QW_WMASK, READERS, UNLOCK, WRITER,
                       publish_wait, withdraw_wait)
-from .spinlock import LockBase, key_digit
+from .spinlock import LockBase, assert_failed, key_digit
 from .trace import EV_CONTEND
 
 sites.internal(__file__)
@@ -88,31 +88,25 @@ class RwLock(LockBase, RwLockCore):
                  mv: memoryview, geo: Geometry, recursive_read: bool = False) -> None:
         if index >= MAX_RW_INDEX:
             raise ValueError(f"reader-writer lock {path}: index {index} >= {MAX_RW_INDEX}")
-        self.cls = cls
-        self.cls_name = cls_name
-        self.path = path
-        self.sem = sem
-        self.mv = mv
-        self.geo = geo
         self.recursive_read = recursive_read
-        base = geo.lslot(index)
-        mv[base + L_OWNER] = NO_OWNER
-        mv[base + L_CLASS] = cls
-        mv[base + L_KIND] = LK_RW
+        base = self._init_record(index, cls, cls_name, path, sem, mv, geo, LK_RW)
         mv[base + L_CNTS] = 0
         mv[base + L_QOWNER] = NO_OWNER
-        self._open(sem.name, index, key_digit(index), base + L_OWNER, base + L_SITE, base + L_SINCE)
         self._open_rw(base + L_CNTS, base + L_QOWNER, geo.rhslot(index, 0), key_digit(index + READ_KEY_BASE))
 
     def is_read_key(self, key: int) -> bool:
         return is_read_key(key, self.index)
 
+    def held_here(self) -> bool:
+        return self.held_by_me() or self.read_held_by_me()
+
+    def release_held(self, key: int) -> None:
+        (read_unlock if self.is_read_key(key) else write_unlock)(self)
+
     def _bad_mode_unlock(self, cpu: Cpu, read: bool) -> None:
         """``read_unlock`` without a read hold, or ``write_unlock`` without the write hold, by
         this context: lockdep's bad unlock balance; nothing is released."""
-        cpu.finding("bad-unlock", "WARNING: bad unlock balance detected!",
-                    lock=self.path, cls=self.cls_name, owner=self.mv[self.o_owner], site=sites.capture(2),
-                    ctx="irq" if cpu.ctx else "task", how="read_unlock" if read else "write_unlock")
+        self._bad_unlock(cpu, how="read_unlock" if read else "write_unlock")
 
     # -- the slow path (queue_read_lock_slowpath / queue_write_lock_slowpath) -------------------
     def _rw_slow(self, cpu: Cpu, ctx: int, m: bool, read: bool) -> int:
@@ -216,9 +210,4 @@ def assert_write_held(lock: RwLock) -> bool:
     """Xen's ``ASSERT(rw_is_write_locked(&lock))``, checked strictly: by *this* CPU."""
     if lock.held_by_me():
         return True
-    cpu = lock.cpu
-    cpu.finding("invariant:assert-held", "Assertion 'rw_is_write_locked(lock)' failed",
-                lock=lock.path, cls=lock.cls_name, owner=lock.owner(), site=sites.capture(2),
-                stack=list(sites.capture_stack(2)), ctx="irq" if cpu.ctx else "task",
-                held=[lk.path for lk in cpu.held_locks()])
-    return False
+    return assert_failed(lock, "rw_is_write_locked(lock)")

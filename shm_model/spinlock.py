@@ -86,6 +86,39 @@ class LockBase:
     def __repr__(self) -> str:
         return f"<{self.kind}lock {self.path} ({self.cls_name})>"
 
+    def _init_record(self, index: int, cls: int, cls_name: str, path: str, sem: posix_ipc.Semaphore,
+                     mv: memoryview, geo: Geometry, kind: int) -> int:
+        """What every kind does at construction: names, the lock record's common words (no
+        owner, class, kind) and the C fast path's view of them. Returns the record's base."""
+        self.cls = cls
+        self.cls_name = cls_name
+        self.path = path
+        self.sem = sem
+        self.mv = mv
+        self.geo = geo
+        base = geo.lslot(index)
+        mv[base + L_OWNER] = NO_OWNER
+        mv[base + L_CLASS] = cls
+        mv[base + L_KIND] = kind
+        # chain-key digit: the lock instance, then subclass, ctx and irq-state bits
+        self._open(sem.name, index, key_digit(index), base + L_OWNER, base + L_SITE, base + L_SINCE)
+        return base
+
+    def held_here(self) -> bool:
+        """Held by this CPU in any mode (``assert_held``'s question)."""
+        return self.held_by_me()
+
+    def release_held(self, key: int) -> None:
+        """Release this CPU's hold whose chain key is ``key``, by the kind's own unlock (the
+        engine's recovery after a model fault)."""
+        spin_unlock(self)
+
+    def _bad_unlock(self, cpu: Cpu, **extra) -> None:
+        """Lockdep's "bad unlock balance": an unlock of a hold this context does not have."""
+        cpu.finding("bad-unlock", "WARNING: bad unlock balance detected!",
+                    lock=self.path, cls=self.cls_name, owner=self.mv[self.o_owner], site=sites.capture(3),
+                    ctx="irq" if cpu.ctx else "task", **extra)
+
     def bind(self, cpu: Cpu) -> None:
         self.st = self.geo.sslot(cpu.wid, self.cls)
         self.hh = self.geo.hslot(cpu.wid, self.cls) + H_HOLD
@@ -138,10 +171,7 @@ class LockBase:
                 for lk, k in rest:  # recompute the chain keys above the released lock
                     held.append((lk, ((held[-1][1] << KEY_DIGIT_BITS) if held else 0) | (k & DIGIT_MASK)))
                 return True
-        owner = self.mv[self.o_owner]
-        cpu.finding("bad-unlock", "WARNING: bad unlock balance detected!",
-                    lock=self.path, cls=self.cls_name, owner=owner, site=sites.capture(2),
-                    ctx="irq" if cpu.ctx else "task")
+        self._bad_unlock(cpu)
         return False
 
 
@@ -155,18 +185,7 @@ class Lock(LockBase, LockCore):
 
     def __init__(self, index: int, cls: int, cls_name: str, path: str, sem: posix_ipc.Semaphore,
                  mv: memoryview, geo: Geometry) -> None:
-        self.cls = cls
-        self.cls_name = cls_name
-        self.path = path
-        self.sem = sem
-        self.mv = mv
-        self.geo = geo
-        base = geo.lslot(index)
-        mv[base + L_OWNER] = NO_OWNER
-        mv[base + L_CLASS] = cls
-        mv[base + L_KIND] = LK_SPIN
-        # chain-key digit: the lock instance, then subclass, ctx and irq-state bits
-        self._open(sem.name, index, key_digit(index), base + L_OWNER, base + L_SITE, base + L_SINCE)
+        self._init_record(index, cls, cls_name, path, sem, mv, geo, LK_SPIN)
         self._wait = sem.acquire
 
     def __repr__(self) -> str:
@@ -199,12 +218,17 @@ def assert_held(lock: Lock) -> bool:
     *this* CPU (lockdep's ``lockdep_assert_held``). Xen's check passes whenever any CPU holds
     the lock, which hides exactly the races this tool looks for. A failure is a finding
     ``invariant:assert-held``; execution continues, as in a release build."""
-    if lock.held_by_me() or (lock.kind == "rw" and lock.read_held_by_me()):
-        return True  # a reader-writer lock: held in either mode (Xen's rw_is_locked)
+    if lock.held_here():  # a reader-writer lock: in either mode (Xen's rw_is_locked)
+        return True
+    return assert_failed(lock, "spin_is_locked(lock)")
+
+
+def assert_failed(lock: "LockBase", expr: str) -> bool:
+    """An ``ASSERT(expr)`` on ``lock`` that failed in the caller's caller: the finding
+    ``invariant:assert-held`` with the site and the locks this CPU holds. Returns False."""
     cpu = lock.cpu
-    owner = lock.owner()
-    cpu.finding("invariant:assert-held", "Assertion 'spin_is_locked(lock)' failed",
-                lock=lock.path, cls=lock.cls_name, owner=owner, site=sites.capture(2),
-                stack=list(sites.capture_stack(2)), ctx="irq" if cpu.ctx else "task",
+    cpu.finding("invariant:assert-held", f"Assertion '{expr}' failed",
+                lock=lock.path, cls=lock.cls_name, owner=lock.owner(), site=sites.capture(3),
+                stack=list(sites.capture_stack(3)), ctx="irq" if cpu.ctx else "task",
                 held=[lk.path for lk in cpu.held_locks()])
     return False

@@ -305,15 +305,9 @@ def _recover(cpu: Cpu) -> None:
     the operation held, innermost first, each by its kind's unlock, and enable interrupts.
     Xen would have panicked; the run goes on so that what else the protocol does wrong is
     still found (the fault's finding says where it happened)."""
-    from shm_model.rwlock import read_unlock, write_unlock
-    from shm_model.spinlock import spin_unlock
-
     cpu.masked = True
     for lk, key in reversed(list(cpu.held[0])):
-        if getattr(lk, "kind", "spin") == "rw":
-            (read_unlock if lk.is_read_key(key) else write_unlock)(lk)
-        else:
-            spin_unlock(lk)
+        lk.release_held(key)
     cpu.local_irq_restore(False)
 
 

@@ -34,6 +34,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <semaphore.h>
 #include <stdint.h>
 #include <time.h>
@@ -170,6 +171,7 @@ static PyObject *m_set_internal(PyObject *mod, PyObject *fn) {
 
 static PyObject *m_capture_site(PyObject *mod, PyObject *unused) { return PyLong_FromLongLong(capture_site()); }
 
+static PyObject *str_wm_acquired, *str_wm_releasing;
 static PyObject *str_new_chain, *str_jitter, *str_contended, *str_unlock_out_of_order, *str_run_irqs,
     *str_irqs_enabled_holding, *str_point;
 
@@ -190,6 +192,7 @@ typedef struct {
     PyObject *chains; /* chain key -> site */
     PyObject *hooks;
     PyObject *sched;  /* controlled mode's scheduler, or None (free mode) */
+    PyObject *wm;     /* this CPU's weak-memory state (shm_model.weak.MemCpu), or None */
     int64_t oid[2];
     Py_ssize_t th;     /* trace ring head word */
     int64_t tevents;   /* events in the ring */
@@ -202,6 +205,7 @@ static int cpu_traverse(CpuCore *self, visitproc visit, void *arg) {
     Py_VISIT(self->chains);
     Py_VISIT(self->hooks);
     Py_VISIT(self->sched);
+    Py_VISIT(self->wm);
     /* not buf.obj: the arena's memoryview refers to nothing that could lead back here, and
      * the collector clearing it while exported would break its release */
     return 0;
@@ -212,6 +216,7 @@ static int cpu_clear(CpuCore *self) {
     Py_CLEAR(self->chains);
     Py_CLEAR(self->hooks);
     Py_CLEAR(self->sched);
+    Py_CLEAR(self->wm);
     return 0;
 }
 
@@ -241,6 +246,8 @@ static PyObject *cpu_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     self->hooks = Py_None;
     Py_INCREF(Py_None);
     self->sched = Py_None;
+    Py_INCREF(Py_None);
+    self->wm = Py_None;
     self->oid[0] = self->oid[1] = NO_OWNER;
     if (!self->held || !self->chains) {
         Py_DECREF(self);
@@ -433,6 +440,8 @@ static PyMemberDef cpu_members[] = {
     {"noise", T_DOUBLE, offsetof(CpuCore, noise), 0, "probability of scheduling noise at a lock operation"},
     {"hooks", T_OBJECT_EX, offsetof(CpuCore, hooks), 0, "the engine's Hooks"},
     {"sched", T_OBJECT_EX, offsetof(CpuCore, sched), 0, "controlled mode's scheduler (None: free mode)"},
+    {"wm", T_OBJECT_EX, offsetof(CpuCore, wm), 0,
+     "weak-memory state (shm_model.weak.MemCpu): lock acquisitions are acquires, releases releases; None: none"},
     {NULL}};
 
 static PyGetSetDef cpu_getset[] = {
@@ -618,6 +627,25 @@ static inline int record_acquire(LockCore *self, CpuCore *cpu, PyObject *held, P
     return 0;
 }
 
+/* Weak memory (shm_model/weak.py): with relaxed fields in the state, an acquisition is an
+ * acquire and a release a release. The lock record's L_VIEW word (o_owner + 7) carries the
+ * releaser's view; cpu->wm's methods do the rest in Python, masked. 0, or -1 on error. */
+#define L_VIEW_FROM_OWNER 7
+static int wm_call(CpuCore *cpu, PyObject *name, Py_ssize_t owner_word) {
+    if (cpu->wm == Py_None)
+        return 0;
+    int m = cpu->masked;
+    cpu->masked = 1;
+    PyObject *arg = PyLong_FromSsize_t(owner_word + L_VIEW_FROM_OWNER);
+    PyObject *r = arg ? PyObject_CallMethodOneArg(cpu->wm, name, arg) : NULL;
+    Py_XDECREF(arg);
+    cpu->masked = (char)m;
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 /* Validate a held-lock chain not seen before (lockdep), masked, and cache it. The site is
  * this acquisition's own (capture_site): the cache holds chains, never sites, so every
  * acquisition records where it really happened. */
@@ -685,7 +713,7 @@ static PyObject *c_lock(LockCore *self, CpuCore *cpu, int sub) {
     }
     int r = record_acquire(self, cpu, held, key, ctx, site);
     Py_DECREF(key);
-    if (r < 0)
+    if (r < 0 || wm_call(cpu, str_wm_acquired, self->o_owner) < 0)
         return NULL;
     cpu->masked = (char)m;
     if (run_pending(cpu, m) < 0)
@@ -721,7 +749,7 @@ static PyObject *c_trylock(LockCore *self, CpuCore *cpu) {
     Py_DECREF(ckey);
     int r = record_acquire(self, cpu, held, key, ctx, site);
     Py_DECREF(key);
-    if (r < 0)
+    if (r < 0 || wm_call(cpu, str_wm_acquired, self->o_owner) < 0)
         return NULL;
     cpu->masked = (char)m;
     if (run_pending(cpu, m) < 0)
@@ -776,6 +804,8 @@ static PyObject *c_unlock(LockCore *self, CpuCore *cpu) {
             return NULL;
         Py_RETURN_NONE;
     }
+    if (wm_call(cpu, str_wm_releasing, self->o_owner) < 0)
+        return NULL;
     volatile int64_t *w = cpu->w;
     account_hold(self, w, w[self->o_since]);
     w[self->o_owner] = NO_OWNER;
@@ -1192,7 +1222,7 @@ static PyObject *c_read_lock(RwLockCore *self, CpuCore *cpu) {
     }
     int r = record_read(self, cpu, held, key, ctx, site);
     Py_DECREF(key);
-    if (r < 0)
+    if (r < 0 || wm_call(cpu, str_wm_acquired, self->base.o_owner) < 0)
         return NULL;
     cpu->masked = (char)m;
     if (run_pending(cpu, m) < 0)
@@ -1223,7 +1253,7 @@ static PyObject *c_write_lock(RwLockCore *self, CpuCore *cpu) {
     }
     int r = record_acquire((LockCore *)self, cpu, held, key, ctx, site);
     Py_DECREF(key);
-    if (r < 0)
+    if (r < 0 || wm_call(cpu, str_wm_acquired, self->base.o_owner) < 0)
         return NULL;
     cpu->masked = (char)m;
     if (run_pending(cpu, m) < 0)
@@ -1264,7 +1294,7 @@ static PyObject *c_rw_trylock(RwLockCore *self, CpuCore *cpu, int read) {
         goto fail;
     int r = read ? record_read(self, cpu, held, key, ctx, site) : record_acquire((LockCore *)self, cpu, held, key, ctx, site);
     Py_DECREF(key);
-    if (r < 0)
+    if (r < 0 || wm_call(cpu, str_wm_acquired, self->base.o_owner) < 0)
         return NULL;
     cpu->masked = (char)m;
     if (run_pending(cpu, m) < 0)
@@ -1307,6 +1337,8 @@ static PyObject *c_rw_unlock(RwLockCore *self, CpuCore *cpu, int read) {
             return NULL;
         Py_RETURN_NONE;
     }
+    if (wm_call(cpu, str_wm_releasing, self->base.o_owner) < 0)
+        return NULL;
     volatile int64_t *w = cpu->w;
     if (read) {
         Py_ssize_t rh = self->rh + cpu->oid[cpu->ctx] * RHSLOT;
@@ -1512,6 +1544,190 @@ static PyObject *m_rw_is_write_locked(PyObject *mod, PyObject *l) {
                : NULL;
 }
 
+/* ---- MemWords: the shared side of weak memory (shm_model/weak.py) ---------------------------
+ *
+ * A relaxed location is WM_WORDS words: the newest committed value (what a plain reader sees),
+ * a commit lock, the number of commits, then a ring of the last WM_HIST messages (value,
+ * timestamp, site of the store, writer and its program-order number). Timestamps come from one word of the state (``gts``): the order in which
+ * stores became visible to every other CPU (ARMv8 is other-multi-copy-atomic). A commit and
+ * a snapshot hold the location's lock word for a few loads and stores (never across Python).
+ */
+#define WM_HIST 8
+#define WM_ENTRY 4 /* value, ts, site, who */
+#define WM_WORDS (3 + WM_ENTRY * WM_HIST)
+
+typedef struct {
+    PyObject_HEAD
+    volatile int64_t *w;
+    Py_buffer buf;
+    int has_buf;
+    Py_ssize_t nwords;
+} MemWords;
+
+static void mw_dealloc(MemWords *self) {
+    if (self->has_buf)
+        PyBuffer_Release(&self->buf);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int mw_init(MemWords *self, PyObject *args, PyObject *kw) {
+    PyObject *mv;
+    if (!PyArg_ParseTuple(args, "O", &mv))
+        return -1;
+    if (self->has_buf) {
+        PyBuffer_Release(&self->buf);
+        self->has_buf = 0;
+    }
+    if (PyObject_GetBuffer(mv, &self->buf, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_ND) < 0)
+        return -1;
+    self->has_buf = 1;
+    if (self->buf.itemsize != 8) {
+        PyErr_SetString(PyExc_ValueError, "MemWords needs a memoryview of 64-bit words");
+        return -1;
+    }
+    self->w = (volatile int64_t *)self->buf.buf;
+    self->nwords = self->buf.len / 8;
+    return 0;
+}
+
+static inline int mw_ok(MemWords *self, Py_ssize_t i, Py_ssize_t n) {
+    if (!self->has_buf || i < 0 || i + n > self->nwords) {
+        PyErr_SetString(PyExc_IndexError, "MemWords: word out of range");
+        return 0;
+    }
+    return 1;
+}
+
+static inline void mw_lock(volatile int64_t *l) {
+    int spins = 0;
+    for (;;) {
+        int64_t z = 0;
+        if (__atomic_compare_exchange_n(l, &z, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+            return;
+        if (++spins > 64)
+            sched_yield();
+    }
+}
+
+/* commit(loc, gts, value, site, who) -> ts: the store becomes visible to all, newest of its location */
+static PyObject *mw_commit(MemWords *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "commit(loc, gts, value, site, who)");
+        return NULL;
+    }
+    Py_ssize_t loc = PyLong_AsSsize_t(args[0]), g = PyLong_AsSsize_t(args[1]);
+    int64_t v = PyLong_AsLongLong(args[2]), site = PyLong_AsLongLong(args[3]), who = PyLong_AsLongLong(args[4]);
+    if (PyErr_Occurred() || !mw_ok(self, loc, WM_WORDS) || !mw_ok(self, g, 1))
+        return NULL;
+    volatile int64_t *w = self->w;
+    mw_lock(&w[loc + 1]);
+    int64_t ts = __atomic_add_fetch(&w[g], 1, __ATOMIC_SEQ_CST);
+    int64_t n = w[loc + 2];
+    Py_ssize_t e = loc + 3 + WM_ENTRY * (n % WM_HIST);
+    w[e] = v;
+    w[e + 1] = ts;
+    w[e + 2] = site;
+    w[e + 3] = who;
+    w[loc + 2] = n + 1;
+    w[loc] = v;
+    __atomic_store_n(&w[loc + 1], 0, __ATOMIC_RELEASE);
+    return PyLong_FromLongLong(ts);
+}
+
+/* snapshot(loc, floor) -> (value, ts, site, who, ...): the messages a load may read, newest
+ * first, down to the newest one at or below ``floor`` (older ones are hidden by coherence and
+ * the barriers); every retained message when all are newer than ``floor``. */
+static PyObject *mw_snapshot(MemWords *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "snapshot(loc, floor)");
+        return NULL;
+    }
+    Py_ssize_t loc = PyLong_AsSsize_t(args[0]);
+    int64_t floor = PyLong_AsLongLong(args[1]);
+    if (PyErr_Occurred() || !mw_ok(self, loc, WM_WORDS))
+        return NULL;
+    volatile int64_t *w = self->w;
+    int64_t out[WM_ENTRY * WM_HIST];
+    int k = 0;
+    mw_lock(&w[loc + 1]);
+    int64_t n = w[loc + 2];
+    for (int64_t i = n - 1; i >= 0 && i >= n - WM_HIST; i--) {
+        Py_ssize_t e = loc + 3 + WM_ENTRY * (i % WM_HIST);
+        for (int j = 0; j < WM_ENTRY; j++)
+            out[WM_ENTRY * k + j] = w[e + j];
+        k++;
+        if (out[WM_ENTRY * (k - 1) + 1] <= floor)
+            break;
+    }
+    __atomic_store_n(&w[loc + 1], 0, __ATOMIC_RELEASE);
+    PyObject *t = PyTuple_New(WM_ENTRY * k);
+    if (!t)
+        return NULL;
+    for (int i = 0; i < WM_ENTRY * k; i++) {
+        PyObject *x = PyLong_FromLongLong(out[i]);
+        if (!x) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, i, x);
+    }
+    return t;
+}
+
+/* amax(i, v): word i = max(word i, v), atomically (a release's view into a lock record) */
+static PyObject *mw_amax(MemWords *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "amax(i, v)");
+        return NULL;
+    }
+    Py_ssize_t i = PyLong_AsSsize_t(args[0]);
+    int64_t v = PyLong_AsLongLong(args[1]);
+    if (PyErr_Occurred() || !mw_ok(self, i, 1))
+        return NULL;
+    int64_t cur = __atomic_load_n(&self->w[i], __ATOMIC_SEQ_CST);
+    while (cur < v && !__atomic_compare_exchange_n(&self->w[i], &cur, v, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+        ;
+    Py_RETURN_NONE;
+}
+
+/* get(i): word i, atomically */
+static PyObject *mw_get(MemWords *self, PyObject *arg) {
+    Py_ssize_t i = PyLong_AsSsize_t(arg);
+    if (PyErr_Occurred() || !mw_ok(self, i, 1))
+        return NULL;
+    return PyLong_FromLongLong(__atomic_load_n(&self->w[i], __ATOMIC_SEQ_CST));
+}
+
+static PyObject *mw_release(MemWords *self, PyObject *unused) {
+    if (self->has_buf) {
+        self->has_buf = 0;
+        self->w = NULL;
+        PyBuffer_Release(&self->buf);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef mw_methods[] = {
+    {"commit", (PyCFunction)(void (*)(void))mw_commit, METH_FASTCALL,
+     "commit(loc, gts, value, site, who) -> ts: make a store visible to every CPU"},
+    {"snapshot", (PyCFunction)(void (*)(void))mw_snapshot, METH_FASTCALL,
+     "snapshot(loc, floor) -> flat (value, ts, site, who) tuple, newest first, down to the newest at or below floor"},
+    {"amax", (PyCFunction)(void (*)(void))mw_amax, METH_FASTCALL, "amax(i, v): word i = max(word i, v)"},
+    {"get", (PyCFunction)mw_get, METH_O, "get(i): word i"},
+    {"release", (PyCFunction)mw_release, METH_NOARGS, "Release the buffer (unusable after)."},
+    {NULL}};
+
+static PyTypeObject MemWordsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shm_model._fastlock.MemWords",
+    .tp_basicsize = sizeof(MemWords),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "MemWords(mv): the shared words of weak memory (relaxed locations, timestamps)",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)mw_init,
+    .tp_dealloc = (destructor)mw_dealloc,
+    .tp_methods = mw_methods,
+};
+
 static PyMethodDef module_methods[] = {
     {"spin_lock", m_spin_lock, METH_O, "Take lock with interrupts as they are."},
     {"spin_unlock", m_spin_unlock, METH_O, "Release lock."},
@@ -1555,6 +1771,8 @@ PyMODINIT_FUNC PyInit__fastlock(void) {
     if (!(v = PyUnicode_InternFromString(s)))                                                                          \
         return NULL;
     INTERN(str_new_chain, "new_chain");
+    INTERN(str_wm_acquired, "acquired");
+    INTERN(str_wm_releasing, "releasing");
     INTERN(str_jitter, "jitter");
     INTERN(str_contended, "_contended");
     INTERN(str_unlock_out_of_order, "_unlock_out_of_order");
@@ -1564,7 +1782,8 @@ PyMODINIT_FUNC PyInit__fastlock(void) {
     INTERN(str_rw_slow, "_rw_slow");
     INTERN(str_bad_mode_unlock, "_bad_mode_unlock");
     RwLockCoreType.tp_base = &LockCoreType;
-    if (PyType_Ready(&CpuCoreType) < 0 || PyType_Ready(&LockCoreType) < 0 || PyType_Ready(&RwLockCoreType) < 0)
+    if (PyType_Ready(&CpuCoreType) < 0 || PyType_Ready(&LockCoreType) < 0 || PyType_Ready(&RwLockCoreType) < 0 ||
+        PyType_Ready(&MemWordsType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&fastlock_module);
     if (!m)
@@ -1572,6 +1791,8 @@ PyMODINIT_FUNC PyInit__fastlock(void) {
     if (PyModule_AddObjectRef(m, "CpuCore", (PyObject *)&CpuCoreType) < 0 ||
         PyModule_AddObjectRef(m, "LockCore", (PyObject *)&LockCoreType) < 0 ||
         PyModule_AddObjectRef(m, "RwLockCore", (PyObject *)&RwLockCoreType) < 0 ||
+        PyModule_AddObjectRef(m, "MemWords", (PyObject *)&MemWordsType) < 0 ||
+        PyModule_AddIntConstant(m, "WM_HIST", WM_HIST) < 0 || PyModule_AddIntConstant(m, "WM_ENTRY", WM_ENTRY) < 0 || PyModule_AddIntConstant(m, "WM_WORDS", WM_WORDS) < 0 ||
         PyModule_AddIntConstant(m, "KEY_DIGIT_BITS", KEY_DIGIT_BITS) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -74,6 +74,7 @@ WORKER_STATES = {WS_INIT: "starting", WS_RUNNING: "running", WS_PARKED: "parked"
 # after L_KIND are the kind's own (a reader-writer lock: its count word and queue holder)
 L_OWNER, L_CLASS, L_SITE, L_SINCE, L_KIND = range(5)
 L_CNTS, L_QOWNER = 5, 6  # rw: Xen's cnts word (readers, writer state, writer CPU); who holds the queue
+L_VIEW = 7  # weak memory: the view the lock's last release published (shm_model.weak; any kind)
 LSLOT = 8
 NO_OWNER = -1
 LK_SPIN, LK_RW = 0, 1  # L_KIND

@@ -247,6 +247,7 @@ class Cpu(CpuCore):
         Free mode: a busy wait or a real sleep, interrupts taken as they come. Controlled
         mode: the virtual clock must advance that far before this CPU runs on; others run
         meanwhile and interrupts may be delivered (if enabled)."""
+        self.quiesce()
         sched = self.sched
         if sched is not None:
             sched.sleep_until(self, sched.clock_ns() + int(seconds * 1e9), not self.masked)
@@ -256,6 +257,13 @@ class Cpu(CpuCore):
                 pass
         else:
             time.sleep(seconds)
+
+    def quiesce(self) -> None:
+        """This CPU goes idle or blocks: with weak memory (relaxed fields), its deferred loads
+        are performed and its store buffer drains (shm_model.weak)."""
+        wm = self.wm
+        if wm is not None:
+            wm.quiesce()
 
     def yield_point(self) -> None:
         """An explicit scheduling point (controlled mode); nothing in free mode. Place one

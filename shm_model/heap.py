@@ -220,6 +220,7 @@ class HeapNode(Node):
         sem = ctx.aux[self.aux] if ctx.aux is not None else _LocalSem()
         hv = HeapView(self, mv, base, locks, cache, ctx, sem)
         ctx.heaps.append(hv)
+        ctx.bound.append(hv)
         return hv
 
     def offsets(self) -> Iterator[int]:

@@ -217,6 +217,10 @@ class Plan:
     node: Any = None  # the tree that `attach` turns into views
     #: kinds that may not nest in themselves mark what they are planning (e.g. a heap)
     within: list[str] = field(default_factory=list, repr=False, compare=False)
+    #: one planned object per kind that needs state shared by all its fields (e.g. weak
+    #: memory's clock), keyed by the kind's name; ``finish(plan)`` reserves its own words
+    #: once the whole state is planned
+    shared: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def reserve(self, n: int) -> int:
         """``n`` words; returns the first one's offset."""
@@ -236,6 +240,8 @@ def plan_struct(struct: type[Struct], options: Any) -> Plan:
         raise LayoutError(f"state must be a Struct subclass, not {struct!r}")
     plan = Plan()
     plan.node = plan_instance(struct, options, plan, "")
+    for shared in plan.shared.values():  # words of their own go after the state's (never inside a struct)
+        shared.finish(plan)
     return plan
 
 
@@ -258,17 +264,31 @@ def _join(path: str, name: str) -> str:
 @dataclass
 class AttachCtx:
     """What attaching needs beyond the words and locks: the arena's auxiliary semaphores
-    (``Arena.aux``; None in a single-process test) and the objects that must be bound to
-    each worker's Cpu after fork (``heaps``: every heap view, in plan order)."""
+    (``Arena.aux``; None in a single-process test), every heap view in plan order
+    (``heaps``: the engine reads their statistics) and the objects that must be bound to
+    each worker's Cpu after fork (``bound``)."""
 
     aux: list[Any] | None = None
     heaps: list[Any] = field(default_factory=list)
+    #: every object to bind to each worker's Cpu after fork (``bind(cpu, resolve)``): heaps,
+    #: the weak memory of relaxed fields
+    bound: list[Any] = field(default_factory=list)
+    #: one attached object per entry of ``Plan.shared`` (created by the first field that needs it)
+    shared: dict[str, Any] = field(default_factory=dict)
+    #: the words and the state region's first word (set by :func:`attach`)
+    mv: Any = None
+    base: int = 0
 
 
 class Node:
-    """A planned field. ``scalar``: one word the struct view exposes as a property."""
+    """A planned field. ``scalar``: a field the struct view exposes as a property (made by
+    :meth:`prop`; the node has an ``off``)."""
 
     scalar: ClassVar[bool] = False
+
+    def prop(self, rel: int, ctx: AttachCtx) -> property:
+        """A scalar's property on the struct's view class, at ``rel`` words from the instance."""
+        raise NotImplementedError
 
     def attach(self, mv: memoryview, base: int, locks: list[Any], cache: dict, ctx: AttachCtx) -> Any:
         """What the model sees of this field, over ``mv`` (state region at word ``base``)."""
@@ -286,6 +306,9 @@ class IntNode(Node):
 
     def attach(self, mv: memoryview, base: int, locks: list[Any], cache: dict, ctx: AttachCtx) -> Any:
         return mv[base + self.off]  # a struct view makes it a property instead
+
+    def prop(self, rel: int, ctx: AttachCtx) -> property:
+        return _int_property(rel)
 
     def offsets(self) -> Iterator[int]:
         yield self.off
@@ -326,7 +349,7 @@ class StructNode(Node):
     start: int
 
     def attach(self, mv: memoryview, base: int, locks: list[Any], cache: dict, ctx: AttachCtx) -> Any:
-        vc = _view_class(self.struct, self.members, self.start, cache)
+        vc = _view_class(self.struct, self.members, self.start, cache, ctx)
         view = vc.__new__(vc)
         view._mv = mv
         view._base = base + self.start
@@ -368,18 +391,20 @@ def scalar_offsets(members: list[tuple[str, Node]], start: int) -> tuple[tuple[s
     return tuple((name, node.off - start) for name, node in members if node.scalar)
 
 
-def _view_class(struct: type[Struct], members: list[tuple[str, Node]], start: int, cache: dict) -> type:
-    """A view class per Struct and plan: Int fields are properties at offsets relative to
-    the instance (sizes depend on the run's options, so the cache lives with the plan)."""
-    rel = scalar_offsets(members, start)
+def _view_class(struct: type[Struct], members: list[tuple[str, Node]], start: int, cache: dict,
+                ctx: AttachCtx) -> type:
+    """A view class per Struct and plan: scalar fields are properties at offsets relative to
+    the instance, each made by its node (sizes depend on the run's options, so the cache
+    lives with the plan)."""
+    rel = tuple((name, node.off - start, type(node)) for name, node in members if node.scalar)
     hit = cache.get(struct)
     if hit is not None:
         if hit[1] != rel:
             raise LayoutError(f"{struct.__name__}: instances laid out differently")
         return hit[0]
-    ns: dict[str, Any] = {"__slots__": ()}
-    for name, off in rel:
-        ns[name] = _int_property(off)
+    ns: dict[str, Any] = {"__slots__": (), "_offsets": {name: off for name, off, _ in rel}}
+    for (name, node), (_, off, _) in zip([m for m in members if m[1].scalar], rel):
+        ns[name] = node.prop(off, ctx)
     vc = type(struct.__name__, (StructView,), ns)
     cache[struct] = (vc, rel)
     return vc
@@ -398,7 +423,9 @@ def _int_property(off: int) -> property:
 def attach(node: Node, mv: memoryview, base: int, locks: list[Any], cache: dict | None = None,
            ctx: AttachCtx | None = None) -> Any:
     """Turn a planned tree into views over ``mv`` (state region at word ``base``)."""
-    return node.attach(mv, base, locks, {} if cache is None else cache, AttachCtx() if ctx is None else ctx)
+    ctx = AttachCtx() if ctx is None else ctx
+    ctx.mv, ctx.base = mv, base
+    return node.attach(mv, base, locks, {} if cache is None else cache, ctx)
 
 
 def iter_int_offsets(node: Node) -> Iterator[int]:

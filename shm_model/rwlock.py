@@ -116,6 +116,7 @@ class RwLock(LockBase, RwLockCore):
         stack = sites.capture_stack(2, 1 + WAIT_CALLERS)
         site = stack[0] if stack else 0
         callers = list(stack[1:])
+        cpu.quiesce()  # a blocked CPU's stores become visible (weak memory)
         wrec = self.geo.wait_slot(cpu.wid, ctx)
         me = cpu.oid[ctx]
         wid = cpu.wid

@@ -197,6 +197,7 @@ class Lock(LockBase, LockCore):
         mv = self.mv
         stack = sites.capture_stack(2, 1 + WAIT_CALLERS)
         site = stack[0] if stack else 0
+        cpu.quiesce()  # a blocked CPU's stores become visible (weak memory)
         w = self.geo.wait_slot(cpu.wid, ctx)
         t0 = cpu.now()
         publish_wait(mv, w, self.index, SPIN, site, t0, list(stack[1:]))

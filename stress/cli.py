@@ -786,6 +786,55 @@ def _found_cell(summary_found: list[str], known: dict[str, int]) -> str:
     return ", ".join(parts) or "-"
 
 
+@app.command("litmus")
+def litmus_cmd(
+    trials: int = typer.Option(100_000, "--trials", "-n", help="trials per test"),
+    seed: int = typer.Option(1, help="seed of the trials' scheduling and weak-memory choices"),
+    test: Optional[list[str]] = typer.Option(None, "--test", "-t", help="only this test (repeatable; default: all)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no per-state lines, only each test's verdict"),
+    as_json: bool = typer.Option(False, "--json", help="print the results as JSON and nothing else"),
+) -> None:
+    """Check the weak-memory emulation (relaxed fields) against the litmus table: each test's
+    outcomes over many trials in herd7's shape, and whether the observation matches ARMv8 /
+    the Linux-kernel memory model (Sometimes vs Never). Exit 1 when any row does not."""
+    from shm_model.litmus import BY_NAME, run_table
+
+    if trials < 1:
+        _fail("--trials must be at least 1")
+    unknown = [t for t in (test or []) if t not in BY_NAME]
+    if unknown:
+        _fail(f"unknown litmus test {unknown[0]!r} (tests: {', '.join(BY_NAME)})")
+    con = make_console()
+
+    def progress(name: str, n: int) -> None:
+        if not quiet and not as_json and n % 50_000 == 0 and n < trials:
+            con.print(f"  {name}: {n}/{trials} trials", style="dim")
+
+    results = []
+    for name in (test or list(BY_NAME)):
+        r = run_table(trials, seed, [name], progress)[0]
+        results.append(r)
+        if as_json:
+            continue
+        if quiet:
+            con.print(f"Observation {r.test.name} {r.observation} {r.positive} {r.negative}   "
+                      f"expected {r.test.expect}: {'ok' if r.ok else 'FAIL'}")
+        else:
+            con.print(Text(r.herd() + f"\nTime {r.test.name} {r.seconds:.2f}\n"))
+    bad = [r for r in results if not r.ok]
+    if as_json:
+        print(json.dumps([{"test": r.test.name, "trials": r.trials, "positive": r.positive, "negative": r.negative,
+                           "observation": r.observation, "expected": r.test.expect, "ok": r.ok,
+                           "condition": r.test.condition(), "source": r.test.source,
+                           "states": [{"state": dict(st), "count": n} for st, n in sorted(r.states.items())],
+                           "seconds": round(r.seconds, 3)} for r in results], indent=1))
+    else:
+        con.print(f"{len(results) - len(bad)}/{len(results)} tests as ARMv8 and the LKMM expect"
+                  + (f"; wrong: {', '.join(r.test.name for r in bad)}" if bad else ""),
+                  style="red" if bad else "green")
+    raise typer.Exit(1 if bad else 0)
+
+
 @app.command("runs")
 def runs_cmd(
     workload: Optional[str] = typer.Option(None, help="only this workload"),

@@ -456,6 +456,47 @@ def render_kasan(f: Finding, roster: Roster) -> list[str]:
     return lines
 
 
+def render_stale_read(f: Finding, roster: Roster) -> list[str]:
+    """A weak-memory finding (shm_model/weak.py: ``memory`` is MemCpu.explain's evidence) in
+    KCSAN's words: the read and its site, the value it returned and who wrote it, the newer
+    value already stored and by whom, and the program-order pair that was reordered, with the
+    barrier whose absence allowed it (KCSAN's ``(reordered)``)."""
+    d = f.details
+    m = d["memory"]
+    owner = d.get("owner_of_report", f.worker * 2)
+
+    def writer(w: dict) -> str:
+        if w.get("writer") is None:
+            return "the initial value"
+        return f"{_who(roster, 2 * w['writer'])} at {w.get('site', '?')}"
+
+    loc = m.get("location", d.get("location", "?"))
+    lines = [KASAN_BAR, f.title, "",
+             f"read to {loc} of 8 bytes by {_who(roster, owner)}" + (f" in operation {d['op']}" if d.get("op") else "")
+             + ":", f" {m.get('read_site', '?')}"]
+    if "value" in m:
+        lines.append(f"value read: {m['value']}, stored by {writer(m.get('written_by', {}))}")
+    for n in m.get("newer", [])[:3]:
+        when = "visible when it read" if n.get("visible_at_read") else "committed after the read"
+        lines.append(f"newer value: {n['value']}, stored by {writer(n)} ({when})")
+    for k in ("expected", "read_generation", "expected_generation"):
+        if k in d:
+            lines.append(f"{k.replace('_', ' ')}: {d[k]}")
+    r = m.get("reordered")
+    if r:
+        kind = "stores" if r["kind"] == "store-store" else "loads"
+        lines += ["", f"reordered {kind} of {_who(roster, 2 * r['cpu'])}:",
+                  f" {r['first']['location']} at {r['first']['site']}",
+                  "  |",
+                  f"  +-> reordered to after: {r['then']['location']} at {r['then']['site']}",
+                  f"{r['why']}; {r['missing']} between them forbids it on ARMv8"]
+    else:
+        lines += ["", "no program-order pair of this CPU's recent loads explains the value (the newer store "
+                      "was not yet visible to any CPU)"]
+    lines.append(KASAN_BAR)
+    return lines
+
+
 RENDERERS: dict[str, Callable[[Finding, Roster], list[str]]] = {
     "WARNING: possible circular locking dependency detected": render_circular,
     "WARNING: possible recursive locking detected": render_recursive,
@@ -476,6 +517,8 @@ def render(f: Finding, roster: Roster, trace_tail: int = 12) -> str:
         fn = render_invariant
     elif f.details.get("kasan"):  # a heap finding (shm_model/heap.py)
         fn = render_kasan
+    elif isinstance(f.details.get("memory"), dict):  # a weak-memory finding (shm_model/weak.py)
+        fn = render_stale_read
     else:
         fn = RENDERERS.get(f.title, render_generic)
     try:

@@ -81,6 +81,8 @@ class WorkerHooks:
         op = self.world.mv[cpu.ws + W_OP]
         d.setdefault("op", self.world.ops[op].spec.name if 0 <= op < len(self.world.ops) else None)
         sig = f"{outcome}:{d.get('lock', '')}:{d.get('type', '')}:{d.get('site', '')}"
+        if "location" in d:  # a weak-memory finding: one per location read stale
+            sig += f":{d['location']}"
         if sig in self._reported:
             return
         self._reported.add(sig)
@@ -172,8 +174,8 @@ def worker_main(world: World, wid: int, findings_dir: str) -> None:
     cpu.user_events = {n: i for i, n in enumerate(world.event_names)}
     for lk in world.locks:
         lk.bind(cpu)
-    for hp in world.heaps:  # heap views: this CPU, and the resolver for their alloc/free stacks
-        hp.bind(cpu, world.site)
+    for b in world.bound:  # heap views, weak memory: this CPU, and the resolver for the sites they report
+        b.bind(cpu, world.site)
     role_cls = world.cls.roles()[info.role]
     role = role_cls()
     role.workload = world.workload
@@ -295,6 +297,7 @@ def _loop(world: World, wid: int, cpu: Cpu, role: Any, state: Any, sched: Contro
             fn(role, state)
         except Panic:
             _recover(cpu)  # the operation faulted (its finding is written): this CPU goes on
+        cpu.quiesce()  # the operation's buffered effects become visible (weak memory)
         mv[ws + W_OP] = -1
         mv[ops_base + oid] += 1
         mv[ws + W_OPS] += 1

@@ -113,7 +113,8 @@ class World:
         self.arena: Arena | None = None
         self.locks: list[Any] = []  # Lock or RwLock (shm_model.locks.make_lock)
         self.state: Any = None
-        self.heaps: list[Any] = []  # every heap view of the state, bound to each worker's Cpu after fork
+        self.heaps: list[Any] = []  # every heap view of the state (their statistics)
+        self.bound: list[Any] = []  # what each worker binds to its Cpu after fork (heaps, weak memory)
         self.resolver = SiteResolver()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -131,6 +132,7 @@ class World:
         ctx = AttachCtx(aux=self.arena.aux)
         self.state = attach(self.plan.node, mv, base, self.locks, ctx=ctx)
         self.heaps = ctx.heaps
+        self.bound = ctx.bound  # heaps and weak memory: bound to each worker's Cpu after fork
         for i, hp in enumerate(self.heaps):  # alloc/free trace events name their pool by this index
             hp.trace_id = i
         self.heap_names = [(hp.ctype, hp.path) for hp in self.heaps]  # kept past destroy, for the traces
@@ -140,6 +142,7 @@ class World:
             self.state = None
             self.locks = []
             self.heaps = []
+            self.bound = []
             self.arena.destroy()
 
     @property

@@ -31,6 +31,7 @@ from shm_model.heap import Heap
 from shm_model.layout import AttachCtx, Int, Struct, attach, plan_struct
 from shm_model.rwlock import RwLock
 from shm_model.spinlock import Lock
+from shm_model.weak import Relaxed, smp_mb
 
 from .common import Context, StressRunError, Table, fmt_ns, fmt_ratio, median, run_stress, stress_cmd
 
@@ -38,6 +39,7 @@ TARGET_INSTRUMENTED = 3.0  # instrumented pair <= 3.0 x bare pair
 TARGET_MASKING = 1.0  # extra cost of the masking pair <= 1 x bare pair
 TARGET_RW = 1.5  # read_lock and write_lock pairs <= 1.5 x bare pair (issue 21)
 TARGET_DEREF = 2.0  # a checked field read through a heap handle <= 2 x a plain field read (issue 21)
+TARGET_RELAXED = 3.0  # a relaxed store or load <= 3 x a plain field's (issue 22)
 
 
 class _Obj(Struct):
@@ -47,6 +49,7 @@ class _Obj(Struct):
 class _HeapState(Struct):
     x = Int()
     objs = Heap(_Obj, slots=2, ctype="struct obj")
+    rx = Relaxed(Int())  # weak memory (issue 22)
 
 
 class _Hooks:
@@ -91,8 +94,8 @@ class Rig:
         actx = AttachCtx(aux=self.harena.aux)
         self.hs = attach(self.hplan.node, self.harena.mv, self.hgeo.state, [], ctx=actx)
         self.hcpu = Cpu(self.harena.mv, self.hgeo, 0, self.hooks)
-        for hv in actx.heaps:
-            hv.bind(self.hcpu, None)
+        for b in actx.bound:  # the heap and the weak memory
+            b.bind(self.hcpu, None)
         self.handle = self.hs.objs.alloc()
         self.a.bind(self.cpu)
         self.c.bind(self.cpu)
@@ -138,6 +141,15 @@ def _cases() -> list[Case]:
              "v = hs.objs[h]"),
         Case("deref", "`s.objs[h].cmd` (dereference a handle, then the checked read)", "objs[h].cmd",
              "objs = hs.objs; h = handle"),
+        Case("fstore", "`s.x = 1` (a plain Int field store: the baseline of the relaxed store row)", "s.x = 1",
+             "s = hs"),
+        Case("rstore", "`s.rx = 1` (a relaxed store: into the store buffer, committed at 30 % of accesses or "
+             "when full)", "s.rx = 1", "s = hs"),
+        Case("rload", "`s.rx` (a relaxed load, nothing buffered: a snapshot of the location's messages and a "
+             "seeded reads-from choice; 10 % deferred)", "s.rx", "s = hs; wm.quiesce()"),
+        Case("mb", "`smp_mb(cpu)` with nothing buffered", "mb(c)", "mb = smp_mb; c = hcpu; wm.quiesce()"),
+        Case("store_mb", "`s.rx = 1; smp_mb(cpu)` (a store, then a full barrier that commits it)", "s.rx = 1; mb(c)",
+             "s = hs; mb = smp_mb; c = hcpu"),
         Case("traced", "`spin_lock(l); spin_unlock(l)` with --trace-locks (2 trace events)",
              "spin_lock(l); spin_unlock(l)",
              "spin_lock = sl.spin_lock; spin_unlock = sl.spin_unlock; l = lock_traced"),
@@ -161,7 +173,8 @@ def _cases() -> list[Case]:
 
 def _time_cases(ctx: Context, rig: Rig, repeats: int, min_time: float) -> dict[str, list[float]]:
     ns = {"sem": rig.bare, "lock": rig.a, "lock_c": rig.c, "lock_traced": rig.b, "cpu": rig.cpu, "sl": sl, "sites": sites,
-          "sys": sys, "rw": rw, "rwl": rig.rw, "hs": rig.hs, "h": rig.handle, "handle": rig.handle}
+          "sys": sys, "rw": rw, "rwl": rig.rw, "hs": rig.hs, "h": rig.handle, "handle": rig.handle,
+          "hcpu": rig.hcpu, "wm": rig.hcpu.wm, "smp_mb": smp_mb}
     cases = _cases()
     timers = {c.key: timeit.Timer(c.stmt, c.setup, globals=ns) for c in cases}
     # warm up: the first pair of each chain goes through the (stub) lockdep and fills the
@@ -306,6 +319,11 @@ def run(ctx: Context) -> list[Table]:
     row("field", "field", "plain Int field read (baseline)")
     row("checked", "field", "plain Int field read", TARGET_DEREF)
     row("deref", "field", "plain Int field read", TARGET_DEREF)
+    row("fstore", "fstore", "plain Int field store (baseline)")
+    row("rstore", "fstore", "plain Int field store", TARGET_RELAXED)
+    row("rload", "field", "plain Int field read", TARGET_RELAXED)
+    row("mb", "field", "plain Int field read")
+    row("store_mb", "rstore", "relaxed store")
     row("traced", "spin", "plain instrumented pair")
     row("irqsave", "spin", "plain instrumented pair")
     row("mask_extra", "bare", "bare pair", TARGET_MASKING)
@@ -341,13 +359,17 @@ def run(ctx: Context) -> list[Table]:
         "Reader-writer lock rows: Xen's queued rwlock (shm_model/rwlock.py), one atomic on the arena's cnts word "
         "per operation plus the same instrumentation as a spinlock (chain cache, held stack, statistics, the "
         "read-hold record); target ≤ 1.5× a bare pair (issue 21).",
+        "Relaxed rows (shm_model/weak.py): one CPU bound to a weak memory, nothing else running; a store goes "
+        "to the store buffer (its commit is one C call holding the location's lock word), a load takes a C "
+        "snapshot of the messages it may read and makes a seeded choice; target ≤ 3× the plain field's (issue 22).",
         "Targets: instrumented pair ≤ 3.0× a bare pair; interrupt masking ≤ 1× a bare pair — both the extra cost "
         "of `spin_lock_irqsave`/`spin_unlock_irqrestore` over `spin_lock`/`spin_unlock` and the bare soft-mask pair.",
         "Start-up: the median of the runs' `startup_s` (first fork to every worker's pid in the arena) divided by "
         "N, against forking N bare processes that write a ready flag (same multiprocess fork context, gc frozen). "
         "FACTS.md: fork ~2 ms/worker.",
     ]
-    for k in ("bare", "bare_try", "spin", "read", "write", "field", "checked", "deref", "method", "irqsave", "softmask", "mask_extra", "traced", "trace", "capture",
+    for k in ("bare", "bare_try", "spin", "read", "write", "field", "checked", "deref", "fstore", "rstore", "rload",
+              "mb", "store_mb", "method", "irqsave", "softmask", "mask_extra", "traced", "trace", "capture",
               "capture_stack4", "getframe"):
         ctx.facts[f"ns_{k}"] = med[k]
     return [t]

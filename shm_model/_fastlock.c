@@ -1728,6 +1728,640 @@ static PyTypeObject MemWordsType = {
     .tp_methods = mw_methods,
 };
 
+/* ---- MemCpuCore: one CPU's side of weak memory, the hot paths of shm_model.weak.MemCpu ------
+ *
+ * A relaxed load and store are the model's most frequent accesses, so their common path is
+ * here: the store buffer (SB_MAX entries: location, value, site, epoch, program-order
+ * number), the per-location coherence timestamps (an open-addressing table), the views, a
+ * xorshift generator seeded by the worker's seed, the load log (the evidence of a stale read)
+ * and the counters. What is rare stays in Python (shm_model/weak.py): deferring a load
+ * (``_defer``), performing deferred loads (``_perform_loc``), barriers' performing, explain.
+ * The semantics are weak.py's module docstring; this file only makes them cheap.
+ */
+#define SB_MAX 16
+#define LOG_N 64
+#define WM_SNAP (WM_ENTRY * WM_HIST)
+
+typedef struct {
+    int64_t loc, v, ts, wsite, who, site;
+    int nsnap;
+    int64_t snap[WM_SNAP];
+} WmLog;
+
+typedef struct {
+    PyObject_HEAD
+    volatile int64_t *w;
+    Py_buffer buf;
+    int has_buf;
+    Py_ssize_t nwords;
+    Py_ssize_t clock;
+    PyObject *cpu; /* a CpuCore (its scheduler's points), or None */
+    int64_t wid;
+    /* store buffer */
+    int sb_n, sb_cap;
+    int64_t sb_loc[SB_MAX], sb_val[SB_MAX], sb_site[SB_MAX], sb_epoch[SB_MAX], sb_po[SB_MAX];
+    int64_t epoch, po;
+    /* views */
+    int64_t vrold, vwold, vlow, last_ts, dep_floor;
+    /* coherence: loc -> ts (linear probing; key 0 is empty: word 0 is never a location) */
+    int64_t *ck, *cv;
+    Py_ssize_t cn, ccap;
+    /* choices */
+    uint64_t rng;
+    double p_drain, p_stale, p_defer;
+    Py_ssize_t n_deferred; /* deferred loads not yet performed (kept by the Python side) */
+    /* log */
+    WmLog log[LOG_N];
+    int64_t log_n;
+    /* counters */
+    int64_t n_loads, n_stores, n_stale, n_deferred_total, n_forwarded, n_commits, n_reordered;
+} MemCpuCore;
+
+static PyObject *str_defer, *str_perform_loc;
+
+static inline uint64_t mc_next(MemCpuCore *m) {
+    uint64_t x = m->rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    m->rng = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+static inline double mc_random(MemCpuCore *m) { return (mc_next(m) >> 11) * (1.0 / 9007199254740992.0); }
+static inline int64_t mc_randrange(MemCpuCore *m, int64_t n) { return (int64_t)(mc_random(m) * (double)n); }
+
+static int mc_coh_grow(MemCpuCore *m) {
+    Py_ssize_t nc = m->ccap ? 2 * m->ccap : 64;
+    int64_t *k = PyMem_Calloc(nc, sizeof(int64_t)), *v = PyMem_Calloc(nc, sizeof(int64_t));
+    if (!k || !v) {
+        PyMem_Free(k);
+        PyMem_Free(v);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < m->ccap; i++) {
+        if (m->ck[i]) {
+            Py_ssize_t j = (Py_ssize_t)((uint64_t)m->ck[i] * 0x9E3779B97F4A7C15ULL >> 7) & (nc - 1);
+            while (k[j])
+                j = (j + 1) & (nc - 1);
+            k[j] = m->ck[i];
+            v[j] = m->cv[i];
+        }
+    }
+    PyMem_Free(m->ck);
+    PyMem_Free(m->cv);
+    m->ck = k;
+    m->cv = v;
+    m->ccap = nc;
+    return 0;
+}
+
+static inline int64_t mc_coh_get(MemCpuCore *m, int64_t loc) {
+    if (!m->ccap)
+        return 0;
+    Py_ssize_t j = (Py_ssize_t)((uint64_t)loc * 0x9E3779B97F4A7C15ULL >> 7) & (m->ccap - 1);
+    while (m->ck[j]) {
+        if (m->ck[j] == loc)
+            return m->cv[j];
+        j = (j + 1) & (m->ccap - 1);
+    }
+    return 0;
+}
+
+static inline int mc_coh_set(MemCpuCore *m, int64_t loc, int64_t ts) {
+    if (2 * (m->cn + 1) > m->ccap && mc_coh_grow(m) < 0)
+        return -1;
+    Py_ssize_t j = (Py_ssize_t)((uint64_t)loc * 0x9E3779B97F4A7C15ULL >> 7) & (m->ccap - 1);
+    while (m->ck[j] && m->ck[j] != loc)
+        j = (j + 1) & (m->ccap - 1);
+    if (!m->ck[j]) {
+        m->ck[j] = loc;
+        m->cn++;
+    }
+    m->cv[j] = ts;
+    return 0;
+}
+
+static int mc_init(MemCpuCore *self, PyObject *args, PyObject *kw) {
+    PyObject *mv, *cpu;
+    long long clock, wid;
+    unsigned long long seed;
+    if (!PyArg_ParseTuple(args, "OLOLK", &mv, &clock, &cpu, &wid, &seed))
+        return -1;
+    if (self->has_buf) {
+        PyBuffer_Release(&self->buf);
+        self->has_buf = 0;
+    }
+    if (PyObject_GetBuffer(mv, &self->buf, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_ND) < 0)
+        return -1;
+    self->has_buf = 1;
+    if (self->buf.itemsize != 8) {
+        PyErr_SetString(PyExc_ValueError, "MemCpuCore needs a memoryview of 64-bit words");
+        return -1;
+    }
+    self->w = (volatile int64_t *)self->buf.buf;
+    self->nwords = self->buf.len / 8;
+    self->clock = (Py_ssize_t)clock;
+    Py_INCREF(cpu);
+    Py_XSETREF(self->cpu, cpu);
+    self->wid = wid;
+    self->rng = seed * 0x9E3779B97F4A7C15ULL + 0x632BE59BD9B4E019ULL;
+    if (!self->rng)
+        self->rng = 1;
+    self->sb_cap = 4;
+    self->p_drain = 0.3;
+    self->p_stale = 0.35;
+    self->p_defer = 0.03;
+    return 0;
+}
+
+static int mc_traverse(MemCpuCore *self, visitproc visit, void *arg) {
+    Py_VISIT(self->cpu);
+    return 0;
+}
+
+static int mc_clear(MemCpuCore *self) {
+    Py_CLEAR(self->cpu);
+    return 0;
+}
+
+static void mc_dealloc(MemCpuCore *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    mc_clear(self);
+    if (self->has_buf)
+        PyBuffer_Release(&self->buf);
+    PyMem_Free(self->ck);
+    PyMem_Free(self->cv);
+    tp->tp_free((PyObject *)self);
+}
+
+static inline int mc_ok(MemCpuCore *m, int64_t loc) {
+    if (!m->has_buf || loc <= 0 || loc + WM_WORDS > m->nwords) {
+        PyErr_SetString(PyExc_IndexError, "weak memory: not a relaxed location");
+        return 0;
+    }
+    return 1;
+}
+
+/* A scheduling point of this CPU (controlled mode). */
+static inline int mc_point(MemCpuCore *m) {
+    PyObject *c = m->cpu;
+    if (c == Py_None || !PyObject_TypeCheck(c, &CpuCoreType))
+        return 0;
+    return sched_point((CpuCore *)c);
+}
+
+/* Commit store-buffer entry i. */
+static int mc_commit_at(MemCpuCore *m, int i) {
+    if (i < 0 || i >= m->sb_n) {
+        PyErr_SetString(PyExc_IndexError, "no such store-buffer entry");
+        return -1;
+    }
+    if (i)
+        m->n_reordered++;
+    int64_t loc = m->sb_loc[i], v = m->sb_val[i], site = m->sb_site[i], po = m->sb_po[i];
+    for (int j = i; j < m->sb_n - 1; j++) {
+        m->sb_loc[j] = m->sb_loc[j + 1];
+        m->sb_val[j] = m->sb_val[j + 1];
+        m->sb_site[j] = m->sb_site[j + 1];
+        m->sb_epoch[j] = m->sb_epoch[j + 1];
+        m->sb_po[j] = m->sb_po[j + 1];
+    }
+    m->sb_n--;
+    volatile int64_t *w = m->w;
+    mw_lock(&w[loc + 1]);
+    int64_t ts = __atomic_add_fetch(&w[m->clock], 1, __ATOMIC_SEQ_CST);
+    int64_t n = w[loc + 2];
+    Py_ssize_t e = loc + 3 + WM_ENTRY * (n % WM_HIST);
+    w[e] = v;
+    w[e + 1] = ts;
+    w[e + 2] = site;
+    w[e + 3] = (m->wid << 32) | po;
+    w[loc + 2] = n + 1;
+    w[loc] = v;
+    __atomic_store_n(&w[loc + 1], 0, __ATOMIC_RELEASE);
+    if (mc_coh_set(m, loc, ts) < 0)
+        return -1;
+    if (ts > m->vwold)
+        m->vwold = ts;
+    m->n_commits++;
+    return 0;
+}
+
+/* Commit one eligible store (seeded): the first of its location in the oldest epoch. 0 when
+ * the buffer is empty, 1 committed, -1 error. */
+static int mc_drain_one(MemCpuCore *m) {
+    if (!m->sb_n)
+        return 0;
+    int elig[SB_MAX], ne = 0;
+    int64_t ep = m->sb_epoch[0];
+    for (int i = 0; i < m->sb_n && m->sb_epoch[i] == ep; i++) {
+        int first = 1;
+        for (int j = 0; j < i; j++)
+            if (m->sb_loc[j] == m->sb_loc[i]) {
+                first = 0;
+                break;
+            }
+        if (first)
+            elig[ne++] = i;
+    }
+    int i = ne > 1 ? elig[mc_randrange(m, ne)] : elig[0];
+    return mc_commit_at(m, i) < 0 ? -1 : 1;
+}
+
+/* A load from memory: the newest message at or below the floor, or a newer one (seeded). */
+static int64_t mc_read(MemCpuCore *m, int64_t loc, int64_t site, int *err) {
+    int64_t floor = mc_coh_get(m, loc);
+    if (m->vlow > floor)
+        floor = m->vlow;
+    if (m->dep_floor) {
+        if (m->dep_floor > floor)
+            floor = m->dep_floor;
+        m->dep_floor = 0;
+    }
+    volatile int64_t *w = m->w;
+    WmLog *lg = &m->log[m->log_n % LOG_N];
+    int k = 0;
+    mw_lock(&w[loc + 1]);
+    int64_t n = w[loc + 2];
+    for (int64_t i = n - 1; i >= 0 && i >= n - WM_HIST; i--) {
+        Py_ssize_t e = loc + 3 + WM_ENTRY * (i % WM_HIST);
+        for (int j = 0; j < WM_ENTRY; j++)
+            lg->snap[WM_ENTRY * k + j] = w[e + j];
+        k++;
+        if (lg->snap[WM_ENTRY * (k - 1) + 1] <= floor)
+            break;
+    }
+    __atomic_store_n(&w[loc + 1], 0, __ATOMIC_RELEASE);
+    int c = 0;
+    if (k > 1 && mc_random(m) < m->p_stale) {
+        c = 1 + (int)mc_randrange(m, k - 1);
+        m->n_stale++;
+    }
+    int64_t *msg = &lg->snap[WM_ENTRY * c];
+    int64_t v = msg[0], ts = msg[1];
+    if (mc_coh_set(m, loc, ts) < 0) {
+        *err = 1;
+        return 0;
+    }
+    if (ts > m->vrold)
+        m->vrold = ts;
+    m->last_ts = ts;
+    lg->loc = loc;
+    lg->v = v;
+    lg->ts = ts;
+    lg->wsite = msg[2];
+    lg->who = msg[3];
+    lg->site = site;
+    lg->nsnap = k;
+    m->log_n++;
+    return v;
+}
+
+/* load(loc, site=None): READ_ONCE */
+static PyObject *mc_load(MemCpuCore *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "load(loc, site=None)");
+        return NULL;
+    }
+    int64_t loc = PyLong_AsLongLong(args[0]);
+    if ((loc == -1 && PyErr_Occurred()) || !mc_ok(self, loc))
+        return NULL;
+    if (mc_point(self) < 0)
+        return NULL;
+    if (self->n_deferred) {
+        PyObject *r = PyObject_CallMethodOneArg((PyObject *)self, str_perform_loc, args[0]);
+        if (!r)
+            return NULL;
+        Py_DECREF(r);
+    }
+    self->n_loads++;
+    for (int i = self->sb_n - 1; i >= 0; i--)
+        if (self->sb_loc[i] == loc) {
+            self->n_forwarded++;
+            return PyLong_FromLongLong(self->sb_val[i]);
+        }
+    int64_t site;
+    if (nargs == 2 && args[1] != Py_None) {
+        site = PyLong_AsLongLong(args[1]);
+        if (site == -1 && PyErr_Occurred())
+            return NULL;
+    } else
+        site = capture_site();
+    if (!self->dep_floor && self->p_defer > 0.0 && mc_random(self) < self->p_defer) {
+        self->n_deferred_total++;
+        PyObject *s = PyLong_FromLongLong(site);
+        if (!s)
+            return NULL;
+        PyObject *a[3] = {(PyObject *)self, args[0], s};
+        PyObject *r = PyObject_VectorcallMethod(str_defer, a, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        Py_DECREF(s);
+        return r;
+    }
+    int err = 0;
+    int64_t v = mc_read(self, loc, site, &err);
+    if (err)
+        return NULL;
+    return PyLong_FromLongLong(v);
+}
+
+/* _read(loc, site): perform a load from memory now (no forwarding, no deferral) */
+static PyObject *mc_read_py(MemCpuCore *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_read(loc, site)");
+        return NULL;
+    }
+    int64_t loc = PyLong_AsLongLong(args[0]), site = PyLong_AsLongLong(args[1]);
+    if (PyErr_Occurred() || !mc_ok(self, loc))
+        return NULL;
+    int err = 0;
+    int64_t v = mc_read(self, loc, site, &err);
+    if (err)
+        return NULL;
+    return PyLong_FromLongLong(v);
+}
+
+/* store(loc, v, site=None): WRITE_ONCE, into the store buffer */
+static PyObject *mc_store(MemCpuCore *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 2 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "store(loc, v, site=None)");
+        return NULL;
+    }
+    int64_t loc = PyLong_AsLongLong(args[0]);
+    if ((loc == -1 && PyErr_Occurred()) || !mc_ok(self, loc))
+        return NULL;
+    if (mc_point(self) < 0)
+        return NULL;
+    int64_t v = PyLong_AsLongLong(args[1]); /* a Deferred is performed here: __index__ (a data dependency) */
+    if (v == -1 && PyErr_Occurred())
+        return NULL;
+    if (self->n_deferred) {
+        PyObject *r = PyObject_CallMethodOneArg((PyObject *)self, str_perform_loc, args[0]);
+        if (!r)
+            return NULL;
+        Py_DECREF(r);
+    }
+    int64_t site;
+    if (nargs == 3 && args[2] != Py_None) {
+        site = PyLong_AsLongLong(args[2]);
+        if (site == -1 && PyErr_Occurred())
+            return NULL;
+    } else
+        site = capture_site();
+    if (self->sb_n >= SB_MAX && mc_drain_one(self) < 0)
+        return NULL;
+    int i = self->sb_n++;
+    self->sb_loc[i] = loc;
+    self->sb_val[i] = v;
+    self->sb_site[i] = site;
+    self->sb_epoch[i] = self->epoch;
+    self->sb_po[i] = ++self->po;
+    self->n_stores++;
+    if (self->sb_n > self->sb_cap || mc_random(self) < self->p_drain) {
+        if (mc_drain_one(self) < 0)
+            return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *mc_drain_one_py(MemCpuCore *self, PyObject *unused) {
+    int r = mc_drain_one(self);
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r);
+}
+
+static PyObject *mc_drain_py(MemCpuCore *self, PyObject *unused) {
+    int r;
+    while ((r = mc_drain_one(self)) > 0)
+        ;
+    if (r < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *mc_commit_at_py(MemCpuCore *self, PyObject *arg) {
+    long i = PyLong_AsLong(arg);
+    if (i == -1 && PyErr_Occurred())
+        return NULL;
+    if (mc_commit_at(self, (int)i) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* wmb: close the store buffer's epoch */
+static PyObject *mc_wmb(MemCpuCore *self, PyObject *unused) {
+    if (mc_point(self) < 0)
+        return NULL;
+    if (self->sb_n)
+        self->epoch++;
+    Py_RETURN_NONE;
+}
+
+/* commit_direct(loc, v, site): a store that bypasses the buffer (a release, after it drained) */
+static PyObject *mc_commit_direct(MemCpuCore *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "commit_direct(loc, v, site)");
+        return NULL;
+    }
+    int64_t loc = PyLong_AsLongLong(args[0]), v = PyLong_AsLongLong(args[1]), site = PyLong_AsLongLong(args[2]);
+    if (PyErr_Occurred() || !mc_ok(self, loc))
+        return NULL;
+    if (self->sb_n >= SB_MAX && mc_drain_one(self) < 0)
+        return NULL;
+    /* as the buffer's newest entry, committed at once */
+    int i = self->sb_n++;
+    self->sb_loc[i] = loc;
+    self->sb_val[i] = v;
+    self->sb_site[i] = site;
+    self->sb_epoch[i] = self->epoch;
+    self->sb_po[i] = ++self->po;
+    self->n_stores++;
+    if (mc_commit_at(self, i) < 0) /* i is 0 after the release's drain: not counted as a reordering */
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *mc_get_sb(MemCpuCore *self, void *closure) {
+    PyObject *l = PyList_New(self->sb_n);
+    if (!l)
+        return NULL;
+    for (int i = 0; i < self->sb_n; i++) {
+        PyObject *e = Py_BuildValue("[LLLLL]", self->sb_loc[i], self->sb_val[i], self->sb_site[i], self->sb_epoch[i],
+                                    self->sb_po[i]);
+        if (!e) {
+            Py_DECREF(l);
+            return NULL;
+        }
+        PyList_SET_ITEM(l, i, e);
+    }
+    return l;
+}
+
+static PyObject *mc_get_sb_locs(MemCpuCore *self, void *closure) {
+    PyObject *d = PyDict_New();
+    if (!d)
+        return NULL;
+    for (int i = 0; i < self->sb_n; i++) {
+        PyObject *k = PyLong_FromLongLong(self->sb_loc[i]);
+        PyObject *old = k ? PyDict_GetItemWithError(d, k) : NULL;
+        long n = old ? PyLong_AsLong(old) : 0;
+        PyObject *nv = k ? PyLong_FromLong(n + 1) : NULL;
+        if (!k || !nv || PyDict_SetItem(d, k, nv) < 0) {
+            Py_XDECREF(k);
+            Py_XDECREF(nv);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(k);
+        Py_DECREF(nv);
+    }
+    return d;
+}
+
+static PyObject *mc_get_stats(MemCpuCore *self, void *closure) {
+    return Py_BuildValue("{sLsLsLsLsLsLsL}", "loads", self->n_loads, "stores", self->n_stores, "stale_reads",
+                         self->n_stale, "deferred", self->n_deferred_total, "forwarded", self->n_forwarded, "commits",
+                         self->n_commits, "reordered_commits", self->n_reordered);
+}
+
+static PyObject *mc_get_nsb(MemCpuCore *self, void *closure) { return PyLong_FromLong(self->sb_n); }
+
+/* log(): the recent loads, oldest first: (loc, value, ts, writer's site, who, site, snapshot) */
+static PyObject *mc_log(MemCpuCore *self, PyObject *unused) {
+    int64_t first = self->log_n > LOG_N ? self->log_n - LOG_N : 0;
+    PyObject *l = PyList_New(0);
+    if (!l)
+        return NULL;
+    for (int64_t i = first; i < self->log_n; i++) {
+        WmLog *g = &self->log[i % LOG_N];
+        PyObject *snap = PyTuple_New(WM_ENTRY * g->nsnap);
+        if (!snap) {
+            Py_DECREF(l);
+            return NULL;
+        }
+        for (int j = 0; j < WM_ENTRY * g->nsnap; j++)
+            PyTuple_SET_ITEM(snap, j, PyLong_FromLongLong(g->snap[j]));
+        PyObject *e = Py_BuildValue("(LLLLLLN)", g->loc, g->v, g->ts, g->wsite, g->who, g->site, snap);
+        if (!e || PyList_Append(l, e) < 0) {
+            Py_XDECREF(e);
+            Py_DECREF(l);
+            return NULL;
+        }
+        Py_DECREF(e);
+    }
+    return l;
+}
+
+static PyObject *mc_get_word(MemCpuCore *self, PyObject *arg) {
+    Py_ssize_t i = PyLong_AsSsize_t(arg);
+    if ((i == -1 && PyErr_Occurred()))
+        return NULL;
+    if (!self->has_buf || i < 0 || i >= self->nwords) {
+        PyErr_SetString(PyExc_IndexError, "word out of range");
+        return NULL;
+    }
+    return PyLong_FromLongLong(__atomic_load_n(&self->w[i], __ATOMIC_SEQ_CST));
+}
+
+static PyObject *mc_amax(MemCpuCore *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "amax(i, v)");
+        return NULL;
+    }
+    Py_ssize_t i = PyLong_AsSsize_t(args[0]);
+    int64_t v = PyLong_AsLongLong(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!self->has_buf || i < 0 || i >= self->nwords) {
+        PyErr_SetString(PyExc_IndexError, "word out of range");
+        return NULL;
+    }
+    int64_t cur = __atomic_load_n(&self->w[i], __ATOMIC_SEQ_CST);
+    while (cur < v && !__atomic_compare_exchange_n(&self->w[i], &cur, v, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+        ;
+    Py_RETURN_NONE;
+}
+
+static PyObject *mc_random_py(MemCpuCore *self, PyObject *unused) { return PyFloat_FromDouble(mc_random(self)); }
+
+static PyObject *mc_randrange_py(MemCpuCore *self, PyObject *arg) {
+    long long n = PyLong_AsLongLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n <= 0) {
+        PyErr_SetString(PyExc_ValueError, "randrange of an empty range");
+        return NULL;
+    }
+    return PyLong_FromLongLong(mc_randrange(self, n));
+}
+
+static PyObject *mc_release_buf(MemCpuCore *self, PyObject *unused) {
+    if (self->has_buf) {
+        self->has_buf = 0;
+        self->w = NULL;
+        PyBuffer_Release(&self->buf);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMemberDef mc_members[] = {
+    {"wid", T_LONGLONG, offsetof(MemCpuCore, wid), READONLY, "the worker"},
+    {"clock", T_PYSSIZET, offsetof(MemCpuCore, clock), READONLY, "the clock word"},
+    {"vrold", T_LONGLONG, offsetof(MemCpuCore, vrold), 0, "newest timestamp read"},
+    {"vwold", T_LONGLONG, offsetof(MemCpuCore, vwold), 0, "newest timestamp written"},
+    {"vlow", T_LONGLONG, offsetof(MemCpuCore, vlow), 0, "read floor of every load (barriers, acquires)"},
+    {"last_ts", T_LONGLONG, offsetof(MemCpuCore, last_ts), 0, "timestamp of the last load"},
+    {"dep_floor", T_LONGLONG, offsetof(MemCpuCore, dep_floor), 0, "floor of the next load (a dependency)"},
+    {"epoch", T_LONGLONG, offsetof(MemCpuCore, epoch), 0, "the store buffer's current epoch (smp_wmb)"},
+    {"p_drain", T_DOUBLE, offsetof(MemCpuCore, p_drain), 0, "probability a store commits a buffered store"},
+    {"p_stale", T_DOUBLE, offsetof(MemCpuCore, p_stale), 0, "probability a load reads an older allowed message"},
+    {"p_defer", T_DOUBLE, offsetof(MemCpuCore, p_defer), 0, "probability a load is deferred to its first use"},
+    {"n_deferred", T_PYSSIZET, offsetof(MemCpuCore, n_deferred), 0, "deferred loads not yet performed"},
+    {"sb_cap", T_INT, offsetof(MemCpuCore, sb_cap), 0, "stores buffered before the oldest eligible commits"},
+    {NULL}};
+
+static PyGetSetDef mc_getset[] = {
+    {"sb", (getter)mc_get_sb, NULL, "the store buffer: [loc, value, site, epoch, po] oldest first (a copy)", NULL},
+    {"sb_locs", (getter)mc_get_sb_locs, NULL, "loc -> buffered stores of it (a copy)", NULL},
+    {"n_sb", (getter)mc_get_nsb, NULL, "stores buffered", NULL},
+    {"stats", (getter)mc_get_stats, NULL, "counters", NULL},
+    {NULL}};
+
+static PyMethodDef mc_methods[] = {
+    {"load", (PyCFunction)(void (*)(void))mc_load, METH_FASTCALL, "load(loc, site=None): READ_ONCE"},
+    {"store", (PyCFunction)(void (*)(void))mc_store, METH_FASTCALL, "store(loc, v, site=None): WRITE_ONCE"},
+    {"_read", (PyCFunction)(void (*)(void))mc_read_py, METH_FASTCALL, "_read(loc, site): perform a load now"},
+    {"drain_one", (PyCFunction)mc_drain_one_py, METH_NOARGS, "commit one eligible buffered store"},
+    {"drain", (PyCFunction)mc_drain_py, METH_NOARGS, "commit every buffered store"},
+    {"commit_at", (PyCFunction)mc_commit_at_py, METH_O, "commit store-buffer entry i"},
+    {"commit_direct", (PyCFunction)(void (*)(void))mc_commit_direct, METH_FASTCALL,
+     "commit_direct(loc, v, site): a store visible at once (after a drain: a release)"},
+    {"wmb", (PyCFunction)mc_wmb, METH_NOARGS, "smp_wmb"},
+    {"log", (PyCFunction)mc_log, METH_NOARGS, "recent loads, oldest first"},
+    {"word", (PyCFunction)mc_get_word, METH_O, "word(i): an arena word, atomically"},
+    {"amax", (PyCFunction)(void (*)(void))mc_amax, METH_FASTCALL, "amax(i, v): word i = max(word i, v)"},
+    {"random", (PyCFunction)mc_random_py, METH_NOARGS, "the CPU's seeded generator: a float in [0, 1)"},
+    {"randrange", (PyCFunction)mc_randrange_py, METH_O, "the CPU's seeded generator: an int in [0, n)"},
+    {"_release_buffer", (PyCFunction)mc_release_buf, METH_NOARGS, "release the words (unusable after)"},
+    {NULL}};
+
+static PyTypeObject MemCpuCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shm_model._fastlock.MemCpuCore",
+    .tp_basicsize = sizeof(MemCpuCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "MemCpuCore(mv, clock, cpu, wid, seed): one CPU's weak memory (base of shm_model.weak.MemCpu)",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)mc_init,
+    .tp_dealloc = (destructor)mc_dealloc,
+    .tp_traverse = (traverseproc)mc_traverse,
+    .tp_clear = (inquiry)mc_clear,
+    .tp_members = mc_members,
+    .tp_getset = mc_getset,
+    .tp_methods = mc_methods,
+};
+
 static PyMethodDef module_methods[] = {
     {"spin_lock", m_spin_lock, METH_O, "Take lock with interrupts as they are."},
     {"spin_unlock", m_spin_unlock, METH_O, "Release lock."},
@@ -1772,6 +2406,8 @@ PyMODINIT_FUNC PyInit__fastlock(void) {
         return NULL;
     INTERN(str_new_chain, "new_chain");
     INTERN(str_wm_acquired, "acquired");
+    INTERN(str_defer, "_defer");
+    INTERN(str_perform_loc, "_perform_loc");
     INTERN(str_wm_releasing, "releasing");
     INTERN(str_jitter, "jitter");
     INTERN(str_contended, "_contended");
@@ -1783,7 +2419,7 @@ PyMODINIT_FUNC PyInit__fastlock(void) {
     INTERN(str_bad_mode_unlock, "_bad_mode_unlock");
     RwLockCoreType.tp_base = &LockCoreType;
     if (PyType_Ready(&CpuCoreType) < 0 || PyType_Ready(&LockCoreType) < 0 || PyType_Ready(&RwLockCoreType) < 0 ||
-        PyType_Ready(&MemWordsType) < 0)
+        PyType_Ready(&MemWordsType) < 0 || PyType_Ready(&MemCpuCoreType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&fastlock_module);
     if (!m)
@@ -1792,6 +2428,7 @@ PyMODINIT_FUNC PyInit__fastlock(void) {
         PyModule_AddObjectRef(m, "LockCore", (PyObject *)&LockCoreType) < 0 ||
         PyModule_AddObjectRef(m, "RwLockCore", (PyObject *)&RwLockCoreType) < 0 ||
         PyModule_AddObjectRef(m, "MemWords", (PyObject *)&MemWordsType) < 0 ||
+        PyModule_AddObjectRef(m, "MemCpuCore", (PyObject *)&MemCpuCoreType) < 0 ||
         PyModule_AddIntConstant(m, "WM_HIST", WM_HIST) < 0 || PyModule_AddIntConstant(m, "WM_ENTRY", WM_ENTRY) < 0 || PyModule_AddIntConstant(m, "WM_WORDS", WM_WORDS) < 0 ||
         PyModule_AddIntConstant(m, "KEY_DIGIT_BITS", KEY_DIGIT_BITS) < 0) {
         Py_DECREF(m);

@@ -166,6 +166,7 @@ class Runner:
         self._zero = bytes(8 * n)
         self.addr = {name: 1 + WM_WORDS * i for i, name in enumerate(self.locs)}
         self.wm = WeakMemory.__new__(WeakMemory)
+        self.wm.mv = self.mv
         self.wm.words = MemWords(self.mv)
         self.wm.base = 0
         self.wm.clock = 0
@@ -188,7 +189,7 @@ class Runner:
         self._reset()
         rng = self.rng
         threads = self.test.threads
-        cpus = [MemCpu(self.wm, None, i, random.Random(rng.getrandbits(32))) for i in range(len(threads))]
+        cpus = [MemCpu(self.wm, None, i, rng.getrandbits(64)) for i in range(len(threads))]
         regs: list[dict[str, Any]] = [{} for _ in threads]
         tss: list[dict[str, int]] = [{} for _ in threads]  # the timestamp each eager load read
         pcs = [0] * len(threads)
@@ -205,9 +206,9 @@ class Runner:
             pcs[t] += 1
             op = ins[0]
             if op == "W":
-                mc.store(addr[ins[1]], ins[2], site=0)
+                mc.store(addr[ins[1]], ins[2], 0)
             elif op == "R":
-                regs[t][ins[1]] = mc.load(addr[ins[2]], site=0)
+                regs[t][ins[1]] = mc.load(addr[ins[2]], 0)
                 tss[t][ins[1]] = mc.last_ts
             elif op == "Racq":
                 regs[t][ins[1]] = mc.load_acquire(addr[ins[2]])
@@ -217,10 +218,10 @@ class Runner:
                 q = regs[t][ins[3]]
                 value(q)  # the address is computed from q: q's load is performed first
                 mc.addr_dep(q._ts if isinstance(q, Deferred) else tss[t][ins[3]])
-                regs[t][ins[1]] = mc.load(addr[ins[2]], site=0)
+                regs[t][ins[1]] = mc.load(addr[ins[2]], 0)
             elif op == "Wdata":
                 q = value(regs[t][ins[3]])
-                mc.store(addr[ins[1]], ins[2] + (q ^ q), site=0)
+                mc.store(addr[ins[1]], ins[2] + (q ^ q), 0)
             elif op == "F":
                 getattr(mc, ins[1])()
         out = []
@@ -230,6 +231,8 @@ class Runner:
                 out.append((k, value(regs[int(tid)][r])))
             else:
                 out.append((k, self.mv[addr[k]]))
+        for mc in cpus:
+            mc._release_buffer()
         return tuple(out)
 
     def run(self, trials: int, progress: Callable[[int], None] | None = None) -> Result:

@@ -43,7 +43,7 @@ would):
 Where it runs:
 
 - Free mode: each relaxed access may commit one buffered store (seeded, ``p_drain``); a
-  full buffer (``SB_CAP``) commits its oldest eligible store; the buffer drains before a
+  full buffer (``SB_CAP``) commits one of its eligible stores; the buffer drains before a
   CPU blocks (a contended lock, ``Cpu.delay``) and at the end of every operation, so a store
   is never invisible across an idle CPU (hardware drains within nanoseconds; a model with
   stores stuck in a parked CPU's buffer would invent hangs).
@@ -63,12 +63,10 @@ Locking rules: a location's ring is guarded by its own lock word, taken only ins
 
 from __future__ import annotations
 
-import random
-from collections import deque
 from typing import Any, Iterator
 
 from . import sites
-from ._fastlock import WM_ENTRY, WM_HIST, WM_WORDS, MemWords
+from ._fastlock import WM_ENTRY, WM_HIST, WM_WORDS, MemCpuCore, MemWords, capture_site
 from .layout import AttachCtx, Field, Int, LayoutError, Node, Plan
 
 sites.internal(__file__)
@@ -155,12 +153,20 @@ class RelaxedNode(Node):
 
     def prop(self, rel: int, ctx: AttachCtx) -> property:
         wm = self.mp.attach(ctx.mv, ctx.base, ctx)
+        get_word = wm.words.get
 
         def get(view: Any) -> Any:
-            return wm.cpu_load(view._base + rel)
+            me = wm.me
+            if me is None:  # the coordinator or setup: the newest committed value, no ordering
+                return get_word(view._base + rel)
+            return me.load(view._base + rel)
 
         def put(view: Any, value: Any) -> None:
-            wm.cpu_store(view._base + rel, value)
+            me = wm.me
+            if me is None:
+                wm.cpu_store(view._base + rel, value)
+            else:
+                me.store(view._base + rel, value)
 
         return property(get, put)
 
@@ -228,6 +234,7 @@ class WeakMemory:
     :meth:`bind`) this process's CPU (:class:`MemCpu`)."""
 
     def __init__(self, mp: MemoryPlan, mv: memoryview, base: int) -> None:
+        self.mv = mv
         self.words = MemWords(mv)
         self.base = base
         self.clock = base + mp.clock
@@ -239,7 +246,7 @@ class WeakMemory:
 
     def bind(self, cpu: Any, resolve: Any = None) -> None:
         """This worker's CPU: loads and stores go through its store buffer and views."""
-        self.me = MemCpu(self, cpu, cpu.wid, random.Random(cpu.rng.random()), resolve=resolve)
+        self.me = MemCpu(self, cpu, cpu.wid, cpu.rng.getrandbits(64), resolve=resolve)
         cpu.wm = self.me
 
     def cpu_load(self, loc: int) -> Any:
@@ -333,41 +340,23 @@ def value(v: Any) -> int:
     return v.force() if isinstance(v, Deferred) else v
 
 
-class MemCpu:
+class MemCpu(MemCpuCore):
     """One CPU's side of weak memory: its store buffer, views, deferred loads, and a log of
-    its recent loads (the evidence of a stale read). Per process, never shared."""
+    its recent loads (the evidence of a stale read). Per process, never shared. The hot
+    paths (``load``, ``store``, commits, ``smp_wmb``, the log) are the C base class's
+    (shm_model/_fastlock.c, ``MemCpuCore``); what is rare is here.
 
-    #: probability that a relaxed access commits one buffered store (free mode and controlled)
-    p_drain = 0.3
-    #: probability that a load reads an older allowed message than the newest
-    p_stale = 0.35
-    #: probability that a load is deferred to its first use
-    p_defer = 0.1
+    ``p_drain`` (a relaxed access commits one buffered store), ``p_stale`` (a load reads an
+    older allowed message), ``p_defer`` (a load is deferred to its first use): 0.3, 0.35 and
+    0.03 by default (a deferral costs ~1 us of Python: rare keeps a relaxed load within 3x a
+    plain field's; LB is still observed, ``stress litmus``); ``seed`` seeds the CPU's choices."""
 
-    def __init__(self, wm: WeakMemory, cpu: Any, wid: int, rng: random.Random, resolve: Any = None) -> None:
+    def __init__(self, wm: WeakMemory, cpu: Any, wid: int, seed: int, resolve: Any = None) -> None:
+        super().__init__(wm.mv, wm.clock, cpu, wid, seed & 0xFFFFFFFFFFFFFFFF)
         self.wm = wm
-        self.words = wm.words
-        self.clock = wm.clock
         self.cpu = cpu
-        self.wid = wid
-        self.rng = rng
         self.resolve = resolve
-        self.sb: list[list[int]] = []  # [loc, value, site, epoch, po]
-        self.sb_locs: dict[int, int] = {}  # loc -> buffered stores of it
-        self.epoch = 0
-        self.po = 0
-        self.coh: dict[int, int] = {}  # loc -> ts of the newest message of it this CPU read or wrote
-        self.vrold = 0  # newest ts read
-        self.vwold = 0  # newest ts written
-        self.vlow = 0  # the read floor of every load (barriers, acquires)
-        self.last_ts = 0  # ts of the last load (an address dependency's floor)
-        self.dep_floor = 0
         self.deferred: list[Deferred] = []
-        #: recent loads: (loc, value, ts, writer's site, who, this load's site, the messages it
-        #: could have read: MemWords.snapshot's tuple, newest first)
-        self.log: deque[tuple] = deque(maxlen=64)
-        self.stats = {"loads": 0, "stores": 0, "stale_reads": 0, "deferred": 0, "forwarded": 0, "commits": 0,
-                      "reordered_commits": 0}
 
     # -- scheduling -------------------------------------------------------------------------
     def _point(self) -> None:
@@ -375,59 +364,20 @@ class MemCpu:
         if cpu is not None and cpu.sched is not None:
             cpu.yield_point()
 
-    def _site(self) -> int:
-        return sites.capture()
-
-    # -- loads ------------------------------------------------------------------------------
-    def load(self, loc: int, site: int | None = None) -> Any:
-        """A relaxed load (READ_ONCE): its own buffered store, an older message, or deferred."""
-        self._point()
-        if self.deferred:
-            self._perform_loc(loc)
-        n = self.sb_locs.get(loc)
-        self.stats["loads"] += 1
-        if n:
-            for e in reversed(self.sb):
-                if e[0] == loc:
-                    self.stats["forwarded"] += 1
-                    return e[1]
-        if site is None:
-            site = self._site()
-        if not self.dep_floor and self.p_defer and self.rng.random() < self.p_defer:
-            d = Deferred(self, loc, site)
-            self.deferred.append(d)
-            self.stats["deferred"] += 1
-            return d
-        return self._read(loc, site)
-
-    def _read(self, loc: int, site: int) -> int:
-        floor = self.coh.get(loc, 0)
-        if self.vlow > floor:
-            floor = self.vlow
-        if self.dep_floor:
-            if self.dep_floor > floor:
-                floor = self.dep_floor
-            self.dep_floor = 0
-        t = self.words.snapshot(loc, floor)
-        k = 0
-        n = len(t) // WM_ENTRY
-        if n > 1 and self.rng.random() < self.p_stale:
-            k = self.rng.randrange(1, n) * WM_ENTRY
-            self.stats["stale_reads"] += 1
-        v, ts = t[k], t[k + 1]
-        self.coh[loc] = ts
-        if ts > self.vrold:
-            self.vrold = ts
-        self.last_ts = ts
-        self.log.append((loc, v, ts, t[k + 2], t[k + 3], site, t))
-        return v
+    # -- deferred loads (called by the C load) -------------------------------------------------
+    def _defer(self, loc: int, site: int) -> Deferred:
+        d = Deferred(self, loc, site)
+        self.deferred.append(d)
+        self.n_deferred += 1
+        return d
 
     def _perform(self, d: Deferred) -> int:
-        try:
-            self.deferred.remove(d)
-        except ValueError:
-            pass
         if d._v is None:
+            try:
+                self.deferred.remove(d)
+                self.n_deferred -= 1
+            except ValueError:
+                pass
             d._v = self._read(d._loc, d._site)
             d._ts = self.last_ts
         return d._v
@@ -440,6 +390,7 @@ class MemCpu:
         for d in list(self.deferred):
             self._perform(d)
 
+    # -- acquire, release, dependencies ---------------------------------------------------------
     def load_acquire(self, loc: int) -> int:
         """LDAR: later loads read at least what was visible to this one."""
         self._point()
@@ -448,98 +399,31 @@ class MemCpu:
         for e in reversed(self.sb):
             if e[0] == loc:
                 return e[1]
-        v = self._read(loc, self._site())
+        v = self._read(loc, capture_site())
         if self.last_ts > self.vlow:
             self.vlow = self.last_ts
         return v
+
+    def store_release(self, loc: int, v: Any) -> None:
+        """STLR: every earlier access is visible before this store is."""
+        self._point()
+        v = value(v)
+        site = capture_site()
+        self.release_view()
+        self.commit_direct(loc, v, site)
 
     def addr_dep(self, ts: int | None = None) -> None:
         """The next load's address depends on a load's value (ARMv8 orders them): the load
         that read the message at ``ts`` (default: the last load)."""
         self.dep_floor = self.last_ts if ts is None else ts
 
-    # -- stores -----------------------------------------------------------------------------
-    def store(self, loc: int, v: Any, site: int | None = None) -> None:
-        """A relaxed store (WRITE_ONCE): into the store buffer."""
-        self._point()
-        v = value(v)  # a store of a loaded value depends on it
-        if self.deferred:
-            self._perform_loc(loc)
-        if site is None:
-            site = self._site()
-        self.po += 1
-        self.sb.append([loc, v, site, self.epoch, self.po])
-        self.sb_locs[loc] = self.sb_locs.get(loc, 0) + 1
-        self.stats["stores"] += 1
-        if len(self.sb) > SB_CAP:
-            self.drain_one()
-        elif self.rng.random() < self.p_drain:
-            self.drain_one()
-
-    def store_release(self, loc: int, v: Any) -> None:
-        """STLR: every earlier access is visible before this store is."""
-        self._point()
-        v = value(v)
-        site = self._site()
-        self.release_view()
-        self.po += 1
-        ts = self.words.commit(loc, self.clock, v, site, who_of(self.wid, self.po))
-        self._committed(loc, ts)
-
-    def _committed(self, loc: int, ts: int) -> None:
-        self.coh[loc] = ts
-        if ts > self.vwold:
-            self.vwold = ts
-        self.stats["commits"] += 1
-
-    def drain_one(self) -> bool:
-        """Commit one eligible buffered store (seeded): the first of its location in the
-        oldest epoch. False when the buffer is empty."""
-        sb = self.sb
-        if not sb:
-            return False
-        ep = sb[0][3]
-        seen: set[int] = set()
-        elig = []
-        for i, e in enumerate(sb):
-            if e[3] != ep:
-                break
-            if e[0] not in seen:
-                seen.add(e[0])
-                elig.append(i)
-        self.commit_at(elig[self.rng.randrange(len(elig))] if len(elig) > 1 else elig[0])
-        return True
-
-    def commit_at(self, i: int) -> None:
-        """Commit the store buffer's entry ``i`` (the caller chose an eligible one)."""
-        sb = self.sb
-        if i:
-            self.stats["reordered_commits"] += 1
-        loc, v, site, _, po = sb.pop(i)
-        n = self.sb_locs[loc] - 1
-        if n:
-            self.sb_locs[loc] = n
-        else:
-            del self.sb_locs[loc]
-        ts = self.words.commit(loc, self.clock, v, site, who_of(self.wid, po))
-        self._committed(loc, ts)
-
-    def drain(self) -> None:
-        while self.drain_one():
-            pass
-
     # -- barriers ---------------------------------------------------------------------------
-    def wmb(self) -> None:
-        """smp_wmb (DMB ISHST): no later store commits before an earlier one."""
-        self._point()
-        if self.sb:
-            self.epoch += 1
-
     def rmb(self) -> None:
         """smp_rmb (DMB ISHLD): earlier loads are performed; later loads read at least what
         they read."""
         self._point()
-        self.perform_deferred()
+        if self.deferred:
+            self.perform_deferred()
         if self.vrold > self.vlow:
             self.vlow = self.vrold
 
@@ -547,35 +431,38 @@ class MemCpu:
         """smp_mb (DMB ISH): the store buffer drains; later loads read at least every
         message this CPU read or wrote."""
         self._point()
-        self.perform_deferred()
+        if self.deferred:
+            self.perform_deferred()
         self.drain()
         self.vlow = max(self.vlow, self.vrold, self.vwold)
 
     def release_view(self) -> int:
         """Before a release: loads performed, stores committed; returns the view to publish."""
-        self.perform_deferred()
+        if self.deferred:
+            self.perform_deferred()
         self.drain()
         return max(self.vrold, self.vwold)
 
     # -- locks (called by the C fast path, masked) ------------------------------------------
     def acquired(self, view_word: int) -> None:
         """A lock was taken: an acquire of the view its last release published."""
-        v = self.words.get(view_word)
+        v = self.word(view_word)
         if v > self.vlow:
             self.vlow = v
 
     def releasing(self, view_word: int) -> None:
         """A lock is being released: a release; its view goes into the lock record."""
-        self.words.amax(view_word, self.release_view())
+        self.amax(view_word, self.release_view())
 
     def settle_one(self) -> bool:
         """One step of settling, in a seeded order (nothing orders them): perform a deferred
         load or commit a buffered store. False when nothing is left."""
-        d, sb = self.deferred, self.sb
-        if not d and not sb:
+        d = self.deferred
+        nsb = self.n_sb
+        if not d and not nsb:
             return False
-        if d and (not sb or self.rng.random() < 0.5):
-            self._perform(d[self.rng.randrange(len(d))] if len(d) > 1 else d[0])
+        if d and (not nsb or self.random() < 0.5):
+            self._perform(d[self.randrange(len(d))] if len(d) > 1 else d[0])
         else:
             self.drain_one()
         return True
@@ -584,7 +471,7 @@ class MemCpu:
         """This CPU goes idle or blocks (the end of an operation, a wait): its deferred loads
         are performed and its stores committed, each step a scheduling point in controlled
         mode (another CPU may run between them, as between any two accesses)."""
-        while self.deferred or self.sb:
+        while self.deferred or self.n_sb:
             self._point()
             self.settle_one()
 
@@ -592,7 +479,7 @@ class MemCpu:
     def last_read(self, loc: int) -> tuple | None:
         """(value, ts, writer's site, who, load site, snapshot) of this CPU's last logged read
         of ``loc``."""
-        for e in reversed(self.log):
+        for e in reversed(self.log()):
             if e[0] == loc:
                 return e[1:]
         return None
@@ -605,11 +492,17 @@ class MemCpu:
         committed first, the writer's two stores were reordered (it needs ``smp_wmb``);
         committed in order, this CPU's two loads were (it needs ``smp_rmb``)."""
         wm = self.wm
-        rd = self.last_read(loc)
+        log = self.log()
+        rd = None
+        for k in range(len(log) - 1, -1, -1):
+            if log[k][0] == loc:
+                rd = log[k]
+                before = log[:k][::-1]  # this CPU's loads before that read, most recent first
+                break
         out: dict[str, Any] = {"location": wm.name(loc)}
         if rd is None:
             return out
-        v, ts, wsite, who, site, snap = rd
+        _, v, ts, wsite, who, site, snap = rd
         out.update(value=v, ts=ts, read_site=self._text(site), written_by=self._writer(wsite, who))
         # the newer messages: those the load could have read (its snapshot) and those committed since
         seen = {snap[i + 1]: tuple(snap[i:i + WM_ENTRY]) for i in range(0, len(snap), WM_ENTRY)}
@@ -618,13 +511,6 @@ class MemCpu:
         visible = {snap[i + 1] for i in range(0, len(snap), WM_ENTRY)}
         out["newer"] = [{"value": m[0], "ts": m[1], "visible_at_read": m[1] in visible, **self._writer(m[2], m[3])}
                         for m in newer]
-        before = []  # this CPU's loads before that read, most recent first
-        found = False
-        for e in reversed(self.log):
-            if not found:
-                found = e[0] == loc and e[2] == ts
-                continue
-            before.append(e)
         for nv, nts, nsite, nwho in reversed(newer):  # the newest store that precedes a store seen earlier
             nwid, npo = writer_of(nwho)
             if nwid < 0:

@@ -59,7 +59,7 @@ class Rig:
         self.s = attach(self.plan.node, mv, self.geo.state, [], ctx=ctx)
         self.wm = ctx.shared["weak"]
         self.cpus = [Cpu(mv, self.geo, w, Hooks()) for w in range(2)]
-        self.mc = [MemCpu(self.wm, c, c.wid, random.Random(c.wid)) for c in self.cpus]
+        self.mc = [MemCpu(self.wm, c, c.wid, c.wid + 1) for c in self.cpus]
         for m in self.mc:
             m.p_drain = m.p_stale = m.p_defer = 0.0  # deterministic unless a test says otherwise
 
@@ -130,7 +130,7 @@ def test_the_buffer_commits_stores_to_one_location_in_order_and_overflows_into_m
     rig.on(0)
     for v in range(1, 8):
         s.regs[0] = v
-    assert len(m0.sb) <= 4  # SB_CAP: the oldest eligible store committed
+    assert m0.n_sb <= 4  # sb_cap: the oldest eligible store committed
     m0.drain()
     vals = [v for v, _, _, _ in reversed(rig.wm.messages(loc_of_reg(rig, 0)))]
     assert vals[-7:] == [1, 2, 3, 4, 5, 6, 7]
@@ -143,7 +143,8 @@ def loc_of_reg(rig: Rig, i: int) -> int:
 def test_wmb_keeps_stores_before_it_ahead_of_stores_after_it(rig):
     s, m0 = rig.s, rig.mc[0]
     rig.on(0)
-    m0.rng = random.Random(5)
+    m0.__init__(rig.wm, rig.cpus[0], 0, 5)
+    m0.p_drain = m0.p_stale = m0.p_defer = 0.0
     for trial in range(50):
         s.regs[0] = 2 * trial + 1
         s.regs[1] = 2 * trial + 1
@@ -157,7 +158,8 @@ def test_wmb_keeps_stores_before_it_ahead_of_stores_after_it(rig):
 def test_without_wmb_a_later_store_may_commit_first(rig):
     s, m0 = rig.s, rig.mc[0]
     rig.on(0)
-    m0.rng = random.Random(1)
+    m0.__init__(rig.wm, rig.cpus[0], 0, 1)
+    m0.p_drain = m0.p_stale = m0.p_defer = 0.0
     orders = set()
     for trial in range(40):
         s.regs[0] = trial + 1
@@ -178,7 +180,6 @@ def test_loads_may_read_older_messages_but_never_go_back_on_one_location(rig):
         m0.drain()
     rig.on(1)
     m1.p_stale = 1.0
-    m1.rng = random.Random(3)
     seen = [value(s.regs[0]) for _ in range(30)]
     assert seen[0] < 5  # an older message than the newest
     assert seen == sorted(seen)  # coherence: never older than one already read
@@ -232,7 +233,8 @@ def test_property_per_location_coherence_and_own_stores(ops, seed):
         rng = random.Random(seed)
         for m in r.mc:
             m.p_drain, m.p_stale, m.p_defer = 0.3, 0.5, 0.0
-            m.rng = random.Random(rng.random())
+            m.__init__(r.wm, r.cpus[m.wid], m.wid, rng.getrandbits(64))
+            m.p_drain, m.p_stale, m.p_defer = 0.3, 0.5, 0.0
         last_ts: dict[tuple[int, int], int] = {}
         mine: dict[tuple[int, int], int] = {}
         n = 0

@@ -12,9 +12,8 @@ them (shm_model/weak.py); ``stress litmus`` checks the emulation itself.
 Locking order (variant locked): one lock, ``L``.
 """
 
-from shm_model.spinlock import spin_lock, spin_unlock
-from shm_model.weak import Relaxed, loc_of, smp_rmb, smp_wmb, value
-from stress.workload import Int, Role, Spinlock, Struct, Variant, Workload, op
+from stress.workload import (Int, Relaxed, Role, Spinlock, Struct, Variant, Workload, loc_of, op, smp_rmb, smp_wmb,
+                             spin_lock, spin_unlock, value)
 
 
 class State(Struct):

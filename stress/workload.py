@@ -40,6 +40,7 @@ from shm_model.rwlock import (assert_write_held, read_lock, read_lock_irqsave, r
 from shm_model.spinlock import (Lock, assert_held, spin_is_locked, spin_lock, spin_lock_irq,
                                 spin_lock_irqsave, spin_lock_irqsave_nested, spin_lock_nested, spin_trylock,
                                 spin_unlock, spin_unlock_irq, spin_unlock_irqrestore)
+from shm_model.weak import Relaxed, loc_of, smp_mb, smp_rmb, smp_wmb, value
 
 __all__ = [
     "Workload", "Role", "Variant", "Option", "Violation", "op", "isr", "invariant", "Struct", "Int", "Array", "Nested",
@@ -50,6 +51,7 @@ __all__ = [
     "RwLock", "read_lock", "read_unlock", "write_lock", "write_unlock", "read_trylock", "write_trylock",
     "read_lock_irqsave", "read_unlock_irqrestore", "write_lock_irqsave", "write_unlock_irqrestore",
     "rw_is_locked", "rw_is_write_locked", "assert_write_held", "Heap", "NULL",
+    "Relaxed", "smp_wmb", "smp_rmb", "smp_mb", "value", "loc_of",
 ]
 
 #: Outcomes a variant may expect. ``invariant:<name>`` names one of the workload's

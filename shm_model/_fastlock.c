@@ -44,6 +44,9 @@
 #define EV_ACQUIRE 3
 #define EV_RELEASE 4
 #define EV_TRYLOCK_FAIL 11
+#define EV_WM_STORE 14 /* a relaxed store buffered: a = location, b = value */
+#define EV_WM_COMMIT 15 /* a buffered store committed: a = location, b = value, c = timestamp */
+#define EV_WM_LOAD 16 /* a relaxed load: a = location, b = value, c = timestamp; name = newer messages passed over */
 #define NO_OWNER (-1)
 #define KEY_DIGIT_BITS 15
 #define MAX_SUBCLASS 8
@@ -1912,6 +1915,16 @@ static inline int mc_point(MemCpuCore *m) {
     return sched_point((CpuCore *)c);
 }
 
+/* The CPU whose trace ring records this CPU's relaxed accesses: with lock tracing on (the
+ * controlled scheduler, --trace-locks), as for lock events; NULL otherwise. */
+static inline CpuCore *mc_tracer(MemCpuCore *m) {
+    PyObject *c = m->cpu;
+    if (c == Py_None || !PyObject_TypeCheck(c, &CpuCoreType))
+        return NULL;
+    CpuCore *cpu = (CpuCore *)c;
+    return cpu->trace_locks && cpu->has_buf ? cpu : NULL;
+}
+
 /* Commit store-buffer entry i. */
 static int mc_commit_at(MemCpuCore *m, int i) {
     if (i < 0 || i >= m->sb_n) {
@@ -1946,6 +1959,9 @@ static int mc_commit_at(MemCpuCore *m, int i) {
     if (ts > m->vwold)
         m->vwold = ts;
     m->n_commits++;
+    CpuCore *tr = mc_tracer(m);
+    if (tr)
+        c_trace(tr, EV_WM_COMMIT, 0, loc, v, ts);
     return 0;
 }
 
@@ -2016,6 +2032,9 @@ static int64_t mc_read(MemCpuCore *m, int64_t loc, int64_t site, int *err) {
     lg->site = site;
     lg->nsnap = k;
     m->log_n++;
+    CpuCore *tr = mc_tracer(m);
+    if (tr)
+        c_trace(tr, EV_WM_LOAD, c, loc, v, ts);
     return v;
 }
 
@@ -2118,6 +2137,9 @@ static PyObject *mc_store(MemCpuCore *self, PyObject *const *args, Py_ssize_t na
     self->sb_epoch[i] = self->epoch;
     self->sb_po[i] = ++self->po;
     self->n_stores++;
+    CpuCore *tr = mc_tracer(self);
+    if (tr)
+        c_trace(tr, EV_WM_STORE, 0, loc, v, 0);
     if (self->sb_n > self->sb_cap || mc_random(self) < self->p_drain) {
         if (mc_drain_one(self) < 0)
             return NULL;

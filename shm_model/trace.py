@@ -17,12 +17,16 @@ from .arena import EV_WORDS, Geometry
 EV_OP_START, EV_OP_END, EV_ACQUIRE, EV_RELEASE, EV_CONTEND, EV_ACQUIRED = range(1, 7)
 EV_IRQ_ENTER, EV_IRQ_EXIT, EV_IRQ_RAISE, EV_USER, EV_TRYLOCK_FAIL = range(7, 12)
 EV_ALLOC, EV_FREE = 12, 13  # a heap object allocated / freed: a = handle, b = the heap's index
+# weak memory (shm_model/weak.py), traced with lock tracing on: a = the location's word, b = value;
+# commit and load: c = timestamp; load: name = newer messages it passed over (0: the newest)
+EV_WM_STORE, EV_WM_COMMIT, EV_WM_LOAD = 14, 15, 16
 
 KIND_NAMES = {
     EV_OP_START: "op", EV_OP_END: "op-end", EV_ACQUIRE: "acquire", EV_RELEASE: "release",
     EV_CONTEND: "contend", EV_ACQUIRED: "acquired", EV_IRQ_ENTER: "irq-enter",
     EV_IRQ_EXIT: "irq-exit", EV_IRQ_RAISE: "irq-raise", EV_USER: "event",
     EV_TRYLOCK_FAIL: "trylock-fail", EV_ALLOC: "alloc", EV_FREE: "free",
+    EV_WM_STORE: "store", EV_WM_COMMIT: "commit", EV_WM_LOAD: "load",
 }
 
 

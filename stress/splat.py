@@ -476,7 +476,12 @@ def render_stale_read(f: Finding, roster: Roster) -> list[str]:
              + ":", f" {m.get('read_site', '?')}"]
     if "value" in m:
         lines.append(f"value read: {m['value']}, stored by {writer(m.get('written_by', {}))}")
-    for n in m.get("newer", [])[:3]:
+    newer = m.get("newer", [])
+    shown = newer if len(newer) <= 4 else newer[:1] + [None] + newer[-2:]
+    for n in shown:
+        if n is None:
+            lines.append(f"  ... {len(newer) - 3} more newer values ...")
+            continue
         when = "visible when it read" if n.get("visible_at_read") else "committed after the read"
         lines.append(f"newer value: {n['value']}, stored by {writer(n)} ({when})")
     for k in ("expected", "read_generation", "expected_generation"):
@@ -558,6 +563,12 @@ def parties(f: Finding) -> list[int]:
     for k in ("alloc", "free", "realloc"):  # a heap finding: who allocated and freed the object
         if isinstance(d.get(k), dict):
             add(d[k].get("owner"))
+    m = d.get("memory")
+    if isinstance(m, dict):  # a weak-memory finding: the writers of what was read and of what was not
+        for w in [m.get("reordered", {}).get("cpu"), m.get("written_by", {}).get("writer")] + \
+                 [n.get("writer") for n in m.get("newer", [])]:
+            if isinstance(w, int):
+                add(2 * w)
     return ws
 
 

@@ -15,6 +15,7 @@ from shm_model.layout import LayoutError, plan_struct
 from shm_model.sites import SiteResolver
 from shm_model.locks import MAX_LOCKS, make_lock
 from shm_model.trace import (EV_ACQUIRE, EV_ACQUIRED, EV_ALLOC, EV_CONTEND, EV_FREE, EV_IRQ_ENTER, EV_IRQ_EXIT,
+                             EV_WM_COMMIT, EV_WM_LOAD, EV_WM_STORE,
                              EV_IRQ_RAISE, EV_OP_START, EV_RELEASE, EV_TRYLOCK_FAIL, EV_USER)
 
 from .loader import Found
@@ -136,6 +137,8 @@ class World:
         for i, hp in enumerate(self.heaps):  # alloc/free trace events name their pool by this index
             hp.trace_id = i
         self.heap_names = [(hp.ctype, hp.path) for hp in self.heaps]  # kept past destroy, for the traces
+        wm = ctx.shared.get("weak")  # relaxed fields: location word -> path, for the traces
+        self.weak_names: dict[int, str] = dict(wm.names) if wm is not None else {}
 
     def destroy(self) -> None:
         if self.arena is not None:
@@ -212,6 +215,13 @@ class World:
             return f"{what} gen {a >> 16} (handle {a:#x})"
         if kind in (EV_RELEASE, EV_TRYLOCK_FAIL):
             return self.lock_label(a)
+        if kind in (EV_WM_STORE, EV_WM_COMMIT, EV_WM_LOAD):  # weak memory: a relaxed location
+            loc = getattr(self, "weak_names", {}).get(a, f"word {a}")
+            if kind == EV_WM_STORE:
+                return f"{loc} = {b} (buffered)"
+            if kind == EV_WM_COMMIT:
+                return f"{loc} = {b} visible (ts {c})"
+            return f"{loc} -> {b} (ts {c}" + (f"; {name} newer passed over)" if name else ")")
         if kind in (EV_IRQ_ENTER, EV_IRQ_EXIT):
             return f"irq {a}"
         if kind == EV_IRQ_RAISE:

@@ -2055,6 +2055,9 @@ static PyObject *mc_load(MemCpuCore *self, PyObject *const *args, Py_ssize_t nar
             return NULL;
         Py_DECREF(r);
     }
+    /* a CPU that only loads (a spin on a flag) still drains: its stores become visible */
+    if (self->sb_n && mc_random(self) < self->p_drain && mc_drain_one(self) < 0)
+        return NULL;
     self->n_loads++;
     for (int i = self->sb_n - 1; i >= 0; i--)
         if (self->sb_loc[i] == loc) {

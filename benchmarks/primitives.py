@@ -146,7 +146,7 @@ def _cases() -> list[Case]:
         Case("rstore", "`s.rx = 1` (a relaxed store: into the store buffer, committed at 30 % of accesses or "
              "when full)", "s.rx = 1", "s = hs"),
         Case("rload", "`s.rx` (a relaxed load, nothing buffered: a snapshot of the location's messages and a "
-             "seeded reads-from choice; 10 % deferred)", "s.rx", "s = hs; wm.quiesce()"),
+             "seeded reads-from choice; 3 % deferred)", "s.rx", "s = hs; wm.quiesce()"),
         Case("mb", "`smp_mb(cpu)` with nothing buffered", "mb(c)", "mb = smp_mb; c = hcpu; wm.quiesce()"),
         Case("store_mb", "`s.rx = 1; smp_mb(cpu)` (a store, then a full barrier that commits it)", "s.rx = 1; mb(c)",
              "s = hs; mb = smp_mb; c = hcpu"),

@@ -1612,6 +1612,48 @@ static inline void mw_lock(volatile int64_t *l) {
     }
 }
 
+/* The location's next message (value, site, who), with the clock's next timestamp: the
+ * store becomes visible to every CPU. Returns the timestamp. */
+static int64_t wm_commit_raw(volatile int64_t *w, Py_ssize_t loc, Py_ssize_t clock, int64_t v, int64_t site,
+                             int64_t who) {
+    mw_lock(&w[loc + 1]);
+    int64_t ts = __atomic_add_fetch(&w[clock], 1, __ATOMIC_SEQ_CST);
+    int64_t n = w[loc + 2];
+    Py_ssize_t e = loc + 3 + WM_ENTRY * (n % WM_HIST);
+    w[e] = v;
+    w[e + 1] = ts;
+    w[e + 2] = site;
+    w[e + 3] = who;
+    w[loc + 2] = n + 1;
+    w[loc] = v;
+    __atomic_store_n(&w[loc + 1], 0, __ATOMIC_RELEASE);
+    return ts;
+}
+
+/* Copy the messages a load may read into out (WM_ENTRY words each), newest first, down to
+ * the newest at or below ``floor``; returns how many. */
+static int wm_snapshot_raw(volatile int64_t *w, Py_ssize_t loc, int64_t floor, int64_t *out) {
+    int k = 0;
+    mw_lock(&w[loc + 1]);
+    int64_t n = w[loc + 2];
+    for (int64_t i = n - 1; i >= 0 && i >= n - WM_HIST; i--) {
+        Py_ssize_t e = loc + 3 + WM_ENTRY * (i % WM_HIST);
+        for (int j = 0; j < WM_ENTRY; j++)
+            out[WM_ENTRY * k + j] = w[e + j];
+        k++;
+        if (out[WM_ENTRY * (k - 1) + 1] <= floor)
+            break;
+    }
+    __atomic_store_n(&w[loc + 1], 0, __ATOMIC_RELEASE);
+    return k;
+}
+
+static inline void wm_amax_raw(volatile int64_t *p, int64_t v) {
+    int64_t cur = __atomic_load_n(p, __ATOMIC_SEQ_CST);
+    while (cur < v && !__atomic_compare_exchange_n(p, &cur, v, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+        ;
+}
+
 /* commit(loc, gts, value, site, who) -> ts: the store becomes visible to all, newest of its location */
 static PyObject *mw_commit(MemWords *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 5) {
@@ -1622,18 +1664,7 @@ static PyObject *mw_commit(MemWords *self, PyObject *const *args, Py_ssize_t nar
     int64_t v = PyLong_AsLongLong(args[2]), site = PyLong_AsLongLong(args[3]), who = PyLong_AsLongLong(args[4]);
     if (PyErr_Occurred() || !mw_ok(self, loc, WM_WORDS) || !mw_ok(self, g, 1))
         return NULL;
-    volatile int64_t *w = self->w;
-    mw_lock(&w[loc + 1]);
-    int64_t ts = __atomic_add_fetch(&w[g], 1, __ATOMIC_SEQ_CST);
-    int64_t n = w[loc + 2];
-    Py_ssize_t e = loc + 3 + WM_ENTRY * (n % WM_HIST);
-    w[e] = v;
-    w[e + 1] = ts;
-    w[e + 2] = site;
-    w[e + 3] = who;
-    w[loc + 2] = n + 1;
-    w[loc] = v;
-    __atomic_store_n(&w[loc + 1], 0, __ATOMIC_RELEASE);
+    int64_t ts = wm_commit_raw(self->w, loc, g, v, site, who);
     return PyLong_FromLongLong(ts);
 }
 
@@ -1649,20 +1680,8 @@ static PyObject *mw_snapshot(MemWords *self, PyObject *const *args, Py_ssize_t n
     int64_t floor = PyLong_AsLongLong(args[1]);
     if (PyErr_Occurred() || !mw_ok(self, loc, WM_WORDS))
         return NULL;
-    volatile int64_t *w = self->w;
     int64_t out[WM_ENTRY * WM_HIST];
-    int k = 0;
-    mw_lock(&w[loc + 1]);
-    int64_t n = w[loc + 2];
-    for (int64_t i = n - 1; i >= 0 && i >= n - WM_HIST; i--) {
-        Py_ssize_t e = loc + 3 + WM_ENTRY * (i % WM_HIST);
-        for (int j = 0; j < WM_ENTRY; j++)
-            out[WM_ENTRY * k + j] = w[e + j];
-        k++;
-        if (out[WM_ENTRY * (k - 1) + 1] <= floor)
-            break;
-    }
-    __atomic_store_n(&w[loc + 1], 0, __ATOMIC_RELEASE);
+    int k = wm_snapshot_raw(self->w, loc, floor, out);
     PyObject *t = PyTuple_New(WM_ENTRY * k);
     if (!t)
         return NULL;
@@ -1687,9 +1706,7 @@ static PyObject *mw_amax(MemWords *self, PyObject *const *args, Py_ssize_t nargs
     int64_t v = PyLong_AsLongLong(args[1]);
     if (PyErr_Occurred() || !mw_ok(self, i, 1))
         return NULL;
-    int64_t cur = __atomic_load_n(&self->w[i], __ATOMIC_SEQ_CST);
-    while (cur < v && !__atomic_compare_exchange_n(&self->w[i], &cur, v, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
-        ;
+    wm_amax_raw(&self->w[i], v);
     Py_RETURN_NONE;
 }
 
@@ -1942,18 +1959,7 @@ static int mc_commit_at(MemCpuCore *m, int i) {
         m->sb_po[j] = m->sb_po[j + 1];
     }
     m->sb_n--;
-    volatile int64_t *w = m->w;
-    mw_lock(&w[loc + 1]);
-    int64_t ts = __atomic_add_fetch(&w[m->clock], 1, __ATOMIC_SEQ_CST);
-    int64_t n = w[loc + 2];
-    Py_ssize_t e = loc + 3 + WM_ENTRY * (n % WM_HIST);
-    w[e] = v;
-    w[e + 1] = ts;
-    w[e + 2] = site;
-    w[e + 3] = (m->wid << 32) | po;
-    w[loc + 2] = n + 1;
-    w[loc] = v;
-    __atomic_store_n(&w[loc + 1], 0, __ATOMIC_RELEASE);
+    int64_t ts = wm_commit_raw(m->w, loc, m->clock, v, site, (m->wid << 32) | po);
     if (mc_coh_set(m, loc, ts) < 0)
         return -1;
     if (ts > m->vwold)
@@ -1996,20 +2002,8 @@ static int64_t mc_read(MemCpuCore *m, int64_t loc, int64_t site, int *err) {
             floor = m->dep_floor;
         m->dep_floor = 0;
     }
-    volatile int64_t *w = m->w;
     WmLog *lg = &m->log[m->log_n % LOG_N];
-    int k = 0;
-    mw_lock(&w[loc + 1]);
-    int64_t n = w[loc + 2];
-    for (int64_t i = n - 1; i >= 0 && i >= n - WM_HIST; i--) {
-        Py_ssize_t e = loc + 3 + WM_ENTRY * (i % WM_HIST);
-        for (int j = 0; j < WM_ENTRY; j++)
-            lg->snap[WM_ENTRY * k + j] = w[e + j];
-        k++;
-        if (lg->snap[WM_ENTRY * (k - 1) + 1] <= floor)
-            break;
-    }
-    __atomic_store_n(&w[loc + 1], 0, __ATOMIC_RELEASE);
+    int k = wm_snapshot_raw(m->w, loc, floor, lg->snap);
     int c = 0;
     if (k > 1 && mc_random(m) < m->p_stale) {
         c = 1 + (int)mc_randrange(m, k - 1);
@@ -2303,9 +2297,7 @@ static PyObject *mc_amax(MemCpuCore *self, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_IndexError, "word out of range");
         return NULL;
     }
-    int64_t cur = __atomic_load_n(&self->w[i], __ATOMIC_SEQ_CST);
-    while (cur < v && !__atomic_compare_exchange_n(&self->w[i], &cur, v, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
-        ;
+    wm_amax_raw(&self->w[i], v);
     Py_RETURN_NONE;
 }
 

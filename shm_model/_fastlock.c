@@ -2301,6 +2301,20 @@ static PyObject *mc_amax(MemCpuCore *self, PyObject *const *args, Py_ssize_t nar
     Py_RETURN_NONE;
 }
 
+/* floor(loc): the timestamp a load of loc issued now could read no older than (coherence with
+ * this CPU's last access of loc, and its read view); changes nothing */
+static PyObject *mc_floor(MemCpuCore *self, PyObject *arg) {
+    int64_t loc = PyLong_AsLongLong(arg);
+    if ((loc == -1 && PyErr_Occurred()) || !mc_ok(self, loc))
+        return NULL;
+    int64_t f = mc_coh_get(self, loc);
+    if (self->vlow > f)
+        f = self->vlow;
+    if (self->dep_floor > f)
+        f = self->dep_floor;
+    return PyLong_FromLongLong(f);
+}
+
 static PyObject *mc_random_py(MemCpuCore *self, PyObject *unused) { return PyFloat_FromDouble(mc_random(self)); }
 
 static PyObject *mc_randrange_py(MemCpuCore *self, PyObject *arg) {
@@ -2358,6 +2372,7 @@ static PyMethodDef mc_methods[] = {
     {"wmb", (PyCFunction)mc_wmb, METH_NOARGS, "smp_wmb"},
     {"log", (PyCFunction)mc_log, METH_NOARGS, "recent loads, oldest first"},
     {"word", (PyCFunction)mc_get_word, METH_O, "word(i): an arena word, atomically"},
+    {"floor", (PyCFunction)mc_floor, METH_O, "floor(loc): the oldest timestamp a load of loc may read now"},
     {"amax", (PyCFunction)(void (*)(void))mc_amax, METH_FASTCALL, "amax(i, v): word i = max(word i, v)"},
     {"random", (PyCFunction)mc_random_py, METH_NOARGS, "the CPU's seeded generator: a float in [0, 1)"},
     {"randrange", (PyCFunction)mc_randrange_py, METH_O, "the CPU's seeded generator: an int in [0, n)"},

@@ -487,6 +487,9 @@ def render_stale_read(f: Finding, roster: Roster) -> list[str]:
     for k in ("expected", "read_generation", "expected_generation"):
         if k in d:
             lines.append(f"{k.replace('_', ' ')}: {d[k]}")
+    nw = d.get("newest_written")
+    if isinstance(nw, dict):  # the model's own record of the newest write (generation, writer, value)
+        lines.append("newest written: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in nw.items()))
     r = m.get("reordered")
     if r:
         kind = "stores" if r["kind"] == "store-store" else "loads"
@@ -495,6 +498,9 @@ def render_stale_read(f: Finding, roster: Roster) -> list[str]:
                   "  |",
                   f"  +-> reordered to after: {r['then']['location']} at {r['then']['site']}",
                   f"{r['why']}; {r['missing']} between them forbids it on ARMv8"]
+    elif any(n.get("visible_at_read") for n in newer):
+        lines += ["", "no program-order pair of this CPU's recent loads explains the value: a newer value was "
+                      "visible when it read, and nothing this CPU read before ordered the load after it"]
     else:
         lines += ["", "no program-order pair of this CPU's recent loads explains the value (the newer store "
                       "was not yet visible to any CPU)"]

@@ -81,8 +81,8 @@ class WorkerHooks:
         op = self.world.mv[cpu.ws + W_OP]
         d.setdefault("op", self.world.ops[op].spec.name if 0 <= op < len(self.world.ops) else None)
         sig = f"{outcome}:{d.get('lock', '')}:{d.get('type', '')}:{d.get('site', '')}"
-        if "location" in d:  # a weak-memory finding: one per location read stale
-            sig += f":{d['location']}"
+        if "location" in d:  # a weak-memory finding: one per function and location read stale
+            sig += f":{d.get('function', '')}:{d['location']}"
         if sig in self._reported:
             return
         self._reported.add(sig)

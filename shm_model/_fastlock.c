@@ -1648,6 +1648,33 @@ static int wm_snapshot_raw(volatile int64_t *w, Py_ssize_t loc, int64_t floor, i
     return k;
 }
 
+/* An atomic read-modify-write of a relaxed location (LDXR/STXR): under the location's lock,
+ * the newest value is read, changed by op (0 add, 1 or, 2 and-not, 3 exchange) and
+ * committed as the next message. Returns the timestamp; *old the value it replaced. */
+static int64_t wm_rmw_raw(volatile int64_t *w, Py_ssize_t loc, Py_ssize_t clock, int op, int64_t arg, int64_t site,
+                          int64_t who, int64_t *old) {
+    mw_lock(&w[loc + 1]);
+    int64_t o = w[loc], v;
+    switch (op) {
+    case 0: v = o + arg; break;
+    case 1: v = o | arg; break;
+    case 2: v = o & ~arg; break;
+    default: v = arg; break;
+    }
+    int64_t ts = __atomic_add_fetch(&w[clock], 1, __ATOMIC_SEQ_CST);
+    int64_t n = w[loc + 2];
+    Py_ssize_t e = loc + 3 + WM_ENTRY * (n % WM_HIST);
+    w[e] = v;
+    w[e + 1] = ts;
+    w[e + 2] = site;
+    w[e + 3] = who;
+    w[loc + 2] = n + 1;
+    w[loc] = v;
+    __atomic_store_n(&w[loc + 1], 0, __ATOMIC_RELEASE);
+    *old = o;
+    return ts;
+}
+
 static inline void wm_amax_raw(volatile int64_t *p, int64_t v) {
     int64_t cur = __atomic_load_n(p, __ATOMIC_SEQ_CST);
     while (cur < v && !__atomic_compare_exchange_n(p, &cur, v, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
@@ -2301,6 +2328,55 @@ static PyObject *mc_amax(MemCpuCore *self, PyObject *const *args, Py_ssize_t nar
     Py_RETURN_NONE;
 }
 
+/* rmw(loc, op, arg) -> old: an atomic read-modify-write (LDXR/STXR) of a relaxed location,
+ * relaxed: op 0 add, 1 or, 2 and-not, 3 exchange. This CPU's deferred loads and buffered
+ * stores of loc go first (coherence: the buffer commits in order up to its last store to
+ * loc); the change is a new message at once, read from the newest. Barriers around it are
+ * the caller's (Xen's test_and_* are followed by a full barrier: shm_model.weak). */
+static PyObject *mc_rmw(MemCpuCore *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "rmw(loc, op, arg)");
+        return NULL;
+    }
+    int64_t loc = PyLong_AsLongLong(args[0]);
+    long op = PyLong_AsLong(args[1]);
+    int64_t arg = PyLong_AsLongLong(args[2]);
+    if (PyErr_Occurred() || !mc_ok(self, loc))
+        return NULL;
+    if (op < 0 || op > 3) {
+        PyErr_SetString(PyExc_ValueError, "rmw: op is 0 add, 1 or, 2 and-not, 3 exchange");
+        return NULL;
+    }
+    if (mc_point(self) < 0)
+        return NULL;
+    if (self->n_deferred) {
+        PyObject *r = PyObject_CallMethodOneArg((PyObject *)self, str_perform_loc, args[0]);
+        if (!r)
+            return NULL;
+        Py_DECREF(r);
+    }
+    int last = -1;
+    for (int i = 0; i < self->sb_n; i++)
+        if (self->sb_loc[i] == loc)
+            last = i;
+    for (; last >= 0; last--)
+        if (mc_commit_at(self, 0) < 0)
+            return NULL;
+    int64_t site = capture_site(), old;
+    int64_t ts = wm_rmw_raw(self->w, loc, self->clock, (int)op, arg, site, (self->wid << 32) | ++self->po, &old);
+    if (mc_coh_set(self, loc, ts) < 0)
+        return NULL;
+    if (ts > self->vrold)
+        self->vrold = ts;
+    if (ts > self->vwold)
+        self->vwold = ts;
+    self->n_commits++;
+    CpuCore *tr = mc_tracer(self);
+    if (tr)
+        c_trace(tr, EV_WM_COMMIT, 0, loc, self->w[loc], ts);
+    return PyLong_FromLongLong(old);
+}
+
 /* floor(loc): the timestamp a load of loc issued now could read no older than (coherence with
  * this CPU's last access of loc, and its read view); changes nothing */
 static PyObject *mc_floor(MemCpuCore *self, PyObject *arg) {
@@ -2373,6 +2449,8 @@ static PyMethodDef mc_methods[] = {
     {"log", (PyCFunction)mc_log, METH_NOARGS, "recent loads, oldest first"},
     {"word", (PyCFunction)mc_get_word, METH_O, "word(i): an arena word, atomically"},
     {"floor", (PyCFunction)mc_floor, METH_O, "floor(loc): the oldest timestamp a load of loc may read now"},
+    {"rmw", (PyCFunction)(void (*)(void))mc_rmw, METH_FASTCALL,
+     "rmw(loc, op, arg) -> old: atomic read-modify-write (0 add, 1 or, 2 and-not, 3 exchange), relaxed"},
     {"amax", (PyCFunction)(void (*)(void))mc_amax, METH_FASTCALL, "amax(i, v): word i = max(word i, v)"},
     {"random", (PyCFunction)mc_random_py, METH_NOARGS, "the CPU's seeded generator: a float in [0, 1)"},
     {"randrange", (PyCFunction)mc_randrange_py, METH_O, "the CPU's seeded generator: an int in [0, n)"},

@@ -39,6 +39,11 @@ would):
   that lock published, in the lock record's ``L_VIEW`` word), a release drains the store
   buffer, performs deferred loads and publishes this CPU's view (cumulativity).
   ``READ_ONCE``/``WRITE_ONCE`` are the plain relaxed accesses (no tearing exists here).
+- **Atomics** (``set_bit``, ``clear_bit``, ``test_and_set_bit``, ``test_and_clear_bit``,
+  ``xchg``, ``atomic_add[_return]``) read the newest message and commit the new one at once
+  (LDXR/STXR); this CPU's own buffered stores to the location commit first. As Xen's
+  arm64 bitops (arm64/lib/bitops.c, 4.15): ``set_bit``/``clear_bit`` order nothing; the
+  ``test_and_*`` forms are a release (STLXR) followed by a full barrier (DMB ISH).
 
 Where it runs:
 
@@ -585,5 +590,57 @@ def smp_mb(cpu: Any) -> None:
         mc.mb()
 
 
-__all__ = ["Relaxed", "RelaxedArray", "loc_of", "WeakMemory", "MemCpu", "Deferred", "value", "smp_wmb", "smp_rmb", "smp_mb",
+RMW_ADD, RMW_OR, RMW_ANDNOT, RMW_XCHG = 0, 1, 2, 3
+
+
+def _rmw(cpu: Any, loc: int, op: int, arg: int, ordered: bool) -> int:
+    mc = cpu.wm
+    if mc is None:
+        raise RuntimeError("an atomic on a relaxed field needs a worker's CPU bound to weak memory")
+    if ordered:  # LDXR ... STLXR: every earlier access is visible before the store
+        mc._point()
+        mc.release_view()
+    old = mc.rmw(loc, op, arg)
+    if ordered:  # ... then DMB ISH
+        mc.mb()
+    return old
+
+
+def set_bit(cpu: Any, nr: int, loc: int) -> None:
+    """Xen's Arm ``set_bit(nr, p)`` (arm64/lib/bitops.c, 4.15: LDXR/ORR/STXR, no barrier)."""
+    _rmw(cpu, loc, RMW_OR, 1 << nr, False)
+
+
+def clear_bit(cpu: Any, nr: int, loc: int) -> None:
+    """Xen's Arm ``clear_bit`` (LDXR/BIC/STXR, no barrier)."""
+    _rmw(cpu, loc, RMW_ANDNOT, 1 << nr, False)
+
+
+def test_and_set_bit(cpu: Any, nr: int, loc: int) -> bool:
+    """Xen's Arm ``test_and_set_bit`` (LDXR/ORR/STLXR then DMB ISH: fully ordered)."""
+    return bool(_rmw(cpu, loc, RMW_OR, 1 << nr, True) >> nr & 1)
+
+
+def test_and_clear_bit(cpu: Any, nr: int, loc: int) -> bool:
+    """Xen's Arm ``test_and_clear_bit`` (LDXR/BIC/STLXR then DMB ISH: fully ordered)."""
+    return bool(_rmw(cpu, loc, RMW_ANDNOT, 1 << nr, True) >> nr & 1)
+
+
+def xchg(cpu: Any, loc: int, v: int) -> int:
+    """Xen's ``xchg`` (fully ordered, as Linux's value-returning atomics)."""
+    return _rmw(cpu, loc, RMW_XCHG, v, True)
+
+
+def atomic_add(cpu: Any, loc: int, v: int) -> None:
+    """``atomic_add`` (relaxed)."""
+    _rmw(cpu, loc, RMW_ADD, v, False)
+
+
+def atomic_add_return(cpu: Any, loc: int, v: int) -> int:
+    """``atomic_add_return`` (fully ordered): the new value."""
+    return _rmw(cpu, loc, RMW_ADD, v, True) + v
+
+
+__all__ = ["Relaxed", "RelaxedArray", "loc_of", "set_bit", "clear_bit", "test_and_set_bit", "test_and_clear_bit",
+           "xchg", "atomic_add", "atomic_add_return", "WeakMemory", "MemCpu", "Deferred", "value", "smp_wmb", "smp_rmb", "smp_mb",
            "writer_of", "SB_CAP", "WM_HIST"]

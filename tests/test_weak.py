@@ -370,3 +370,44 @@ def test_a_stale_read_replays_exactly_under_the_controlled_scheduler(tmp_path):
     p = run_cli(["replay", rid], out)
     assert f"replay of {rid}: reproduced" in p.out and "NOT reproduced" not in p.out, p.out[-2000:]
     assert "newer passed over)" in p.out  # the stale load itself is in the replay's evidence
+
+
+# ---- atomics -----------------------------------------------------------------------------------
+
+def test_an_atomic_commits_the_cpu_s_own_stores_first_and_reads_the_newest(rig):
+    from shm_model.weak import atomic_add, test_and_clear_bit, test_and_set_bit
+    s, m0, m1 = rig.s, rig.mc[0], rig.mc[1]
+    rig.cpus[0].wm, rig.cpus[1].wm = m0, m1
+    loc = loc_of_reg(rig, 0)
+    rig.on(0)
+    s.regs[0] = 5  # buffered
+    atomic_add(rig.cpus[0], loc, 1)  # coherence: the buffered 5 first, then 6
+    assert [m[0] for m in rig.wm.messages(loc)][:2] == [6, 5] and m0.n_sb == 0
+    rig.on(1)
+    assert test_and_set_bit(rig.cpus[1], 3, loc) is False  # 6 has bit 3 clear ...
+    assert rig.mv[loc] == 6 | 8
+    assert m1.vlow >= m1.vrold  # ... and test_and_* end with a full barrier
+    assert test_and_clear_bit(rig.cpus[1], 3, loc) is True and rig.mv[loc] == 6
+
+
+@pytest.mark.timeout(60)
+def test_atomics_are_atomic_across_processes(rig):
+    """Two processes, 20,000 relaxed atomic_adds each on one location: none is lost."""
+    import os
+    from shm_model.weak import atomic_add
+    loc = loc_of_reg(rig, 1)
+    pids = []
+    for w in range(2):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (child)
+            try:
+                m = MemCpu(rig.wm, rig.cpus[w], w, w + 7)
+                rig.cpus[w].wm = m
+                for _ in range(20_000):
+                    atomic_add(rig.cpus[w], loc, 1)
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        assert os.waitpid(pid, 0)[1] == 0
+    assert rig.mv[loc] == 40_000

@@ -34,13 +34,15 @@ Simplifications (each says why it does not change what a run can find):
   that sees ``is_initialised`` or ``_VPF_down`` clear knows, from the very message it read,
   which online it observed, so "registers no older than the online it observed" is
   decided from what this CPU read, not from a global clock.
-- ``v->pause_flags`` is one word in Xen updated with atomic bitops; the model has no atomic
-  read-modify-write on relaxed words, so each bit used here is its own relaxed word
-  (``down`` for ``_VPF_down``, ``blocked`` for ``_VPF_blocked``). The ordering is the same
-  (Arm's bitops order nothing); what is lost is the atomicity of updates of two bits of one
-  word, which no path needs: each bit has one setter and one clearer that never overlap
-  (``_VPF_down``: set by the vCPU itself (CPU_OFF), cleared by its one CPU_ON caller after
-  seeing it set; ``_VPF_blocked``: set by the vCPU (WFI), cleared by the one waker).
+- ``v->pause_flags`` is one word in Xen updated with atomic bitops; here each bit used is
+  its own relaxed word (``down`` for ``_VPF_down``, ``blocked`` for ``_VPF_blocked``), so
+  that ``_VPF_down`` can carry its online's generation. The bitops keep Xen's ordering
+  (arm64/lib/bitops.c, 4.15): ``set_bit``/``clear_bit`` order nothing, ``test_and_set_bit``
+  (CPU_OFF, an ``xchg`` of the down word) and ``test_and_clear_bit`` (``vcpu_unblock``) are
+  fully ordered (shm_model.weak's atomics). ``clear_bit(_VPF_down)`` in
+  ``arch_set_info_guest`` is a relaxed store of the word (its one clearer, the CPU_ON caller
+  that saw it set). What is lost is the atomicity of two bits of one word, which no path
+  needs: each bit has one setter and one clearer that never overlap.
 - ``pause_count`` (``atomic_t``) is a plain word: only the toolstack changes it.
 - Each target vCPU is onlined by one caller (vCPU ``v`` by caller ``v % callers``): the
   guest serialises its own CPU_ONs of one CPU (Linux's hotplug lock). Two concurrent

@@ -33,7 +33,8 @@ Locking order (no path holds two locks at once):
 from __future__ import annotations
 
 from ...spinlock import spin_lock, spin_unlock
-from ...weak import WM_ENTRY, loc_of, smp_mb, smp_wmb, value
+from ...weak import (WM_ENTRY, loc_of, set_bit, smp_mb, smp_wmb, test_and_clear_bit, value,
+                      xchg)
 from .common import ENODATA, PSCI_ALREADY_ON, PSCI_SUCCESS, REGS, VcpuCpu, reg_gen, reg_value
 
 
@@ -102,7 +103,7 @@ class Upstream(VcpuCpu):
         """``do_psci_cpu_off`` on the vCPU itself: ``test_and_set_bit(_VPF_down)``,
         ``vcpu_sleep_nosync``; then (inferred, so vCPUs cycle) ``is_initialised = 0``."""
         v = self.s.vcpus[vid]
-        v.down = (gen << 1) | 1
+        xchg(self.cpu, loc_of(v, "down"), (gen << 1) | 1)  # test_and_set_bit: STLXR + DMB ISH (fully ordered)
         self.vcpu_sleep_nosync(vid)
         v.is_initialised = 0
         self.trace("cpu_off", vid, gen)
@@ -142,7 +143,7 @@ class Upstream(VcpuCpu):
             self.do_psci_cpu_off(vid, gen)
             s.cpu_off[p] += 1
         elif action == "block":
-            v.blocked = 1  # vcpu_block: set_bit(_VPF_blocked, &v->pause_flags)
+            set_bit(self.cpu, 0, loc_of(v, "blocked"))  # vcpu_block: set_bit(_VPF_blocked, &v->pause_flags)
             s.blocks[p] += 1
         else:
             s.preempts[p] += 1
@@ -196,8 +197,7 @@ class Upstream(VcpuCpu):
         """``vcpu_unblock``: ``if ( test_and_clear_bit(_VPF_blocked, &v->pause_flags) )
         vcpu_wake(v)`` (an event for the vCPU)."""
         v = self.s.vcpus[vid]
-        if value(v.blocked):
-            v.blocked = 0
+        if test_and_clear_bit(self.cpu, 0, loc_of(v, "blocked")):  # fully ordered (arm64 bitops)
             self.s.unblocks += 1
             self.vcpu_wake(vid)
 

@@ -68,6 +68,19 @@ def test_unsynchronised_removal_crash_path_1_failed_add_leaves_a_null_vpci(runs_
 
 
 @pytest.mark.timeout(60)
+def test_the_4_16_3_null_checks_leave_the_removal_race(runs_dir):
+    """Xen 4.16.3's backport 96d26f11f5 sends vpci_read/vpci_write to the hardware when
+    pdev->vpci is NULL and makes vpci_remove_device return: crash path 1 through them is
+    gone (the same pinned run as above shows no NULL dereference in them), but a vCPU's
+    deferred map still outlives the pdev."""
+    r = run_cli(WL + ["--variant", "unsynchronised-removal-4.16.3", "--seed", "1", "--duration", "20s"] + PCT,
+                runs_dir)
+    assert r.code == 0 and r.summary["verdict"]["status"] == "pass", r.out[-3000:]
+    _kasan_uaf(r, "UnsynchronisedRemoval.vpci_process_pending", "struct pci_dev")
+    assert "NULL pointer dereference in vpci_remove_device" not in r.out
+
+
+@pytest.mark.timeout(60)
 def test_cancel_pending_fixes_crash_path_1_but_not_other_vcpus_work(runs_dir):
     """v4 02/11 as posted cancels current's work: crash path 1 (the same options as above)
     no longer dereferences NULL on the toolstack's vCPU; a Dom0 vCPU's pending work on a

@@ -125,6 +125,12 @@ class VpciRemovalStorm(Workload):
                 doc="vpci_process_pending, vpci_read/write and the toolstack's vpci_remove_device/free_pdev share "
                     "no lock: crash paths 1-3 of the thread (a NULL pdev->vpci after a failed add, a removal "
                     "during another vCPU's work, MMIO after removal)"),
+        Variant("unsynchronised-removal-4.16.3", expect=["use-after-free", "null-deref"], stop="all",
+                provenance="Xen 4.16.3 (RELEASE-4.16.3): 4.16 with 96d26f11f5, the stable backport of 6ccb5e308c "
+                           "'vpci: don't assume that vpci per-device data exists unconditionally'",
+                known={"invariant:no-stale-mappings": LEFTOVERS, **AFTERMATH},
+                doc="vpci_read/vpci_write/vpci_remove_device check pdev->vpci for NULL; vpci_process_pending "
+                    "still does not, and nothing keeps the pdev or its vpci alive: the removal race itself"),
         Variant("cancel-pending", expect=["use-after-free", "null-deref"], stop="all",
                 provenance="[PATCH v4 02/11] vpci: cancel pending map/unmap on vpci removal (5 Nov 2021), as "
                            "posted; never merged",

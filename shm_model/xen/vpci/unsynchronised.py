@@ -341,3 +341,44 @@ class UnsynchronisedRemoval(VpciCpu):
         self.rangeset_destroy(vv.mem)
         vv.mem = NULL
         super().vcpu_destroy(vv)
+
+
+class UnsynchronisedRemoval4163(UnsynchronisedRemoval):
+    """Xen 4.16.3 (RELEASE-4.16.3): 4.16 with 96d26f11f5, the stable backport of 6ccb5e308c
+    "vpci: don't assume that vpci per-device data exists unconditionally" (Roger Pau Monne,
+    Oct 2022): ``vpci_read``, ``vpci_write`` and ``vpci_remove_device`` return (or go to the
+    hardware) when ``pdev->vpci`` is NULL, as it is after a failed ``vpci_process_pending``
+    removed it. The thread's crash paths 1 and 3 through those functions are gone;
+    ``vpci_process_pending``'s ``spin_lock(&v->vpci.pdev->vpci->lock)`` and everything the
+    thread is about (no lock keeps the pdev and its vpci alive) are unchanged."""
+
+    name = "unsynchronised-removal-4.16.3"
+
+    def vpci_write(self, sbdf: int, cmd: int) -> None:
+        """``vpci_write`` (vpci.c, 4.16.3): ``if ( !pdev || !pdev->vpci )`` -> the hardware."""
+        s = self.s
+        h = self.pci_get_pdev_by_domain(self.dom, sbdf)
+        if h != NULL and s.pdevs[h].vpci == NULL:
+            s.mmio_writes += 1
+            self.trace("mmio_write", sbdf, self.dom, 1 if cmd & PCI_COMMAND_MEMORY else 0)
+            self.vpci_write_hw(sbdf, cmd)
+            return
+        super().vpci_write(sbdf, cmd)
+
+    def vpci_read(self, sbdf: int) -> int:
+        """``vpci_read`` (vpci.c, 4.16.3): ``if ( !pdev || !pdev->vpci )`` -> the hardware."""
+        s = self.s
+        h = self.pci_get_pdev_by_domain(self.dom, sbdf)
+        if h != NULL and s.pdevs[h].vpci == NULL:
+            s.mmio_reads += 1
+            return self.pci_conf_read16_cmd(sbdf)
+        return super().vpci_read(sbdf)
+
+    def vpci_remove_device(self, h: int) -> int:
+        """``vpci_remove_device`` (vpci.c, 4.16.3): ``if ( !has_vpci(pdev->domain) ||
+        !pdev->vpci ) return;``."""
+        pdev = self.s.pdevs[h]
+        self.domain_deref(pdev.domain, "vpci_remove_device")
+        if pdev.vpci == NULL:
+            return 0
+        return super().vpci_remove_device(h)

@@ -1,40 +1,94 @@
-"""Xen's old ARM vGIC (xen/arch/arm/vgic.c, vgic-v2.c, gic.c as of Xen 4.8-4.10): ranks,
-per-vCPU vgic state, pending_irq, list registers and physical SPI descriptors, with the
-operations of the "rank/vgic locks inversion" thread (seed 000) in each of its variants.
+"""Xen's old ARM vGIC (xen/arch/arm/vgic.c, vgic-v2.c, gic.c, irq.c, gic-v2.c) as of
+RELEASE-4.8.0, stable-4.8, RELEASE-4.9.0 and RELEASE-4.10.0: ranks, per-vCPU vgic state,
+pending_irq, list registers and physical SPI descriptors, with the operations of the
+"rank/vgic locks inversion" thread (seed 000) in each of its variants.
 
-Locking order (vgic-v2.c / gic.c, Xen 4.8), outermost first:
+Each variant is a *design* (:class:`Design`, table :data:`DESIGNS`): the Xen version or the
+thread's patch it renders, and, per operation that differs between them, which code it
+runs. Every operation's docstring names the Xen function it follows and the version(s).
+(The project's layout rule asks for a module per design, as ``shm_model/xen/vpci/``; this
+model keeps one class whose few differences are the named fields of :class:`Design`, each
+citing the commit that introduced it, so that the versions can be read side by side.)
 
-    desc->lock            do_IRQ holds it while injecting a guest SPI (interrupt context)
-      rank->lock          vgic_lock_rank(): the MMIO handlers; vgic_get_target_vcpu()
-        v->arch.vgic.lock vgic_migrate_irq(old); vgic_vcpu_inject_irq(); gic_clear_lrs()
-          gicv2.lock      gicv2_irq_set_affinity(): irq_set_affinity() on a GICv2 (leaf)
+Locking order (outermost first), as the C takes them:
+
+    rank->lock            vgic_lock_rank(): the MMIO handlers (vgic_v2_distr_mmio_write:
+                          ITARGETSR, ISENABLER, ICENABLER); 4.8.0: vgic_get_target_vcpu();
+                          4.8.0/stable-4.8: vgic_get_virq_priority()
+      desc->lock          vgic_enable_irqs()/vgic_disable_irqs() (all versions, under the
+                          rank lock); do_IRQ() holds it while injecting a guest SPI (IRQ ctx)
+      v->arch.vgic.lock   vgic_migrate_irq(old); vgic_vcpu_inject_irq(); gic_clear_lrs();
+                          gic_restore_pending_irqs(); vgic_enable_irqs(); 4.8/4.9:
+                          gic_remove_from_queues()
+        gicv2.lock        gicv2_irq_set_affinity() (irq_set_affinity), gicv2_irq_enable()/
+                          gicv2_irq_disable() (desc->handler): a leaf
 
 Every lock above is taken with interrupts disabled (``_irqsave``) or in interrupt context.
-The bug of variant ``rank-lock-inversion``: ``gic_update_one_lr`` runs with the vgic lock
-held and calls ``vgic_get_target_vcpu``, which takes the rank lock: vgic -> rank.
+Where the C breaks that order, the model breaks it the same way and the run says so:
+
+- RELEASE-4.8.0 (variant ``rank-lock-inversion``): gic_update_one_lr runs with the vgic lock
+  held and calls vgic_get_target_vcpu, which takes the rank lock: vgic -> rank (the thread's
+  bug);
+- RELEASE-4.8.0 and stable-4.8 (every 4.8-based variant): do_IRQ holds desc->lock and the
+  injection takes the rank lock (vgic_get_target_vcpu in 4.8.0, vgic_get_virq_priority in
+  both): desc -> rank, while vgic_enable_irqs/vgic_disable_irqs take desc->lock under the
+  rank lock: rank -> desc;
+- RELEASE-4.8.0 and stable-4.8: vgic_vcpu_inject_irq takes the rank lock through
+  vgic_get_virq_priority before the vgic lock; vgic_migrate_irq's lr_pending branch calls it
+  from vgic_store_itargetsr, which holds that same rank lock: a self-deadlock. Fixed by
+  408f16ddb3 (RELEASE-4.9.0) / 43208a9cb4 (RELEASE-4.10.0), "ARM: vGIC: avoid rank lock when
+  reading priority" ("It seems like this code path has never been exercised before"); never
+  backported to stable-4.8.
 
 Note on ``irq_set_affinity``: PROTOCOLS.md says it writes ``desc->affinity`` under
 ``desc->lock``; Xen's GICv2 driver takes the distributor lock ``gicv2.lock`` instead
-(``gicv2_irq_set_affinity``), and ``do_IRQ`` calls ``vgic_vcpu_inject_spi`` with
-``desc->lock`` held. Modelling ``desc->lock`` there would invent a desc/vgic inversion Xen
-does not have, so the model follows the code.
+(gic-v2.c ``gicv2_irq_set_affinity``, 4.8.0-4.10.0), and callers do not hold desc->lock.
+The model follows the code.
 
-State is one domain: vCPU ``v`` runs pinned on pCPU ``v`` (the worker with the same id), so
-``pcpu(v) == v`` and a pCPU's list registers are its vCPU's. SPIs are ``32 .. 32+spis-1``;
-``pending[i]`` and ``descs[i]`` are those of SPI ``32 + i``.
+The hardware: a physical SPI routed to a guest is acknowledged by Xen (GICC_IAR: pending ->
+active, one atomic step, here at the top of ``do_IRQ``) and deactivated by the guest's EOI
+through a hardware list register (GICH_LR.HW = 1; Xen runs the GIC in EOImode 1 and
+``gicv2_guest_irq_end`` only drops the priority), so the GIC does not deliver it again until
+the guest EOIs it — not until ``gic_update_one_lr`` notices the EOI. ``desc->active`` is that
+state; ``_IRQ_INPROGRESS`` is Xen's software bit (set in do_IRQ, cleared in
+gic_update_one_lr) and gates nothing, as in Xen (do_IRQ does not test it for guest IRQs).
+
+State is one domain: vCPU ``v`` runs on pCPU ``v`` (the worker with the same id); a pCPU's
+list registers are saved with its vCPU (``gic_save_state``/``gic_restore_state``). SPIs are
+``32 .. 32+spis-1``; ``pending[i]`` and ``descs[i]`` are those of SPI ``32 + i``.
+
+Simplifications kept (issue 23, point 10 and point 6):
+
+- lists are FIFO: Xen orders inflight_irqs and lr_pending by priority
+  (vgic_vcpu_inject_irq, gic_add_to_lr_pending: insert before the first entry of strictly
+  greater priority value); the guest never writes IPRIORITYR here, so every SPI has the same
+  priority and Xen's order *is* FIFO;
+- no LR eviction: gic_restore_pending_irqs evicts only for a strictly higher priority
+  (``if ( p_r->priority == p->priority ) goto out``): never with equal priorities;
+- no virtual SPIs (``p->desc == NULL``): every SPI is a hardware one, so the
+  ``p->desc == NULL`` branches (vgic_migrate_irq's early return, GICH_LR_PENDING re-set in
+  gic_update_one_lr's ACTIVE branch) are not exercised;
+- vCPUs do not move between pCPUs: vCPU v always runs on pCPU v, so ``arch_move_irqs``
+  (called by the scheduler when a vCPU changes pCPU) never runs and ``v->processor == v``.
+  A vCPU does block (WFI: ``vcpu_block``) and is then not ``current`` on its pCPU, so
+  injections to it go to lr_pending and ``vcpu_kick``/``vcpu_unblock`` wake it (see
+  :meth:`OldVgic.vcpu_block`). Moving vCPUs needs two workers to exchange vCPUs (their saved
+  LRs and ``current``) at one scheduling point, which the model has no operation for.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from .cpu import Cpu
 from .layout import Array, Int, Nested, Spinlock, Struct
-from .spinlock import (assert_held, spin_lock, spin_lock_irqsave, spin_unlock, spin_unlock_irqrestore)
+from .spinlock import (assert_held, spin_is_locked, spin_lock, spin_lock_irqsave, spin_unlock,
+                       spin_unlock_irqrestore)
 
 NR_INTERRUPT_PER_RANK = 32
 SPI_BASE = 32
-GIC_INVALID_LR = -1
+GIC_INVALID_LR = 255  # ~(uint8_t)0 as d31d0cd810 (stable-4.8, 4.9.0) fixed it to be
 INVALID_VCPU = -1
 
 # pending_irq.status bits (GIC_IRQ_GUEST_*)
@@ -47,36 +101,125 @@ STATUS_NAMES = ("QUEUED", "ACTIVE", "VISIBLE", "ENABLED", "MIGRATING")
 
 # irq_desc.status bits
 _IRQ_INPROGRESS = 0
+_IRQ_DISABLED = 1
 
 # list register states (GICH_LR)
 LR_INVALID, LR_PENDING, LR_ACTIVE = 0, 1, 2
 
-VARIANTS = ("rank-lock-inversion", "unlocked-target-read", "unlocked-target-read-assert", "old-vcpu-lock",
-            "drop-vgic-then-rank", "upstream")
+DEFAULT_PRIORITY = 0xa0  # vgic_rank_init: GIC_PRI_IRQ for every interrupt; never written here
+
+
+@dataclass(frozen=True)
+class Design:
+    """What one variant's code does where the versions differ. Each field names the Xen
+    function, and the commit that changed it."""
+
+    #: where the code comes from
+    base: str
+    #: vgic_get_target_vcpu takes the rank lock (RELEASE-4.8.0 vgic.c); False: ``read_atomic``
+    #: of rank->vcpu without a lock (378384399e, in stable-4.8, 4.9.0, 4.10.0)
+    target_locked: bool = True
+    #: __vgic_get_target_vcpu keeps ASSERT(spin_is_locked(&rank->lock)) (4.8.0)
+    target_assert: bool = True
+    #: vgic_get_virq_priority takes the rank lock and vgic_vcpu_inject_irq calls it before the
+    #: vgic lock (4.8.0, stable-4.8); False: ACCESS_ONCE (408f16ddb3 4.9.0, 43208a9cb4 4.10.0)
+    priority_locked: bool = True
+    #: vgic_migrate_irq's MIGRATING test: "ignore" (4.8.0: unlocked, returns as if done),
+    #: "refuse" (91ef736493: unlocked, returns false), "refuse-locked" (5f66da6590, 4.10.0:
+    #: under the old vCPU's vgic lock, returns false)
+    migrating_test: str = "ignore"
+    #: where rank->vcpu is written: "after" (4.8.0 vgic_store_itargetsr, after
+    #: vgic_migrate_irq), "if-moved" (378384399e: write_atomic only if vgic_migrate_irq
+    #: returned true), "vgic-lock" (the thread's patch and proposal 3: inside vgic_migrate_irq)
+    target_write: str = "after"
+    #: gic_update_one_lr once the IRQ left its LR and MIGRATING is set: "4.8" (test_and_clear,
+    #: vgic_get_target_vcpu, irq_set_affinity), "unlocked-read" (the thread's patch: the target
+    #: read without the rank lock), "old-vcpu" (proposal 3), "deferred" (proposal 1: after the
+    #: vgic lock is dropped), "wmb" (31bc6a93a0: smp_wmb, test_bit, irq_set_affinity, clear_bit)
+    eoi: str = "4.8"
+    #: proposal 3's lock of p->old_vcpu in vgic_migrate_irq: "" (none), "plain" (the unlocked
+    #: 4.8 MIGRATING test, then p->old_vcpu's lock, no re-check), "recheck" (lock p->old_vcpu,
+    #: re-check owner and MIGRATING under it, retry)
+    old_vcpu_lock: str = ""
+    #: gic_raise_inflight_irq returns when the IRQ is disabled (471d9ca43c, XSA-223: stable-4.8,
+    #: 4.9.0, 4.10.0)
+    inflight_checks_enabled: bool = False
+    #: vgic_enable_irqs/vgic_disable_irqs set/clear ENABLED and unlink lr_pending under the
+    #: target's vgic lock (5f66da6590, 4.10.0); False: ENABLED changed without it, and
+    #: gic_remove_from_queues takes the lock itself (4.8.0 .. 4.9.0)
+    enable_locked: bool = False
+
+
+_48 = "RELEASE-4.8.0 (xen/arch/arm/vgic.c, vgic-v2.c, gic.c)"
+DESIGNS: dict[str, Design] = {
+    "rank-lock-inversion": Design(_48),
+    "unlocked-target-read": Design(_48 + " + the thread's patch", target_assert=False, target_write="vgic-lock",
+                                   eoi="unlocked-read"),
+    "unlocked-target-read-assert": Design(_48 + " + the thread's patch, ASSERT kept", target_write="vgic-lock",
+                                          eoi="unlocked-read"),
+    "old-vcpu-lock": Design(_48 + " + proposal 3", target_write="vgic-lock", eoi="old-vcpu", old_vcpu_lock="plain"),
+    "old-vcpu-lock-recheck": Design(_48 + " + proposal 3, re-checked under the lock", target_write="vgic-lock",
+                                    eoi="old-vcpu", old_vcpu_lock="recheck"),
+    "drop-vgic-then-rank": Design(_48 + " + proposal 1", eoi="deferred"),
+    "xen-stable-4.8": Design("stable-4.8 (4.8.0 + c75fe6473b, 9e6b2ddf33, 125e4d4a8d, 670bb9dd9e: the backports "
+                             "of 378384399e, 31bc6a93a0, 91ef736493, 471d9ca43c; not 408f16ddb3)",
+                             target_locked=False, target_assert=False, migrating_test="refuse",
+                             target_write="if-moved", eoi="wmb", inflight_checks_enabled=True),
+    "xen-4.9.0": Design("RELEASE-4.9.0 (378384399e, 31bc6a93a0, 91ef736493, 408f16ddb3, 471d9ca43c)",
+                        target_locked=False, target_assert=False, priority_locked=False, migrating_test="refuse",
+                        target_write="if-moved", eoi="wmb", inflight_checks_enabled=True),
+    "xen-4.10.0": Design("RELEASE-4.10.0 (4.9.0's + 5f66da6590, 43208a9cb4)", target_locked=False,
+                         target_assert=False, priority_locked=False, migrating_test="refuse-locked",
+                         target_write="if-moved", eoi="wmb", inflight_checks_enabled=True, enable_locked=True),
+}
+DESIGNS["upstream"] = DESIGNS["xen-4.10.0"]  # the newest old-vGIC release: an alias
+VARIANTS = tuple(DESIGNS)
+
+#: commits that can be applied on top of a design (``--backport``): what each changes
+BACKPORTS = {"408f16ddb3": "vgic_get_virq_priority reads the priority with ACCESS_ONCE, without the rank lock "
+                           "(RELEASE-4.9.0; 43208a9cb4 in 4.10.0): removes the 4.8 lr_pending self-deadlock and "
+                           "the desc -> rank edge of the priority read, so the thread's own races can be studied "
+                           "on the 4.8-based variants"}
+
+
+def with_backports(design: Design, backport: str) -> Design:
+    """``design`` with the commits named in ``backport`` (comma-separated) applied."""
+    from dataclasses import replace
+    for c in filter(None, (x.strip() for x in backport.split(","))):
+        if c not in BACKPORTS:
+            raise ValueError(f"unknown backport {c!r} (known: {', '.join(BACKPORTS)})")
+        if c == "408f16ddb3":
+            design = replace(design, priority_locked=False)
+    return design
 
 
 class PendingIrq(Struct):
     """``struct pending_irq`` of one SPI."""
 
     status = Int()
-    lr = Int(init=GIC_INVALID_LR)
+    lr = Int()  # p->lr: 0 until first set (xzalloc'd, vgic_init_pending_irq does not set it)
+    priority = Int()
     inflight = Int(init=INVALID_VCPU)  # the vCPU whose inflight_irqs list holds it (list_empty: -1)
     lr_queue = Int(init=INVALID_VCPU)  # the vCPU whose lr_pending list holds it
     lr_queue_seq = Int()  # FIFO order within lr_pending
-    old_vcpu = Int(init=INVALID_VCPU)  # variant old-vcpu-lock: the vCPU whose vgic lock guards rank->vcpu
+    old_vcpu = Int(init=INVALID_VCPU)  # proposal 3: the vCPU whose vgic lock guards rank->vcpu
 
 
 class Rank(Struct):
-    """``struct vgic_irq_rank``: 32 interrupts, their lock and ITARGETSR targets."""
+    """``struct vgic_irq_rank``: 32 interrupts, their lock, ITARGETSR targets, ISENABLER
+    bits (``ienable``, one word per interrupt here) and priorities."""
 
     lock = Spinlock("&rank->lock")
     vcpu = Array(Int, NR_INTERRUPT_PER_RANK)
+    ienable = Array(Int, NR_INTERRUPT_PER_RANK)
+    priority = Array(Int, NR_INTERRUPT_PER_RANK, init=DEFAULT_PRIORITY)
 
 
 class VgicVcpu(Struct):
-    """``v->arch.vgic`` of one vCPU, plus the list registers of the pCPU it runs on.
-    ``inflight[i]``/``lr_pending[i]`` mirror list membership for the invariants: a
-    ``pending_irq`` on two lists is the corruption ``inflight-on-one-vcpu`` looks for."""
+    """``v->arch.vgic`` of one vCPU, plus its list registers (loaded on its pCPU while it
+    runs, saved with it while it is blocked). ``inflight[i]``/``lr_pending[i]`` mirror list
+    membership for the invariants: a ``pending_irq`` on two lists is the corruption
+    ``inflight-on-one-vcpu`` looks for."""
 
     lock = Spinlock("&v->arch.vgic.lock")
     inflight = Array(Int, "spis")
@@ -87,15 +230,20 @@ class VgicVcpu(Struct):
     lr_eoi_at = Array(Int, "lrs")  # guest model: when (CLOCK_MONOTONIC ns) the guest EOIs
     exits = Int()  # guest exits (vcpu_run cycles)
     queue_seq = Int()
+    blocked = Int()  # _VPF_blocked: in WFI, not current on its pCPU (the idle vCPU is)
+    wake_at = Int()  # the guest's virtual timer deadline while blocked (CLOCK_MONOTONIC ns)
+    kicks = Int()
 
 
 class IrqDesc(Struct):
-    """``struct irq_desc`` of a physical SPI routed to the guest (virq == irq)."""
+    """``struct irq_desc`` of a physical SPI routed to the guest (virq == irq), and the
+    distributor's state of that interrupt."""
 
     lock = Spinlock("&desc->lock")
-    status = Int()  # _IRQ_INPROGRESS (software, under desc->lock or by its single owner)
+    status = Int()  # _IRQ_INPROGRESS, _IRQ_DISABLED (software; Xen's irq.c / gic-v2.c)
     affinity = Int()  # the pCPU GICD_ITARGETSR routes it to
-    hw_pending = Int()  # the GIC holds it pending for delivery (written by the device model and do_IRQ)
+    hw_pending = Int()  # the GIC holds it pending for delivery (device model; cleared at the acknowledge)
+    active = Int()  # the GIC's active state: set at the acknowledge, cleared at the guest's EOI (HW LR)
 
 
 class Gic(Struct):
@@ -119,6 +267,12 @@ class OldVgicDomain(Struct):
     injections = Int()
     eois = Int()
     migrating_set = Int()  # migrations of an IRQ in an LR: MIGRATING set, finished at EOI
+    disables = Int()
+    enables = Int()
+    inflight_raises = Int()  # gic_raise_inflight_irq -> gic_update_one_lr
+    dropped_hw = Int()  # "unable to inject hw irq": QUEUED dropped while ACTIVE in an LR
+    lost_hw = Int()  # hw-irq-lost: injections dropped with the inflight entry (deactivated by the model)
+    blocks = Int()
 
 
 def test_bit(word: int, bit: int) -> bool:
@@ -126,17 +280,16 @@ def test_bit(word: int, bit: int) -> bool:
 
 
 class OldVgic:
-    """The operations, as one CPU (worker) runs them. ``variant`` selects the code of the
-    thread's patch, a proposal, or what upstream Xen shipped.
+    """The operations, as one CPU (worker) runs them. ``variant`` selects the design
+    (:data:`DESIGNS`). ``trace`` is a callable ``(event, a, b, c)`` recording model events."""
 
-    ``trace`` is a callable ``(event, a, b, c)`` recording model events for reports."""
-
-    def __init__(self, d: Any, cpu: Cpu, variant: str, trace: Any) -> None:
-        if variant not in VARIANTS:
+    def __init__(self, d: Any, cpu: Cpu, variant: str, trace: Any, backport: str = "") -> None:
+        if variant not in DESIGNS:
             raise ValueError(f"unknown old-vGIC variant {variant!r}")
         self.d = d
         self.cpu = cpu
         self.variant = variant
+        self.design = with_backports(DESIGNS[variant], backport)
         self.trace = trace
         self.nr_vcpus = len(d.vcpus)
         self.nr_spis = len(d.pending)
@@ -159,33 +312,51 @@ class OldVgic:
 
     @property
     def current(self) -> int:
-        """The vCPU running on this pCPU."""
-        return self.cpu.wid
+        """``current`` on this pCPU: its vCPU, or none (the idle vCPU) while it is blocked."""
+        v = self.cpu.wid
+        return INVALID_VCPU if self.d.vcpus[v].blocked else v
 
-    # -- targets --------------------------------------------------------------------------------
+    @staticmethod
+    def processor(v: int) -> int:
+        """``v->processor``: vCPUs do not move (header)."""
+        return v
+
+    # -- targets and priority ---------------------------------------------------------------------
     def __vgic_get_target_vcpu(self, virq: int) -> int:
-        """Requires: rank->lock (asserted in the variants that keep the ASSERT)."""
+        """vgic.c ``__vgic_get_target_vcpu`` (RELEASE-4.8.0): requires rank->lock, ASSERTed
+        (the thread's patch drops the ASSERT: variant unlocked-target-read)."""
         rank = self.vgic_rank_irq(virq)
-        if self.variant in ("rank-lock-inversion", "unlocked-target-read-assert", "drop-vgic-then-rank"):
+        if self.design.target_assert:
             assert_held(rank.lock)  # ASSERT(spin_is_locked(&rank->lock))
         return rank.vcpu[self.rank_offset(virq)]
 
     def vgic_get_target_vcpu(self, virq: int) -> int:
-        """Target vCPU of ``virq``. Takes rank->lock (irqsave) in every variant but
-        ``upstream``, where 378384399e reads ``rank->vcpu`` atomically, without a lock (the
-        thread's patch only changed the caller in gic_update_one_lr)."""
-        if self.variant == "upstream":
-            return self.vgic_rank_irq(virq).vcpu[self.rank_offset(virq)]  # read_atomic()
+        """vgic.c ``vgic_get_target_vcpu``: 4.8.0 takes rank->lock (irqsave, "takes the rank
+        lock"); from 378384399e (stable-4.8, 4.9.0, 4.10.0) ``read_atomic(&rank->vcpu[..])``."""
         rank = self.vgic_rank_irq(virq)
+        if not self.design.target_locked:
+            return rank.vcpu[self.rank_offset(virq)]  # read_atomic()
         flags = spin_lock_irqsave(rank.lock)
         v = self.__vgic_get_target_vcpu(virq)
         spin_unlock_irqrestore(rank.lock, flags)
         return v
 
-    # -- physical affinity ------------------------------------------------------------------------
+    def vgic_get_virq_priority(self, virq: int) -> int:
+        """vgic.c ``vgic_get_virq_priority``: 4.8.0 and stable-4.8 take rank->lock (irqsave,
+        ``vgic_lock_rank``); 408f16ddb3 (4.9.0) / 43208a9cb4 (4.10.0): ``ACCESS_ONCE``."""
+        rank = self.vgic_rank_irq(virq)
+        if not self.design.priority_locked:
+            return rank.priority[self.rank_offset(virq)]  # ACCESS_ONCE()
+        flags = spin_lock_irqsave(rank.lock)
+        prio = rank.priority[self.rank_offset(virq)]
+        spin_unlock_irqrestore(rank.lock, flags)
+        return prio
+
+    # -- physical affinity and enable ---------------------------------------------------------------
     def irq_set_affinity(self, virq: int, pcpu: int) -> None:
-        """``irq_set_affinity(desc, cpumask_of(pcpu))`` -> ``gicv2_irq_set_affinity``: takes
-        gicv2.lock (a leaf), writes GICD_ITARGETSR. Callers have interrupts disabled."""
+        """irq.c ``irq_set_affinity(desc, cpumask_of(pcpu))`` -> gic-v2.c
+        ``gicv2_irq_set_affinity`` (4.8.0-4.10.0): takes gicv2.lock (a leaf), writes
+        GICD_ITARGETSR. Callers have interrupts disabled or hold nothing."""
         desc = self.irq_to_desc(virq)
         spin_lock(self.d.gicv2.lock)
         desc.affinity = pcpu
@@ -193,14 +364,27 @@ class OldVgic:
         self.trace("irq_set_affinity", virq, pcpu)  # at the write: the release is a scheduling point
         spin_unlock(self.d.gicv2.lock)
 
-    # -- migration (the guest's ITARGETSR write) --------------------------------------------------
+    def gicv2_irq_enable(self, virq: int, enable: bool) -> None:
+        """gic-v2.c ``gicv2_irq_enable``/``gicv2_irq_disable`` (desc->handler->enable/disable,
+        4.8.0-4.10.0): require desc->lock (ASSERT), take gicv2.lock irqsave, write
+        GICD_ISENABLER/ICENABLER and _IRQ_DISABLED."""
+        desc = self.irq_to_desc(virq)
+        assert_held(desc.lock)
+        flags = spin_lock_irqsave(self.d.gicv2.lock)
+        if enable:
+            desc.status &= ~(1 << _IRQ_DISABLED)
+        else:
+            desc.status |= 1 << _IRQ_DISABLED
+        spin_unlock_irqrestore(self.d.gicv2.lock, flags)
+
+    # -- the guest's distributor writes --------------------------------------------------------------
     def vgic_store_itargetsr(self, virq: int, new_target: int) -> None:
-        """Guest write of ITARGETSR for ``virq`` (vgic_v2_distr_mmio_write ->
-        vgic_store_itargetsr). Takes: rank->lock (irqsave, vgic_lock_rank), then in
-        vgic_migrate_irq a vgic lock. Where ``rank->vcpu`` is written depends on the variant:
-        after vgic_migrate_irq under the rank lock (Xen 4.8, proposal 1), only if it was not
-        refused (upstream, ``write_atomic``), or inside vgic_migrate_irq under a vgic lock
-        (the thread's patch and proposal 3)."""
+        """vgic-v2.c ``vgic_v2_distr_mmio_write`` (GICD_ITARGETSR: ``vgic_lock_rank``) ->
+        ``vgic_store_itargetsr``. Takes: rank->lock (irqsave), then in vgic_migrate_irq a vgic
+        lock. rank->vcpu is written after vgic_migrate_irq under the rank lock (4.8.0,
+        proposal 1), only if it was not refused (378384399e: stable-4.8, 4.9.0, 4.10.0,
+        ``write_atomic``), or inside vgic_migrate_irq under a vgic lock (the thread's patch,
+        proposal 3)."""
         rank = self.vgic_rank_irq(virq)
         off = self.rank_offset(virq)
         flags = spin_lock_irqsave(rank.lock)
@@ -208,65 +392,75 @@ class OldVgic:
         if new_target != old_target:
             self.trace("migrate", virq, old_target, new_target)
             moved = self.vgic_migrate_irq(old_target, new_target, virq)
-            if self.variant == "upstream":
+            if self.design.target_write == "if-moved":
                 if moved:
                     rank.vcpu[off] = new_target  # write_atomic(), after vgic_migrate_irq returned
                 else:
                     self.d.refused_migrations += 1  # "migration failed: requested while in progress"
                     self.trace("migrate_refused", virq, old_target, new_target)
-            elif not self._target_written_under_vgic_lock:
+            elif self.design.target_write == "after":
                 rank.vcpu[off] = new_target
         spin_unlock_irqrestore(rank.lock, flags)
 
-    @property
-    def _target_written_under_vgic_lock(self) -> bool:
-        """The thread's patch ("placing modifications to rank->vcpu within regions protected by
-        the vgic lock") and proposal 3 write ``rank->vcpu`` inside vgic_migrate_irq."""
-        return self.variant in ("unlocked-target-read", "unlocked-target-read-assert", "old-vcpu-lock")
-
     def _write_target(self, virq: int, new: int) -> None:
-        """Requires: the vgic lock the variant guards ``rank->vcpu`` with (held by caller)."""
+        """The thread's patch / proposal 3: requires the vgic lock guarding ``rank->vcpu``."""
         self.vgic_rank_irq(virq).vcpu[self.rank_offset(virq)] = new
 
     def vgic_migrate_irq(self, old: int, new: int, virq: int) -> bool:
-        """Move ``virq`` from vCPU ``old`` to ``new``. Requires: rank->lock. Takes: old's vgic
-        lock (irqsave); proposal 3 takes ``p->old_vcpu``'s while MIGRATING. Returns False when
-        refused (upstream only: MIGRATING is set)."""
+        """vgic.c ``vgic_migrate_irq`` (4.8.0: void; 91ef736493: bool). Requires: rank->lock
+        (vgic_store_itargetsr). Takes: old's vgic lock (irqsave); proposal 3 takes
+        ``p->old_vcpu``'s. The MIGRATING test is unlocked and ignored (4.8.0), unlocked and
+        refused (stable-4.8, 4.9.0), or under the vgic lock and refused (4.10.0, 5f66da6590).
+        The lr_pending branch calls vgic_vcpu_inject_irq(new) after dropping the vgic lock,
+        still under the rank lock."""
         p = self.irq_to_pending(virq)
+        dz = self.design
         assert_held(self.vgic_rank_irq(virq).lock)
-        locked_write = self._target_written_under_vgic_lock
-        if self.variant != "upstream" and test_bit(p.status, GIC_IRQ_GUEST_MIGRATING):
-            # 4.8: "migration already in progress, no need to do anything" (unlocked test)
-            if locked_write:
-                owner = p.old_vcpu if self.variant == "old-vcpu-lock" and p.old_vcpu >= 0 else old
-                ol = self.d.vcpus[owner].lock
-                flags = spin_lock_irqsave(ol)
-                self._write_target(virq, new)
-                spin_unlock_irqrestore(ol, flags)
-            return True
-        vold = self.d.vcpus[old]
-        flags = spin_lock_irqsave(vold.lock)
-        if self.variant == "upstream" and test_bit(p.status, GIC_IRQ_GUEST_MIGRATING):
-            spin_unlock_irqrestore(vold.lock, flags)
-            return False  # 31bc6a93a0: refuse while in progress
+        locked_write = dz.target_write == "vgic-lock"
+        if dz.old_vcpu_lock == "recheck":
+            vold, flags, old = self._lock_old_vcpu_recheck(virq, old)
+            if test_bit(p.status, GIC_IRQ_GUEST_MIGRATING):
+                self._write_target(virq, new)  # the EOI on p->old_vcpu will read it
+                spin_unlock_irqrestore(vold.lock, flags)
+                return True
+        else:
+            if dz.migrating_test != "refuse-locked" and test_bit(p.status, GIC_IRQ_GUEST_MIGRATING):
+                if dz.migrating_test == "refuse":
+                    return False  # gprintk "irq %u migration failed: requested while in progress"
+                # 4.8.0: "migration already in progress, no need to do anything" (unlocked test)
+                if locked_write:
+                    owner = p.old_vcpu if dz.old_vcpu_lock == "plain" and p.old_vcpu >= 0 else old
+                    ol = self.d.vcpus[owner].lock
+                    flags = spin_lock_irqsave(ol)
+                    self._write_target(virq, new)
+                    spin_unlock_irqrestore(ol, flags)
+                return True
+            vold = self.d.vcpus[old]
+            flags = spin_lock_irqsave(vold.lock)
+            if dz.migrating_test == "refuse-locked" and test_bit(p.status, GIC_IRQ_GUEST_MIGRATING):
+                spin_unlock_irqrestore(vold.lock, flags)
+                return False  # 5f66da6590: the test under the old vCPU's vgic lock
         self.d.migrations += 1
         if p.inflight == INVALID_VCPU:  # list_empty(&p->inflight)
-            self.irq_set_affinity(virq, new)
+            self.irq_set_affinity(virq, self.processor(new))
             if locked_write:
                 self._write_target(virq, new)
                 p.old_vcpu = new
             spin_unlock_irqrestore(vold.lock, flags)
             return True
-        if p.lr_queue != INVALID_VCPU:  # still lr_pending: re-inject it to the new vCPU
-            self.gic_remove_from_queues(old, virq)
-            self.irq_set_affinity(virq, new)
+        if p.lr_queue != INVALID_VCPU:  # "If the IRQ is still lr_pending, re-inject it to the new vcpu"
+            # 4.8.0/4.9.0 open-code it; 4.10.0 calls gic_remove_irq_from_queues(old, p): the same
+            self.gic_remove_irq_from_queues(old, virq)
+            self.irq_set_affinity(virq, self.processor(new))
             if locked_write:
                 self._write_target(virq, new)
                 p.old_vcpu = new
             spin_unlock_irqrestore(vold.lock, flags)
-            self.vgic_vcpu_inject_irq(new, virq)
+            self.trace("migrate_reinject", virq, old, new)
+            self.vgic_vcpu_inject_irq(new, virq)  # 4.8.0/stable-4.8: takes the rank lock we hold
             return True
-        p.status |= 1 << GIC_IRQ_GUEST_MIGRATING  # in an LR: wait for the EOI
+        # "if the IRQ is in a GICH_LR register, set GIC_IRQ_GUEST_MIGRATING and wait for the EOI"
+        p.status |= 1 << GIC_IRQ_GUEST_MIGRATING
         self.d.migrating_set += 1
         if locked_write:
             self._write_target(virq, new)
@@ -275,42 +469,162 @@ class OldVgic:
         spin_unlock_irqrestore(vold.lock, flags)
         return True
 
+    def _lock_old_vcpu_recheck(self, virq: int, old: int) -> tuple[Any, int, int]:
+        """Proposal 3 as the thread left it to write (variant old-vcpu-lock-recheck): read
+        ``p->old_vcpu``, take its vgic lock, re-check that it is still the owner, else drop
+        it and retry. Returns (the locked vCPU's state, flags, its id)."""
+        p = self.irq_to_pending(virq)
+        while True:
+            owner = p.old_vcpu if p.old_vcpu >= 0 else old
+            vo = self.d.vcpus[owner]
+            flags = spin_lock_irqsave(vo.lock)
+            if (p.old_vcpu if p.old_vcpu >= 0 else old) == owner:
+                return vo, flags, owner
+            spin_unlock_irqrestore(vo.lock, flags)
+            self.trace("migrate_retry", virq, owner, p.old_vcpu)
+
+    def vgic_enable_irqs(self, virq: int) -> None:
+        """vgic-v2.c ``vgic_v2_distr_mmio_write`` (GICD_ISENABLER: vgic_lock_rank, set
+        rank->ienable) -> vgic.c ``vgic_enable_irqs`` for one SPI. Requires: rank->lock.
+        Takes: the target's vgic lock (irqsave), gicv2.lock (irq_set_affinity), desc->lock
+        (irqsave) and in it gicv2.lock (gicv2_irq_enable). The target: __vgic_get_target_vcpu
+        under the caller's rank lock (4.8.0) or vgic_get_target_vcpu (read_atomic: stable-4.8,
+        4.9.0, 4.10.0). ENABLED is set before the vgic lock (4.8.0-4.9.0) or under it (4.10.0,
+        5f66da6590)."""
+        rank = self.vgic_rank_irq(virq)
+        assert_held(rank.lock)
+        t = self.__vgic_get_target_vcpu(virq) if self.design.target_locked else self.vgic_get_target_vcpu(virq)
+        p = self.irq_to_pending(virq)
+        vt = self.d.vcpus[t]
+        self.d.enables += 1
+        self.trace("enable", virq, t)
+        if not self.design.enable_locked:
+            p.status |= 1 << GIC_IRQ_GUEST_ENABLED
+        flags = spin_lock_irqsave(vt.lock)
+        if self.design.enable_locked:
+            p.status |= 1 << GIC_IRQ_GUEST_ENABLED
+        if p.inflight != INVALID_VCPU and not test_bit(p.status, GIC_IRQ_GUEST_VISIBLE):
+            self.gic_raise_guest_irq(t, virq)
+        spin_unlock_irqrestore(vt.lock, flags)
+        self.irq_set_affinity(virq, self.processor(t))  # the affinity lag heals here too
+        desc = self.irq_to_desc(virq)
+        flags = spin_lock_irqsave(desc.lock)
+        self.gicv2_irq_enable(virq, True)
+        spin_unlock_irqrestore(desc.lock, flags)
+
+    def vgic_disable_irqs(self, virq: int) -> None:
+        """vgic-v2.c ``vgic_v2_distr_mmio_write`` (GICD_ICENABLER: vgic_lock_rank, clear
+        rank->ienable) -> vgic.c ``vgic_disable_irqs`` for one SPI. Requires: rank->lock.
+        Takes: the target's vgic lock (irqsave; in gic.c ``gic_remove_from_queues`` 4.8.0-4.9.0,
+        in vgic_disable_irqs itself 4.10.0), then desc->lock (irqsave) and in it gicv2.lock
+        (gicv2_irq_disable). Clears ENABLED without the vgic lock (4.8.0-4.9.0) or under it
+        (4.10.0). An IRQ already inflight stays inflight (only lr_pending is unlinked): if it is
+        in an LR, its EOI unlinks it; if it was lr_pending, no LR holds it, and a migration
+        sets MIGRATING that no EOI will clear until the guest enables it again."""
+        rank = self.vgic_rank_irq(virq)
+        assert_held(rank.lock)
+        t = self.__vgic_get_target_vcpu(virq) if self.design.target_locked else self.vgic_get_target_vcpu(virq)
+        p = self.irq_to_pending(virq)
+        self.d.disables += 1
+        self.trace("disable", virq, t)
+        if self.design.enable_locked:
+            vt = self.d.vcpus[t]
+            flags = spin_lock_irqsave(vt.lock)
+            p.status &= ~(1 << GIC_IRQ_GUEST_ENABLED)
+            self.gic_remove_from_lr_pending(t, virq)
+            spin_unlock_irqrestore(vt.lock, flags)
+        else:
+            p.status &= ~(1 << GIC_IRQ_GUEST_ENABLED)
+            self.gic_remove_from_queues(t, virq)
+        desc = self.irq_to_desc(virq)
+        flags = spin_lock_irqsave(desc.lock)
+        self.gicv2_irq_enable(virq, False)
+        spin_unlock_irqrestore(desc.lock, flags)
+
+    def write_ienable(self, virq: int, enable: bool) -> None:
+        """vgic-v2.c ``vgic_v2_distr_mmio_write``, GICD_ISENABLER/GICD_ICENABLER for one SPI:
+        ``vgic_lock_rank``, update ``rank->ienable``, call vgic_enable_irqs/vgic_disable_irqs
+        for the bits that changed, ``vgic_unlock_rank``."""
+        rank = self.vgic_rank_irq(virq)
+        off = self.rank_offset(virq)
+        flags = spin_lock_irqsave(rank.lock)
+        was = rank.ienable[off]
+        rank.ienable[off] = int(enable)
+        if enable and not was:
+            self.vgic_enable_irqs(virq)
+        elif was and not enable:
+            self.vgic_disable_irqs(virq)
+        spin_unlock_irqrestore(rank.lock, flags)
+
     # -- injection (interrupt context) ------------------------------------------------------------
+    def gic_interrupt_ack(self, virq: int) -> None:
+        """gic.c ``gic_interrupt`` reading GICC_IAR (gicv2_read_irq): the GIC moves the
+        interrupt from pending to active in one step. Active until the guest's EOI deactivates
+        it through the HW list register: the GIC does not deliver it again before that."""
+        desc = self.irq_to_desc(virq)
+        desc.active = 1
+        desc.hw_pending = 0
+
     def do_IRQ(self, virq: int) -> None:
-        """The physical SPI handler for a guest-routed IRQ, in interrupt context on the pCPU
-        of ``desc->affinity``. Takes: desc->lock, and inside it the injection's locks."""
+        """irq.c ``do_IRQ`` (4.8.0-4.10.0) for a guest-routed SPI, in interrupt context on the
+        pCPU the GIC delivered it to: takes desc->lock, ``desc->handler->end`` (priority drop
+        only: gicv2_guest_irq_end), sets _IRQ_INPROGRESS (without testing it: guest IRQs are
+        not gated on it) and calls vgic_vcpu_inject_spi with desc->lock held."""
+        self.gic_interrupt_ack(virq)
         desc = self.irq_to_desc(virq)
         spin_lock(desc.lock)
-        desc.hw_pending = 0
         desc.status |= 1 << _IRQ_INPROGRESS
         self.vgic_vcpu_inject_spi(virq)
         spin_unlock(desc.lock)
 
     def vgic_vcpu_inject_spi(self, virq: int) -> None:
-        """Takes: rank->lock through vgic_get_target_vcpu (variants that lock it), then the
-        target's vgic lock in vgic_vcpu_inject_irq."""
+        """vgic.c ``vgic_vcpu_inject_spi`` (4.8.0-4.10.0): vgic_get_target_vcpu (4.8.0: the
+        rank lock), then vgic_vcpu_inject_irq."""
         v = self.vgic_get_target_vcpu(virq)
         self.d.injections += 1
         self.vgic_vcpu_inject_irq(v, virq)
 
     def vgic_vcpu_inject_irq(self, v: int, virq: int) -> None:
-        """Make ``virq`` pending on vCPU ``v``. Takes: v's vgic lock (irqsave)."""
+        """vgic.c ``vgic_vcpu_inject_irq``: make ``virq`` pending on vCPU ``v``. Takes: the
+        rank lock through vgic_get_virq_priority *before* the vgic lock (4.8.0, stable-4.8);
+        v's vgic lock (irqsave). 4.9.0 reads the priority (ACCESS_ONCE) before the lock, 4.10.0
+        under it after the inflight test (5f66da6590). Already inflight:
+        gic_raise_inflight_irq. After the lock: vcpu_unblock(v) and, if v runs elsewhere, an
+        event-check SGI (``vcpu_kick`` in effect)."""
         vv = self.d.vcpus[v]
         p = self.irq_to_pending(virq)
+        if self.design.priority_locked:
+            priority = self.vgic_get_virq_priority(virq)  # 4.8.0/stable-4.8: rank lock, before the vgic lock
         flags = spin_lock_irqsave(vv.lock)
         p.status |= 1 << GIC_IRQ_GUEST_QUEUED
-        if p.inflight != INVALID_VCPU:  # already inflight: gic_raise_inflight_irq
+        if p.inflight != INVALID_VCPU:  # !list_empty(&n->inflight)
             if p.inflight != v:
                 self.trace("inject_inflight_elsewhere", virq, v, p.inflight)
-            spin_unlock_irqrestore(vv.lock, flags)
-            return
-        if test_bit(p.status, GIC_IRQ_GUEST_ENABLED):
-            self.gic_raise_guest_irq(v, virq)
-        self._list_add_inflight(v, virq)
-        self.trace("inject", virq, v)
+            self.gic_raise_inflight_irq(v, virq)
+        else:
+            if not self.design.priority_locked:
+                priority = self.vgic_get_virq_priority(virq)
+            p.priority = priority
+            if test_bit(p.status, GIC_IRQ_GUEST_ENABLED):
+                self.gic_raise_guest_irq(v, virq)
+            self._list_add_inflight(v, virq)  # FIFO = priority order here (header)
+            self.trace("inject", virq, v)
         spin_unlock_irqrestore(vv.lock, flags)
+        self.vcpu_unblock(v)
+
+    def vcpu_unblock(self, v: int) -> None:
+        """common/schedule.c ``vcpu_unblock`` (``vcpu_kick`` on ARM, from
+        vgic_vcpu_inject_irq's tail, 4.8.0-4.10.0): clear _VPF_blocked and wake the vCPU; its
+        pCPU runs it again (gic_restore_state -> gic_restore_pending_irqs) at its next cycle."""
+        vv = self.d.vcpus[v]
+        if vv.blocked:
+            vv.blocked = 0
+            vv.kicks += 1
+            self.trace("kick", v)
 
     def _list_add_inflight(self, v: int, virq: int) -> None:
+        """``list_add_tail(&n->inflight, ...)`` in vgic_vcpu_inject_irq (4.8.0-4.10.0): onto v's
+        inflight_irqs. Requires: v's vgic lock (held by the caller)."""
         p = self.irq_to_pending(virq)
         i = virq - SPI_BASE
         self.d.vcpus[v].inflight[i] = 1
@@ -331,19 +645,58 @@ class OldVgic:
     def _list_lock_held(self, owner: int, virq: int, what: str) -> None:
         """The lock rule of the per-vCPU lists (vgic.c: "inflight_irqs and lr_pending are
         protected by v->arch.vgic.lock"): a CPU that links or unlinks an entry of vCPU
-        ``owner``'s list must hold that vCPU's vgic lock. Two CPUs doing it under
-        different locks corrupt the list: a data race, reported as KCSAN would."""
+        ``owner``'s list must hold that vCPU's vgic lock. Reported as the list modified under
+        the wrong vCPU's lock; a data race only when the owner's lock is held by another CPU
+        at that moment (the owner is inside its own critical section: the accesses overlap)."""
         lock = self.d.vcpus[owner].lock
-        if not lock.held_by_me():
-            self.cpu.finding("invariant:vgic-list-lock",
-                             f"BUG: data race on vcpu{owner}'s {what} list (irq {virq})",
-                             message=f"pcpu{self.cpu.wid} unlinks irq {virq} from vcpu{owner}'s {what} "
-                                     f"without vcpu{owner}'s vgic lock",
-                             held=[lk.path for lk in self.cpu.held_locks()], subject=virq)
+        if lock.held_by_me():
+            return
+        overlap = bool(spin_is_locked(lock))
+        if overlap:
+            title = f"BUG: data race on vcpu{owner}'s {what} list (irq {virq}): modified under the wrong vCPU's lock"
+        else:
+            title = f"BUG: vgic list modified under the wrong vCPU's lock: vcpu{owner}'s {what} (irq {virq})"
+        why = (f" while vcpu{owner}'s vgic lock is held by another CPU" if overlap else
+               f" (vcpu{owner}'s lock was free at that moment: no overlapping access seen)")
+        self.cpu.finding("invariant:vgic-list-lock", title,
+                         message=f"pcpu{self.cpu.wid} unlinks irq {virq} from vcpu{owner}'s {what} "
+                                 f"without vcpu{owner}'s vgic lock" + why,
+                         held=[lk.path for lk in self.cpu.held_locks()], subject=virq, overlap=overlap)
+
+    def gic_raise_inflight_irq(self, v: int, virq: int) -> None:
+        """gic.c ``gic_raise_inflight_irq`` (4.8.0-4.10.0): requires v's vgic lock. If the IRQ
+        is not lr_pending and ``v == current``: ``gic_update_one_lr(v, n->lr)``. 471d9ca43c
+        (XSA-223; stable-4.8, 4.9.0, 4.10.0) first returns if the IRQ is disabled. ``n->lr`` is
+        the LR the IRQ had on the vCPU whose list it is on: with a stale owner (inflight on
+        another vCPU) that is another vCPU's LR index, read here on this pCPU; for an inflight
+        IRQ in no LR it is GIC_INVALID_LR (or 0, never set): XSA-223."""
+        vv = self.d.vcpus[v]
+        p = self.irq_to_pending(virq)
+        assert_held(vv.lock)
+        if self.design.inflight_checks_enabled and not test_bit(p.status, GIC_IRQ_GUEST_ENABLED):
+            return
+        if p.lr_queue != INVALID_VCPU or v != self.current:
+            return
+        i = p.lr
+        self.d.inflight_raises += 1
+        self.trace("raise_inflight", virq, v, i)
+        if not (0 <= i < self.nr_lrs) or not vv.lr_mask[i] or vv.lr[i] != virq:
+            where = ("GIC_INVALID_LR" if i == GIC_INVALID_LR else f"LR{i} (out of range)") if not 0 <= i < self.nr_lrs \
+                else (f"LR{i}, unused" if not vv.lr_mask[i] else f"LR{i}, which holds irq {vv.lr[i]}")
+            self.cpu.finding("invariant:raise-inflight-lr",
+                             f"BUG: gic_raise_inflight_irq: gic_update_one_lr(vcpu{v}, {where}) for irq {virq}",
+                             message=f"irq {virq} is inflight on vcpu{p.inflight}"
+                                     f"{'' if p.inflight == v else ' (not the target: a stale owner)'}, "
+                                     f"status {status_text(p.status)}, not lr_pending and in no LR of vcpu{v}: "
+                                     f"gic_update_one_lr reads {where} of pcpu{self.cpu.wid}",
+                             subject=virq)
+            if not 0 <= i < self.nr_lrs or not vv.lr_mask[i]:
+                return  # not modelled further: Xen reads an unused LR or past the LRs
+        self.gic_update_one_lr(v, i)
 
     def gic_raise_guest_irq(self, v: int, virq: int) -> None:
-        """Requires: v's vgic lock. Puts ``virq`` in a free LR when ``v`` is current and
-        nothing waits in lr_pending, else queues it on lr_pending."""
+        """gic.c ``gic_raise_guest_irq`` (4.8.0-4.10.0): requires v's vgic lock. Puts ``virq``
+        in a free LR when ``v == current`` and lr_pending is empty, else gic_add_to_lr_pending."""
         vv = self.d.vcpus[v]
         assert_held(vv.lock)
         if v == self.current and not any(vv.lr_pending):
@@ -355,6 +708,8 @@ class OldVgic:
         self.gic_add_to_lr_pending(v, virq)
 
     def gic_add_to_lr_pending(self, v: int, virq: int) -> None:
+        """gic.c ``gic_add_to_lr_pending`` (4.8.0-4.10.0): requires v's vgic lock (ASSERT);
+        nothing if already queued; FIFO (header)."""
         vv = self.d.vcpus[v]
         p = self.irq_to_pending(virq)
         if p.lr_queue != INVALID_VCPU:
@@ -363,21 +718,42 @@ class OldVgic:
         vv.lr_pending[virq - SPI_BASE] = vv.queue_seq
         p.lr_queue = v
 
-    def gic_remove_from_queues(self, v: int, virq: int) -> None:
-        """``vgic_remove_irq_from_queues(v, p)``: clear QUEUED, ``list_del_init(&p->inflight)``,
-        ``gic_remove_from_lr_pending(v, p)`` (``list_del_init(&p->lr_queue)``). Requires:
-        v's vgic lock (ASSERTed in Xen) — and, for the unlinks to be safe, the lock of the
-        vCPU whose lists ``p`` is actually on."""
+    def _lr_queue_del(self, virq: int) -> None:
+        """``list_del_init(&p->lr_queue)``: from whichever vCPU's lr_pending holds it."""
         p = self.irq_to_pending(virq)
-        p.status &= ~(1 << GIC_IRQ_GUEST_QUEUED)
-        self._list_del_inflight(v, virq)
         q = p.lr_queue
         if q != INVALID_VCPU:
             self._list_lock_held(q, virq, "lr_pending")
             self.d.vcpus[q].lr_pending[virq - SPI_BASE] = 0
             p.lr_queue = INVALID_VCPU
 
+    def gic_remove_from_queues(self, v: int, virq: int) -> None:
+        """gic.c ``gic_remove_from_queues(v, irq)`` (4.8.0, stable-4.8, 4.9.0; called by
+        vgic_disable_irqs): takes v's vgic lock (irqsave) and unlinks lr_queue only."""
+        vv = self.d.vcpus[v]
+        flags = spin_lock_irqsave(vv.lock)
+        self._lr_queue_del(virq)
+        spin_unlock_irqrestore(vv.lock, flags)
+
+    def gic_remove_from_lr_pending(self, v: int, virq: int) -> None:
+        """gic.c ``gic_remove_from_lr_pending(v, p)`` (4.10.0): requires v's vgic lock."""
+        assert_held(self.d.vcpus[v].lock)
+        self._lr_queue_del(virq)
+
+    def gic_remove_irq_from_queues(self, v: int, virq: int) -> None:
+        """vgic_migrate_irq's lr_pending branch: ``clear_bit(QUEUED); list_del_init(&p->lr_queue);
+        list_del_init(&p->inflight)`` (4.8.0, 4.9.0, open-coded) = gic.c
+        ``gic_remove_irq_from_queues(v, p)`` (4.10.0). Requires v's vgic lock (ASSERTed in
+        4.10.0) — and, for the unlinks to be safe, the lock of the vCPU whose lists ``p`` is
+        actually on."""
+        p = self.irq_to_pending(virq)
+        p.status &= ~(1 << GIC_IRQ_GUEST_QUEUED)
+        self._list_del_inflight(v, virq)
+        self._lr_queue_del(virq)
+
     def gic_set_lr(self, v: int, i: int, virq: int) -> None:
+        """gic.c ``gic_set_lr`` (4.8.0-4.10.0): write LR i (PENDING, HW=1 for an SPI with a
+        desc), set VISIBLE, clear QUEUED, ``p->lr = i``."""
         vv = self.d.vcpus[v]
         p = self.irq_to_pending(virq)
         self.trace("lr_set", virq, v, i)
@@ -389,8 +765,9 @@ class OldVgic:
 
     # -- return to guest --------------------------------------------------------------------------
     def gic_clear_lrs(self, v: int) -> None:
-        """On the way back to the guest. Takes: v's vgic lock (irqsave); drop-vgic-then-rank
-        then takes rank->lock per noted MIGRATING IRQ, after dropping the vgic lock."""
+        """gic.c ``gic_clear_lrs`` (4.8.0-4.10.0), on the way back to the guest: takes v's vgic
+        lock (irqsave), gic_update_one_lr for every used LR; proposal 1 then takes rank->lock
+        per noted MIGRATING IRQ, after dropping the vgic lock."""
         vv = self.d.vcpus[v]
         flags = spin_lock_irqsave(vv.lock)
         for i in range(self.nr_lrs):
@@ -401,8 +778,12 @@ class OldVgic:
             self._migrate_deferred()
 
     def gic_update_one_lr(self, v: int, i: int) -> None:
-        """Requires: v's vgic lock, interrupts disabled. Takes: per variant — rank->lock
-        (rank-lock-inversion, via vgic_get_target_vcpu: the inversion), gicv2.lock."""
+        """gic.c ``gic_update_one_lr`` (4.8.0-4.10.0): requires v's vgic lock, interrupts
+        disabled. ACTIVE: set ACTIVE; if ENABLED, test_and_clear(QUEUED) and, for a hardware
+        IRQ, drop the injection ("unable to inject hw irq ... already active in LR"). PENDING:
+        test_and_clear(QUEUED). Invalid (EOIed): free the LR, clear _IRQ_INPROGRESS, re-raise if
+        ENABLED && QUEUED && !MIGRATING, else unlink inflight and finish a migration (per
+        design: takes rank->lock in 4.8.0 — the inversion — and gicv2.lock)."""
         vv = self.d.vcpus[v]
         assert_held(vv.lock)
         virq = vv.lr[i]
@@ -410,6 +791,10 @@ class OldVgic:
         state = vv.lr_state[i]
         if state == LR_ACTIVE:
             p.status |= 1 << GIC_IRQ_GUEST_ACTIVE
+            if test_bit(p.status, GIC_IRQ_GUEST_ENABLED) and test_bit(p.status, GIC_IRQ_GUEST_QUEUED):
+                p.status &= ~(1 << GIC_IRQ_GUEST_QUEUED)  # test_and_clear_bit
+                self.d.dropped_hw += 1
+                self.trace("hw_inject_dropped", virq, v, i)  # gdprintk "unable to inject hw irq"
             return
         if state == LR_PENDING:
             p.status &= ~(1 << GIC_IRQ_GUEST_QUEUED)
@@ -419,7 +804,7 @@ class OldVgic:
         vv.lr[i] = -1
         vv.lr_mask[i] = 0
         desc = self.irq_to_desc(virq)
-        desc.status &= ~(1 << _IRQ_INPROGRESS)  # the physical IRQ is deactivated
+        desc.status &= ~(1 << _IRQ_INPROGRESS)  # software bit; the GIC deactivated it at the guest's EOI
         p.status &= ~((1 << GIC_IRQ_GUEST_VISIBLE) | (1 << GIC_IRQ_GUEST_ACTIVE))
         p.lr = GIC_INVALID_LR
         self.d.eois += 1
@@ -428,36 +813,54 @@ class OldVgic:
                 and not test_bit(st, GIC_IRQ_GUEST_MIGRATING)):
             self.gic_raise_guest_irq(v, virq)
             return
+        if test_bit(st, GIC_IRQ_GUEST_QUEUED) and desc.active:
+            why = "MIGRATING" if test_bit(st, GIC_IRQ_GUEST_MIGRATING) else "disabled"
+            # a new instance, acknowledged by do_IRQ after the guest's EOI (the GIC delivered it
+            # again in the window before this gic_update_one_lr), was injected (QUEUED) and is
+            # dropped with the inflight entry: no LR will carry it, so nothing deactivates it
+            self.cpu.finding("invariant:hw-irq-lost",
+                             f"BUG: irq {virq} lost: QUEUED and active at the GIC, unlinked from inflight "
+                             f"by gic_update_one_lr",
+                             message=f"vcpu{v}'s LR{i} was EOIed by the guest; irq {virq} fired again and was "
+                                     f"injected (status {status_text(st)}) before gic_update_one_lr saw the EOI; "
+                                     f"it is not re-raised ({why}) "
+                                     f"and list_del_init(&p->inflight) drops it: the physical IRQ stays active, "
+                                     f"never deactivated, never delivered again",
+                             subject=virq)
+            # Not Xen: the model deactivates the stuck IRQ after the report (GICD_ICACTIVER), so
+            # that the run goes on exercising this SPI; in Xen it stays active for good
+            self.d.lost_hw += 1
+            desc.active = 0
         self._list_del_inflight(v, virq)
         self._migrating_on_eoi(v, virq)
 
     def _migrating_on_eoi(self, v: int, virq: int) -> None:
-        """What each variant does with MIGRATING once the IRQ left its LR (vgic lock held)."""
+        """gic_update_one_lr's MIGRATING tail, per design (vgic lock held)."""
         p = self.irq_to_pending(virq)
-        var = self.variant
-        if var == "drop-vgic-then-rank":
+        eoi = self.design.eoi
+        if eoi == "deferred":
             if test_bit(p.status, GIC_IRQ_GUEST_MIGRATING):
                 self.deferred.append(virq)  # handled after the vgic lock is dropped
             return
-        if var == "upstream":
-            # list_del_init(&p->inflight); smp_wmb(); (31bc6a93a0)
+        if eoi == "wmb":
+            # 31bc6a93a0 (stable-4.8, 4.9.0, 4.10.0): list_del_init(&p->inflight); smp_wmb();
             if test_bit(p.status, GIC_IRQ_GUEST_MIGRATING):
                 t = self.vgic_get_target_vcpu(virq)
                 self.trace("eoi_migrate", virq, v, t)
-                self.irq_set_affinity(virq, t)
+                self.irq_set_affinity(virq, self.processor(t))
                 p.status &= ~(1 << GIC_IRQ_GUEST_MIGRATING)
             return
-        if test_bit(p.status, GIC_IRQ_GUEST_MIGRATING):  # test_and_clear_bit
+        if test_bit(p.status, GIC_IRQ_GUEST_MIGRATING):  # test_and_clear_bit (4.8.0)
             p.status &= ~(1 << GIC_IRQ_GUEST_MIGRATING)
-            if var == "rank-lock-inversion":
+            if eoi == "4.8":
                 t = self.vgic_get_target_vcpu(virq)  # takes rank->lock under the vgic lock
-            elif var == "old-vcpu-lock":
+            elif eoi == "old-vcpu":
                 t = self.vgic_rank_irq(virq).vcpu[self.rank_offset(virq)]  # guarded by our vgic lock
                 p.old_vcpu = t
-            else:  # unlocked-target-read(-assert): the thread's patch
+            else:  # unlocked-read: the thread's patch
                 t = self.__vgic_get_target_vcpu(virq)
             self.trace("eoi_migrate", virq, v, t)
-            self.irq_set_affinity(virq, t)
+            self.irq_set_affinity(virq, self.processor(t))
 
     def _migrate_deferred(self) -> None:
         """Proposal 1 (drop-vgic-then-rank): after gic_clear_lrs dropped the vgic lock, for
@@ -470,13 +873,14 @@ class OldVgic:
             if test_bit(p.status, GIC_IRQ_GUEST_MIGRATING):
                 p.status &= ~(1 << GIC_IRQ_GUEST_MIGRATING)
                 t = self.__vgic_get_target_vcpu(virq)
-                self.trace("eoi_migrate", virq, self.current, t)
-                self.irq_set_affinity(virq, t)
+                self.trace("eoi_migrate", virq, self.cpu.wid, t)
+                self.irq_set_affinity(virq, self.processor(t))
             spin_unlock_irqrestore(rank.lock, flags)
 
     def gic_restore_pending_irqs(self, v: int) -> None:
-        """Before entering the guest: move lr_pending IRQs into free LRs, oldest first.
-        Takes: v's vgic lock (irqsave)."""
+        """gic.c ``gic_restore_pending_irqs`` (4.8.0-4.10.0, via gic_inject and
+        gic_restore_state): takes v's vgic lock (irqsave), moves lr_pending IRQs into free LRs,
+        first queued first (no eviction with equal priorities: header)."""
         vv = self.d.vcpus[v]
         flags = spin_lock_irqsave(vv.lock)
         for i in range(self.nr_lrs):
@@ -497,32 +901,63 @@ class OldVgic:
     def guest_run(self, v: int, now_ns: int, handler_ns: int) -> None:
         """The guest on this pCPU between two exits: acknowledges pending LRs (pending ->
         active) and EOIs an active one once its handler has run ``handler_ns`` (active ->
-        invalid). Guest code: no hypervisor lock; interrupts enabled."""
+        invalid). The EOI of a HW list register deactivates the physical interrupt
+        (``desc->active``): the GIC may deliver it again from here on, before Xen's
+        gic_update_one_lr has seen the EOI. Guest code: no hypervisor lock."""
         vv = self.d.vcpus[v]
         vv.exits += 1
         for i in range(self.nr_lrs):
             st = vv.lr_state[i]
             if st == LR_PENDING:
-                vv.lr_state[i] = LR_ACTIVE  # acknowledge (GICC_IAR)
+                vv.lr_state[i] = LR_ACTIVE  # acknowledge (GICV_IAR)
                 vv.lr_eoi_at[i] = now_ns + handler_ns
             elif st == LR_ACTIVE and now_ns >= vv.lr_eoi_at[i]:
-                vv.lr_state[i] = LR_INVALID  # EOI + deactivate (GICC_EOIR/DIR)
+                vv.lr_state[i] = LR_INVALID  # EOI + deactivate (GICV_EOIR/DIR)
+                self.irq_to_desc(vv.lr[i]).active = 0  # HW=1: the physical IRQ is deactivated
                 self.trace("guest_eoi", vv.lr[i], v)
 
     def vcpu_run(self, v: int, now_ns: int, handler_ns: int) -> None:
-        """One exit/entry cycle of vCPU ``v`` on its pCPU: gic_clear_lrs, then
-        gic_restore_pending_irqs (gic_inject), then the guest runs."""
+        """One exit/entry cycle of vCPU ``v`` on its pCPU (traps.c ``leave_hypervisor_tail``,
+        4.8.0-4.10.0: ``gic_clear_lrs`` (vgic_sync_from_lrs) then ``gic_inject`` ->
+        gic_restore_pending_irqs), then the guest runs. A blocked vCPU does not run: its pCPU
+        is idle until vcpu_unblock, or its virtual timer (``wake_at``) fires."""
+        vv = self.d.vcpus[v]
+        if vv.blocked:
+            if now_ns < vv.wake_at:
+                return
+            self.vcpu_unblock(v)  # virt_timer_expired -> vgic_vcpu_inject_irq(PPI) -> vcpu_unblock
         self.gic_clear_lrs(v)
         self.gic_restore_pending_irqs(v)
         self.guest_run(v, now_ns, handler_ns)
 
+    def vcpu_block(self, v: int, wake_at_ns: int) -> bool:
+        """The guest executes WFI (traps.c ``do_trap_wfi`` -> schedule.c ``vcpu_block``,
+        4.8.0-4.10.0): ``set_bit(_VPF_blocked)``, then, if ``local_events_need_delivery()``
+        (an IRQ in its lr_pending or pending in an LR), clear it again; else the pCPU runs the
+        idle vCPU (``gic_save_state``): the vCPU is not ``current``, injections to it go to
+        lr_pending, and vcpu_unblock (vgic_vcpu_inject_irq's tail) or its timer wakes it.
+        Returns whether it blocked."""
+        vv = self.d.vcpus[v]
+        if vv.blocked:
+            return False
+        vv.wake_at = wake_at_ns
+        vv.blocked = 1  # set_bit(_VPF_blocked); smp_mb__after_atomic()
+        if any(vv.lr_pending) or any(s == LR_PENDING for s in vv.lr_state):
+            vv.blocked = 0  # local_events_need_delivery(): do not block
+            return False
+        self.d.blocks += 1
+        self.trace("block", v)
+        return True
+
     # -- invariants (read with every worker parked) -----------------------------------------------
     def quiescent(self, virq: int) -> bool:
+        """Model only: not inflight, not queued, not MIGRATING, neither pending nor active at
+        the GIC."""
         p = self.irq_to_pending(virq)
+        desc = self.irq_to_desc(virq)
         return (p.inflight == INVALID_VCPU and p.lr_queue == INVALID_VCPU
                 and not test_bit(p.status, GIC_IRQ_GUEST_MIGRATING)
-                and not self.irq_to_desc(virq).status & (1 << _IRQ_INPROGRESS)
-                and not self.irq_to_desc(virq).hw_pending)
+                and not desc.status & (1 << _IRQ_INPROGRESS) and not desc.active and not desc.hw_pending)
 
 
 def status_text(status: int) -> str:

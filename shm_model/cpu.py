@@ -213,12 +213,22 @@ class Cpu(CpuCore):
         Returns False when the ring is full (counted as dropped by the reader)."""
         mv = self.mv
         r = self.geo.ring(self.wid, target)
-        head = mv[r]
-        if head - mv[r + 1] >= IRQ_RING:
-            return False
-        mv[r + 2 + head % IRQ_RING] = irq
-        mv[r] = head + 1
-        self.trace(EV_IRQ_RAISE, 0, irq, target)
+        # the ring's head is this CPU's alone, written by its task and its ISR alike: masked,
+        # so an ISR that raises to the same target cannot interleave with the task's write
+        # (FACTS.md: the soft mask, not pthread_sigmask)
+        m = self.masked
+        self.masked = True
+        try:
+            head = mv[r]
+            if head - mv[r + 1] >= IRQ_RING:
+                return False
+            mv[r + 2 + head % IRQ_RING] = irq
+            mv[r] = head + 1
+            self.trace(EV_IRQ_RAISE, 0, irq, target)
+        finally:
+            self.masked = m
+        if not m and self.irq_pending:
+            self.run_irqs()
         sched = self.sched
         if sched is not None:  # no signal: the scheduler delivers it at a point of the target's
             sched.point(self, not self.masked)

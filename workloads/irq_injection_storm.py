@@ -337,7 +337,9 @@ class IrqInjectionStorm(Workload):
             if (on not in (me, NO_VCPU)) or irq.moved:
                 why = ("it waits on vcpu%d's ap_list (retargeted by ITARGETSR; nobody kicks the new target)" % on
                        if on not in (me, NO_VCPU) else
-                       "vgic_prune_ap_list moved it to this vCPU's ap_list and did not kick it")
+                       "vgic_prune_ap_list moved it to this vCPU's ap_list and did not kick it" if irq.moved == 1 else
+                       "ITARGETSR retargeted it while it waited on this vCPU's ap_list, not in a list register "
+                       "(vgic_mmio_write_target kicks nobody)")
                 self.cpu.finding("invariant:retarget-kick", "BUG: invariant retarget-kick violated: "
                                  f"irq {irq.intid} retargeted to a vCPU that is not kicked",
                                  message=f"{facts}: {why}", subject=irq.intid)

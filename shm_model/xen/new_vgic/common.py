@@ -138,7 +138,7 @@ class VgicIrq(Struct):
     ap_next = Int(init=-1)
     ap_prev = Int(init=-1)
     # model bookkeeping, not in Xen:
-    moved = Int()  # moved to irq->vcpu's list by vgic_prune_ap_list, nobody kicked that vCPU since
+    moved = Int()  # nobody kicked irq->vcpu since: 1 vgic_prune_ap_list moved it there, 2 ITARGETSR retargeted it
     unlive = Int(init=-1)  # irq->vcpu's prune_passes when it stopped being live (queued-is-live)
 
 

@@ -308,6 +308,8 @@ class Upstream(NewVgic):
         old = irq.target_vcpu
         irq.targets = 1 << target
         irq.target_vcpu = target
+        if irq.vcpu != NO_VCPU and old != target:
+            irq.moved = 2  # retargeted while it waits on a list: nobody kicks (4.11)
         self.s.retargets += 1
         self.trace("itargetsr", intid, old, target)
         self.unlock_restore(irq.irq_lock, flags)

@@ -1612,11 +1612,10 @@ static inline void mw_lock(volatile int64_t *l) {
     }
 }
 
-/* The location's next message (value, site, who), with the clock's next timestamp: the
- * store becomes visible to every CPU. Returns the timestamp. */
-static int64_t wm_commit_raw(volatile int64_t *w, Py_ssize_t loc, Py_ssize_t clock, int64_t v, int64_t site,
-                             int64_t who) {
-    mw_lock(&w[loc + 1]);
+/* Append the location's next message (value, site, who) with the clock's next timestamp,
+ * its lock held by the caller; returns the timestamp. */
+static int64_t wm_append_locked(volatile int64_t *w, Py_ssize_t loc, Py_ssize_t clock, int64_t v, int64_t site,
+                                int64_t who) {
     int64_t ts = __atomic_add_fetch(&w[clock], 1, __ATOMIC_SEQ_CST);
     int64_t n = w[loc + 2];
     Py_ssize_t e = loc + 3 + WM_ENTRY * (n % WM_HIST);
@@ -1626,6 +1625,14 @@ static int64_t wm_commit_raw(volatile int64_t *w, Py_ssize_t loc, Py_ssize_t clo
     w[e + 3] = who;
     w[loc + 2] = n + 1;
     w[loc] = v;
+    return ts;
+}
+
+/* A store becomes visible to every CPU, the newest message of its location. */
+static int64_t wm_commit_raw(volatile int64_t *w, Py_ssize_t loc, Py_ssize_t clock, int64_t v, int64_t site,
+                             int64_t who) {
+    mw_lock(&w[loc + 1]);
+    int64_t ts = wm_append_locked(w, loc, clock, v, site, who);
     __atomic_store_n(&w[loc + 1], 0, __ATOMIC_RELEASE);
     return ts;
 }
@@ -1661,15 +1668,7 @@ static int64_t wm_rmw_raw(volatile int64_t *w, Py_ssize_t loc, Py_ssize_t clock,
     case 2: v = o & ~arg; break;
     default: v = arg; break;
     }
-    int64_t ts = __atomic_add_fetch(&w[clock], 1, __ATOMIC_SEQ_CST);
-    int64_t n = w[loc + 2];
-    Py_ssize_t e = loc + 3 + WM_ENTRY * (n % WM_HIST);
-    w[e] = v;
-    w[e + 1] = ts;
-    w[e + 2] = site;
-    w[e + 3] = who;
-    w[loc + 2] = n + 1;
-    w[loc] = v;
+    int64_t ts = wm_append_locked(w, loc, clock, v, site, who);
     __atomic_store_n(&w[loc + 1], 0, __ATOMIC_RELEASE);
     *old = o;
     return ts;
@@ -2019,6 +2018,18 @@ static int mc_drain_one(MemCpuCore *m) {
     return mc_commit_at(m, i) < 0 ? -1 : 1;
 }
 
+/* This CPU's deferred loads of a location are performed first (coherence): the Python side
+ * keeps them (MemCpu._perform_loc). 0, or -1 on error. */
+static int mc_perform_loc(MemCpuCore *m, PyObject *loc) {
+    if (!m->n_deferred)
+        return 0;
+    PyObject *r = PyObject_CallMethodOneArg((PyObject *)m, str_perform_loc, loc);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 /* A load from memory: the newest message at or below the floor, or a newer one (seeded). */
 static int64_t mc_read(MemCpuCore *m, int64_t loc, int64_t site, int *err) {
     int64_t floor = mc_coh_get(m, loc);
@@ -2070,12 +2081,8 @@ static PyObject *mc_load(MemCpuCore *self, PyObject *const *args, Py_ssize_t nar
         return NULL;
     if (mc_point(self) < 0)
         return NULL;
-    if (self->n_deferred) {
-        PyObject *r = PyObject_CallMethodOneArg((PyObject *)self, str_perform_loc, args[0]);
-        if (!r)
-            return NULL;
-        Py_DECREF(r);
-    }
+    if (mc_perform_loc(self, args[0]) < 0)
+        return NULL;
     /* a CPU that only loads (a spin on a flag) still drains: its stores become visible */
     if (self->sb_n && mc_random(self) < self->p_drain && mc_drain_one(self) < 0)
         return NULL;
@@ -2139,12 +2146,8 @@ static PyObject *mc_store(MemCpuCore *self, PyObject *const *args, Py_ssize_t na
     int64_t v = PyLong_AsLongLong(args[1]); /* a Deferred is performed here: __index__ (a data dependency) */
     if (v == -1 && PyErr_Occurred())
         return NULL;
-    if (self->n_deferred) {
-        PyObject *r = PyObject_CallMethodOneArg((PyObject *)self, str_perform_loc, args[0]);
-        if (!r)
-            return NULL;
-        Py_DECREF(r);
-    }
+    if (mc_perform_loc(self, args[0]) < 0)
+        return NULL;
     int64_t site;
     if (nargs == 3 && args[2] != Py_None) {
         site = PyLong_AsLongLong(args[2]);
@@ -2300,34 +2303,6 @@ static PyObject *mc_log(MemCpuCore *self, PyObject *unused) {
     return l;
 }
 
-static PyObject *mc_get_word(MemCpuCore *self, PyObject *arg) {
-    Py_ssize_t i = PyLong_AsSsize_t(arg);
-    if ((i == -1 && PyErr_Occurred()))
-        return NULL;
-    if (!self->has_buf || i < 0 || i >= self->nwords) {
-        PyErr_SetString(PyExc_IndexError, "word out of range");
-        return NULL;
-    }
-    return PyLong_FromLongLong(__atomic_load_n(&self->w[i], __ATOMIC_SEQ_CST));
-}
-
-static PyObject *mc_amax(MemCpuCore *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "amax(i, v)");
-        return NULL;
-    }
-    Py_ssize_t i = PyLong_AsSsize_t(args[0]);
-    int64_t v = PyLong_AsLongLong(args[1]);
-    if (PyErr_Occurred())
-        return NULL;
-    if (!self->has_buf || i < 0 || i >= self->nwords) {
-        PyErr_SetString(PyExc_IndexError, "word out of range");
-        return NULL;
-    }
-    wm_amax_raw(&self->w[i], v);
-    Py_RETURN_NONE;
-}
-
 /* rmw(loc, op, arg) -> old: an atomic read-modify-write (LDXR/STXR) of a relaxed location,
  * relaxed: op 0 add, 1 or, 2 and-not, 3 exchange. This CPU's deferred loads and buffered
  * stores of loc go first (coherence: the buffer commits in order up to its last store to
@@ -2349,12 +2324,8 @@ static PyObject *mc_rmw(MemCpuCore *self, PyObject *const *args, Py_ssize_t narg
     }
     if (mc_point(self) < 0)
         return NULL;
-    if (self->n_deferred) {
-        PyObject *r = PyObject_CallMethodOneArg((PyObject *)self, str_perform_loc, args[0]);
-        if (!r)
-            return NULL;
-        Py_DECREF(r);
-    }
+    if (mc_perform_loc(self, args[0]) < 0)
+        return NULL;
     int last = -1;
     for (int i = 0; i < self->sb_n; i++)
         if (self->sb_loc[i] == loc)
@@ -2447,11 +2418,9 @@ static PyMethodDef mc_methods[] = {
      "commit_direct(loc, v, site): a store visible at once (after a drain: a release)"},
     {"wmb", (PyCFunction)mc_wmb, METH_NOARGS, "smp_wmb"},
     {"log", (PyCFunction)mc_log, METH_NOARGS, "recent loads, oldest first"},
-    {"word", (PyCFunction)mc_get_word, METH_O, "word(i): an arena word, atomically"},
     {"floor", (PyCFunction)mc_floor, METH_O, "floor(loc): the oldest timestamp a load of loc may read now"},
     {"rmw", (PyCFunction)(void (*)(void))mc_rmw, METH_FASTCALL,
      "rmw(loc, op, arg) -> old: atomic read-modify-write (0 add, 1 or, 2 and-not, 3 exchange), relaxed"},
-    {"amax", (PyCFunction)(void (*)(void))mc_amax, METH_FASTCALL, "amax(i, v): word i = max(word i, v)"},
     {"random", (PyCFunction)mc_random_py, METH_NOARGS, "the CPU's seeded generator: a float in [0, 1)"},
     {"randrange", (PyCFunction)mc_randrange_py, METH_O, "the CPU's seeded generator: an int in [0, n)"},
     {"_release_buffer", (PyCFunction)mc_release_buf, METH_NOARGS, "release the words (unusable after)"},

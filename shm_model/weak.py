@@ -451,13 +451,13 @@ class MemCpu(MemCpuCore):
     # -- locks (called by the C fast path, masked) ------------------------------------------
     def acquired(self, view_word: int) -> None:
         """A lock was taken: an acquire of the view its last release published."""
-        v = self.word(view_word)
+        v = self.wm.words.get(view_word)
         if v > self.vlow:
             self.vlow = v
 
     def releasing(self, view_word: int) -> None:
         """A lock is being released: a release; its view goes into the lock record."""
-        self.amax(view_word, self.release_view())
+        self.wm.words.amax(view_word, self.release_view())
 
     def settle_one(self) -> bool:
         """One step of settling, in a seeded order (nothing orders them): perform a deferred

@@ -256,6 +256,7 @@ def _loop(world: World, wid: int, cpu: Cpu, role: Any, state: Any, sched: Contro
     trace = cpu.trace
     mono_ns = time.monotonic_ns
     parked_seq = 0
+    quiesce = cpu.wm.quiesce if cpu.wm is not None else None  # relaxed fields only
     while True:
         if mv[H_STOP]:
             return
@@ -297,7 +298,8 @@ def _loop(world: World, wid: int, cpu: Cpu, role: Any, state: Any, sched: Contro
             fn(role, state)
         except Panic:
             _recover(cpu)  # the operation faulted (its finding is written): this CPU goes on
-        cpu.quiesce()  # the operation's buffered effects become visible (weak memory)
+        if quiesce is not None:
+            quiesce()  # the operation's buffered effects become visible (weak memory)
         mv[ws + W_OP] = -1
         mv[ops_base + oid] += 1
         mv[ws + W_OPS] += 1

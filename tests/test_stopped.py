@@ -73,8 +73,13 @@ class Stall(Workload):
         def hold(self, s):
             if self.variant == "hold":
                 with s.a:
-                    _mark(self)
-                    _nap(self, 1.0)
+                    # mark only in a window the waiter has started before: it is blocked on A
+                    # by the time the mark appears (0.3 s in), and the test stops us at once
+                    waiter_started = os.path.exists(os.path.join(self.options.mark, "waiter-0"))
+                    _nap(self, 0.3)
+                    if waiter_started:
+                        _mark(self)
+                    _nap(self, 0.7)
             elif self.variant == "long-op":
                 _mark(self)
                 _nap(self, 30.0)
@@ -166,7 +171,7 @@ def test_waiter_names_a_stopped_holder_and_for_how_long(workload, tmp_path, runs
     os.mkdir(mark)
     t, res = run_bg(["run", "--workload", workload, "--variant", "hold", "--duration", "25s",
                      "--hung-timeout", "2s", "--mark", mark], runs_dir)
-    pid = wait_pid(mark, "holder-0")  # written while it holds A, which it keeps for 1 s
+    pid = wait_pid(mark, "holder-0")  # written while it holds A (0.7 s more) and the waiter waits
     os.kill(pid, signal.SIGSTOP)
     t0 = time.monotonic()
     r = finish(t, res, pid)

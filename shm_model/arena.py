@@ -50,6 +50,10 @@ MAGIC = 0x5354524553530001  # "STRESS" v1
 H_MAGIC, H_PID, H_STOP, H_PARK, H_START_NS, H_NWORKERS, H_NLOCKS, H_NCLASSES = range(8)
 H_EDGES, H_CAP_CLASSES, H_CAP_EDGES, H_CAP_TRACE, H_CHAINS, H_FINDINGS, H_EDGE_SEQ = range(8, 15)
 H_EXPECT_SEEN = 15  # a variant that stops when *all* its outcomes are seen: bit i = expected outcome i seen
+#: H_STOP's values: the run ends (the coordinator, the controlled scheduler), or a worker's
+#: fault where Xen panics ended this boot of the model (shm_model.cpu.Panic; the coordinator
+#: reboots the model unless the fault's finding ends the run)
+STOP_RUN, STOP_PANIC = 1, 2
 HEADER_WORDS = 16
 
 # ---- worker slot words (one 128-byte-aligned slot per worker) -----------------------------

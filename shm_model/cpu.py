@@ -60,10 +60,10 @@ class Stop(BaseException):
 
 
 class Panic(BaseException):
-    """A model fault that ends the current operation: where Xen would panic (a NULL
-    dereference in the heap, reported as a finding first). The engine releases what the
-    operation held and the CPU goes on, so the run shows what else happens; raised in an
-    ISR, it ends the interrupted operation too."""
+    """A model fault where Xen would panic (a NULL dereference in the heap, reported as a
+    finding first, with ``panic`` in its details). It ends the current operation (raised in
+    an ISR, the interrupted one too); the engine releases what the operation held and ends
+    this boot of the model: it reboots the model on a fresh state if the run goes on."""
 
 
 class Hooks(Protocol):

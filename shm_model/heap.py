@@ -37,8 +37,8 @@ compares the slot's tag with the handle (one arena read and one comparison), the
 the memory. A mismatch is a *fault*, classified from the metadata:
 
 - handle ``NULL``: ``null-deref`` ("BUG: kernel NULL pointer dereference, address:" the
-  field's offset), then :class:`~shm_model.cpu.Panic`: the operation ends there (the engine
-  releases what it held and the CPU goes on: Xen would have panicked);
+  field's offset), then :class:`~shm_model.cpu.Panic`: the operation ends there and, Xen
+  having panicked, so does this boot of the model (the engine reboots it if the run goes on);
 - a generation that was allocated and freed: ``use-after-free``; the access then proceeds on
   the memory as a real one would (reads whatever the slot holds now: poison-free, like
   Xen's allocator, the old object's values until the slot is reused and zeroed);
@@ -772,6 +772,7 @@ class HeapView(dict):
             what, h = view._m
             word = view._b - self._starts[0] + off  # the field's word in the object
             base["handle"] = h
+            base["panic"] = True  # Xen panics here: the engine ends this boot of the model
             if what == "null":
                 base.update(kasan="null-ptr-deref", address=f"{max(word, 0) * 8:016x}", offset=max(word, 0) * 8)
                 self._report(cpu, "null-deref",

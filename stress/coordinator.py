@@ -14,12 +14,23 @@ only watches: a worker that dies holding the token has it handed on for it; a st
 which no thread can run (``SC_STUCK``) is a frozen state, scanned and reported at once;
 the scheduler itself checks invariants and ends the run at a finding or its step budget.
 The recorded schedule is saved as ``schedule.bin`` and described in ``summary.json``.
+
+Reboots: a model fault where Xen panics (a NULL dereference: ``shm_model.cpu.Panic``) ends
+the *boot*: the faulting worker raises ``H_STOP`` to ``STOP_PANIC`` and every worker leaves.
+If the fault's finding does not end the run (the variant still looks for another outcome, or
+the fault is known), the coordinator reboots the model as syzkaller reboots its VM: the same
+arena reset to its first state (``World.reboot``), new workers, the next boot's seed
+(``world.boot_seed``); the lock-class graph, statistics and traces go on. So a fault's
+aftermath is never taken for the protocol's behaviour, and what the run still looks for is
+looked for on a fresh machine. Each boot is a run of its own seed from the start: findings of
+boot k > 0 say so, and ``stress replay`` replays the last boot (the run-ending finding's).
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import re
 import signal
 import time
 import traceback
@@ -28,8 +39,8 @@ from typing import Any
 
 import multiprocess
 
-from shm_model.arena import (H_PARK, H_START_NS, H_STOP, SC_CUR, SC_DONE, SC_STUCK, W_PARK_ACK, W_PID, WS_EXITED,
-                             WS_FAILED, W_STATE, sweep_orphans)
+from shm_model.arena import (H_PARK, H_START_NS, H_STOP, SC_CUR, SC_DONE, SC_STUCK, STOP_PANIC, W_PARK_ACK, W_PID,
+                             WS_EXITED, WS_FAILED, W_STATE, sweep_orphans)
 
 from .console import Console
 from .evidence import full_trace, snapshot_traces, subject_events
@@ -43,7 +54,7 @@ from .splat import render
 from .verdict import EXIT_HARNESS, EXIT_SIGINT, EXIT_SIGTERM, Verdict, judge
 from .watchdog import Watchdog
 from .workload import Counts
-from .world import RunConfig, World, make_workload_instance
+from .world import RunConfig, World, boot_seed, make_workload_instance
 from .worker import worker_main
 
 TICK_S = 0.01
@@ -55,6 +66,20 @@ START_TIMEOUT_S = 20.0
 STOP_GRACE_S = 3.0
 PARKED = "checked with every worker parked at a safe point"
 INTERLEAVING_TAIL = 400  # controlled runs keep the last events of all workers, merged
+
+
+def _combine_model(before: dict, now: dict) -> dict:
+    """The workload's summary over a run's boots: numbers are counters and add up, except
+    under a key that names a maximum (the word "max"), which keeps the largest; anything else
+    (text, a table) is the last boot's."""
+    out = dict(now)
+    for k, v in before.items():
+        w = now.get(k)
+        if isinstance(v, (int, float)) and isinstance(w, (int, float)) and not isinstance(v, bool):
+            out[k] = max(v, w) if re.search(r"\bmax\b", k) else v + w
+        elif k not in now:
+            out[k] = v
+    return out
 
 
 @dataclass
@@ -100,6 +125,11 @@ class Run:
         self.token_out = False  # the first token was handed out
         self.stuck_seen = False
         self.schedule_info: sch.ScheduleInfo | None = None
+        self.seed0 = cfg.seed  # the run's seed; cfg.seed is the current boot's
+        self.boots: list[dict] = []  # each reboot: boot number, seed, when, after which fault
+        self.last_panic = ""
+        self.watchdog_scans = 0  # scans of the boots before this one
+        self.model_before: dict = {}  # the workload's summary over the boots before this one
 
     # -- public -----------------------------------------------------------------------------------
     def execute(self) -> RunResult:
@@ -129,18 +159,38 @@ class Run:
                 signal.signal(s, h)
         return self._finish(last)
 
+    @property
+    def boot(self) -> int:
+        """Which boot of the model runs now (0: the first; see the module's doc on reboots)."""
+        return self.world.boot
+
     # -- signals ----------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.stop_reason = "interrupted" if signum == signal.SIGINT else "terminated"
 
     # -- start ------------------------------------------------------------------------------------
     def _start(self) -> None:
+        self._boot_model()
+        self._spawn()
+        if self.stop_reason:
+            return
+        self.t0 = time.monotonic()
+        self.t0_ns = time.monotonic_ns()
+        self.world.mv[H_START_NS] = self.t0_ns
+        self.console.begin(self._header())
+
+    def _boot_model(self) -> None:
+        """The workload's own setup of a fresh state, and the controlled scheduler's region."""
         world = self.world
         wl = make_workload_instance(world.cls, self.cfg.variant, world.opts)
         world.workload = wl  # type: ignore[attr-defined]
         wl.setup(world.state)
         if self.cfg.controlled:
             self._configure_schedule()
+
+    def _spawn(self) -> None:
+        """Fork the workers and wait until each has published its pid."""
+        world = self.world
         ctx = multiprocess.get_context("fork")
         world.resolver.resolve(1 << 16)  # index the model's code once, before fork: workers inherit it
         gc.collect()
@@ -163,14 +213,38 @@ class Run:
                 self.message = "a worker exited during start-up"
                 return
             time.sleep(0.001)
-        self.startup_s = time.monotonic() - t
+        if not self.boot:
+            self.startup_s = time.monotonic() - t
         for w, info in enumerate(world.workers):
             info.pid = self.procs[w].pid
             self.roster[w] = info.label()
-        self.t0 = time.monotonic()
-        self.t0_ns = time.monotonic_ns()
-        mv[H_START_NS] = self.t0_ns
-        self.console.begin(self._header())
+
+    def _reboot(self) -> None:
+        """A worker's fault ended this boot (Xen panics there): collect its findings; unless
+        one ends the run, reset the world and start the next boot (see the module's doc)."""
+        world, mv = self.world, self.world.mv
+        self._stop_workers()
+        self._collect()
+        if self.stop_reason:
+            return
+        seed = boot_seed(self.seed0, self.boot + 1)
+        at = time.monotonic() - self.t0
+        self.boots.append({"boot": self.boot + 1, "seed": seed, "at_s": round(at, 3), "after": self.last_panic})
+        self.cfg.seed = seed  # the workers' and the scheduler's seeds (the world shares this config)
+        self.model_before = self._model_summary()  # this boot's counters, before its state is reset
+        world.reboot()  # the next boot (world.boot)
+        self.procs, self.dead, self.exits = [], {}, {}
+        self.token_out = self.stuck_seen = False
+        self._boot_model()
+        self._spawn()
+        if self.stop_reason:
+            return
+        mv[H_START_NS] = time.monotonic_ns()
+        self.watchdog_scans += self.watchdog.scans
+        self.watchdog = self._new_watchdog()
+        self.console.print(f"reboot: {self.last_panic or 'a fault'} ended boot {self.boot - 1} at {at:.3f} s "
+                           f"(Xen panics there); boot {self.boot} starts from the first state with seed {seed}",
+                           style="yellow")
 
     def _check_interval(self) -> float:
         ci = self.cfg.check_interval
@@ -204,9 +278,7 @@ class Run:
     # -- main loop --------------------------------------------------------------------------------
     def _loop(self) -> Snapshot:
         world, mv = self.world, self.world.mv
-        watchdog = Watchdog(world, self.cfg.hung_timeout,
-                            runner=(lambda: mv[world.geo.sched + SC_CUR]) if self.cfg.controlled else None)
-        self.watchdog = watchdog
+        self.watchdog = self._new_watchdog()
         invariants = world.cls.invariants()
         interval = self._check_interval()
         next_watch = next_metrics = next_ui = time.monotonic()
@@ -223,13 +295,20 @@ class Run:
                 self.stop_reason = "duration"
                 break
             self._collect()
+            watchdog = self.watchdog
             alive = [p.exitcode is None for p in self.procs]
             died = [w for w, a in enumerate(alive) if not a and w not in self.dead]
             for w in died:
                 self.exits[w] = self._exit_text(w)
             if self.sched is not None:
                 self._steer(alive, died, watchdog)
-            if mv[H_STOP]:  # a controlled run's scheduler ended it at a step: the exits that follow are orderly
+            halt = mv[H_STOP]  # read once: a worker may raise it at any time
+            if halt == STOP_PANIC:  # a fault ended this boot: reboot, unless its finding ends the run
+                self._reboot()
+                if self.stop_reason:
+                    break
+                continue
+            if halt:  # a controlled run's scheduler ended it at a step: the exits that follow are orderly
                 self._collect()
                 if not self.stop_reason:
                     done = mv[self.world.geo.sched + SC_DONE]
@@ -260,6 +339,11 @@ class Run:
                 next_check = time.monotonic() + interval
             time.sleep(TICK_S)
         return snap
+
+    def _new_watchdog(self) -> Watchdog:
+        world, mv = self.world, self.world.mv
+        return Watchdog(world, self.cfg.hung_timeout,
+                        runner=(lambda: mv[world.geo.sched + SC_CUR]) if self.cfg.controlled else None)
 
     def _steer(self, alive: list[bool], died: list[int], watchdog: Watchdog) -> None:
         """Controlled mode: the first token, a dead holder's token, a frozen state."""
@@ -329,10 +413,15 @@ class Run:
             self._add(f)
 
     def _add(self, f: Finding, world_traces: bool = False) -> None:
+        if f.details.get("panic"):
+            self.last_panic = f"{f.title} ({self.roster.get(f.worker, f'worker {f.worker}')})"
         if f.signature and f.signature in self._signatures:
             return
         self._signatures.add(f.signature)
         f.known = self.variant.known.get(f.outcome, "")
+        if self.boot:  # a finding of a later boot: the seed that starts a run there
+            f.details.setdefault("boot", self.boot)
+            f.details.setdefault("boot_seed", self.cfg.seed)
         if "subject" in f.details and "subject_events" not in f.details and self.world.arena is not None:
             # a finding about one subject (an IRQ): its history from every worker
             f.details["subject_events"] = [e for e in subject_events(self.world, f.details["subject"],
@@ -341,21 +430,26 @@ class Run:
         if world_traces:
             f.traces = snapshot_traces(self.world)
         f.since_start_s = max(0.0, (f.t_ns - self.t0_ns) / 1e9) if self.t0_ns else 0.0
+        stops = False
+        if f.ends_run and not self.stop_reason:
+            expected = set(self.variant.outcomes)
+            seen = {x.outcome for x in self.findings if not x.info} | {f.outcome}
+            stops = not (getattr(self.variant, "stop", "first") == "all" and f.outcome in expected
+                         and not expected <= seen)  # else an expected outcome is still missing: the run goes on
         if "step" in f.details:  # a controlled run's finding: the command that replays its schedule
             out = os.path.dirname(self.rundir.path) if self.rundir else ""
-            f.details.setdefault("replay", f"stress replay {self.cfg.run_id}"
-                                 + (f" --out {out}" if out not in ("", "stress-runs") else ""))
+            if stops or not self.world.heaps:  # the last boot (a world without a heap never reboots)
+                f.details.setdefault("replay", f"stress replay {self.cfg.run_id}"
+                                     + (f" --out {out}" if out not in ("", "stress-runs") else ""))
+            else:  # a reboot may follow: its boot is a run of its own seed, which repeats it exactly
+                f.details.setdefault("replay", f"a run with this run's options and --seed {self.cfg.seed}")
         f.text = render(f, self.roster)
         self.findings.append(f)
         note = f"known for this variant: {f.known}\n" if f.known else ""
         self.console.finding(f.text + note + f"(found {f.since_start_s:.3f} s after start)\n", info=f.info or bool(f.known))
         self.rundir.finding(f.as_dict())
         self.rundir.text("report.txt", f.text + "\n")
-        if f.ends_run and not self.stop_reason:
-            expected = set(self.variant.outcomes)
-            seen = {x.outcome for x in self.findings if not x.info}
-            if getattr(self.variant, "stop", "first") == "all" and f.outcome in expected and not expected <= seen:
-                return  # an expected outcome is still missing: the run goes on for it
+        if stops:
             self.stop_reason = "finding"
 
     # -- stop-the-world checks --------------------------------------------------------------------
@@ -376,6 +470,8 @@ class Run:
                     self.checks_skipped += 1  # someone is blocked: the watchdog speaks to that
                     return
                 time.sleep(0.0002)
+            if mv[H_STOP]:
+                return  # a fault ended this boot (Xen panics there): that state is not checked
             self.checks += 1
             for f in check_invariants(world, invariants, self.checks, PARKED):
                 self._add(f, world_traces=True)
@@ -391,20 +487,7 @@ class Run:
                 mv = world.mv
                 mv[H_STOP] = 1
                 self.t_stop = time.monotonic()  # the run's length ends here, not after the dumps
-                mv[H_PARK] = mv[H_PARK] + (mv[H_PARK] & 1)
-                for p in self.procs:  # a stopped worker (SIGSTOP) would sit out the grace period
-                    if p.exitcode is None and p.pid:
-                        try:
-                            os.kill(p.pid, signal.SIGCONT)
-                        except OSError:
-                            pass
-                deadline = time.monotonic() + STOP_GRACE_S
-                for p in self.procs:
-                    p.join(max(0.0, deadline - time.monotonic()))
-                for p in self.procs:
-                    if p.exitcode is None:
-                        p.kill()
-                        p.join(1.0)
+                self._stop_workers()
                 if self.rundir is not None:
                     self._save_results()
         except Exception as e:  # results are best effort; the unlink below is not
@@ -415,6 +498,25 @@ class Run:
             world.destroy()
             gc.unfreeze()
         return getattr(self, "_last", last)
+
+    def _stop_workers(self) -> None:
+        """Every worker leaves (``H_STOP`` is set): wake the stopped, wait the grace, kill the rest."""
+        mv = self.world.mv
+        mv[H_STOP] = mv[H_STOP] or 1
+        mv[H_PARK] = mv[H_PARK] + (mv[H_PARK] & 1)
+        for p in self.procs:  # a stopped worker (SIGSTOP) would sit out the grace period
+            if p.exitcode is None and p.pid:
+                try:
+                    os.kill(p.pid, signal.SIGCONT)
+                except OSError:
+                    pass
+        deadline = time.monotonic() + STOP_GRACE_S
+        for p in self.procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        for p in self.procs:
+            if p.exitcode is None:
+                p.kill()
+                p.join(1.0)
 
     def _save_results(self) -> None:
         world = self.world
@@ -448,9 +550,11 @@ class Run:
 
     def _model_summary(self) -> dict:
         try:
-            return dict(self.world.workload.summary(self.world.state))
+            now = dict(self.world.workload.summary(self.world.state))
         except Exception as e:
-            return {"summary error": f"{type(e).__name__}: {e}"}
+            now = {"summary error": f"{type(e).__name__}: {e}"}
+        self.model_boot = now  # this boot's alone (a replay of the last boot compares with it)
+        return _combine_model(self.model_before, now) if self.boot else now
 
     # -- verdict ----------------------------------------------------------------------------------
     def _elapsed(self) -> float:
@@ -501,12 +605,16 @@ class Run:
             "command": self.cfg.command, "run_dir": self.rundir.path if self.rundir else "",
             "findings": [{"outcome": f.outcome, "title": f.title, "since_start_s": round(f.since_start_s, 4),
                           "info": f.info, "known": bool(f.known), "signature": f.signature,
-                          **({"step": f.details["step"]} if "step" in f.details else {})} for f in self.findings],
+                          **({"step": f.details["step"]} if "step" in f.details else {}),
+                          **({"boot": f.details["boot"]} if "boot" in f.details else {})} for f in self.findings],
             "invariant_checks": self.checks, "invariant_checks_skipped": self.checks_skipped,
             "model": getattr(self, "model_summary", {}), "workers": dict(self.cfg.counts),
             "graph": getattr(self, "graph", {"classes": [], "edges": []}),
             "schedule": self.schedule_info.as_dict() if self.schedule_info is not None else {"policy": "free"},
         }
+        if self.boots:  # the model rebooted after faults where Xen panics: each boot's seed
+            s["boots"] = self.boots
+            s["model_last_boot"] = getattr(self, "model_boot", {})
         if last is not None:
             dur = max(elapsed, 1e-9)
             s["ops"] = last.ops
@@ -527,7 +635,7 @@ class Run:
             s["detectors"] = {"classes": len(self.world.class_names), "edges": last.edges,
                               "chains_checked": last.chain_misses, "acquisitions": last.acquisitions,
                               "chain_cache_hit_rate": round(last.cache_hit_rate, 5),
-                              "watchdog_scans": getattr(getattr(self, "watchdog", None), "scans", 0),
+                              "watchdog_scans": self.watchdog_scans + getattr(getattr(self, "watchdog", None), "scans", 0),
                               "capacity_hits": last.capacity_hits,
                               "trace_overruns": getattr(self, "overruns", 0)}
             if last.heaps:  # each pool's counters; an exhausted one refused allocations (never silent)

@@ -125,7 +125,7 @@ def snapshot(world: Any, t_s: float) -> Snapshot:
         classes.append(cs)
     return Snapshot(t_s, ops, rows, classes, mv[H_EDGES], misses, acq_total,
                     mv[H_CAP_EDGES] + mv[H_CAP_CLASSES], irqs,
-                    heaps={h.path: h.stats() for h in getattr(world, "heaps", [])})
+                    heaps=world.heap_stats() if hasattr(world, "heap_stats") else {})
 
 
 def class_graph(world: Any) -> dict:

@@ -131,6 +131,9 @@ def configure(rec: Recorded, out: str, mode: str, script: list[int], slack: bool
         raise ReplayError(f"cannot load workload {c.get('workload')!r}: {e}") from None
     fields = {k: c[k] for k in RunConfig.__dataclass_fields__ if k in c}
     cfg = RunConfig(**fields)
+    boots = rec.summary.get("boots") or []
+    if boots:  # the recorded schedule is the last boot's: a run of that boot's seed starts there
+        cfg.seed = int(boots[-1]["seed"])
     steps = sch.rle_steps(script)
     sc = rec.summary.get("schedule") or {}
     cfg.steps = steps + (200 + steps // 20 if slack else 0)
@@ -172,14 +175,16 @@ def compare(rec: Recorded, summary: dict, findings: list[dict]) -> Comparison:
     """Same findings (outcome and signature), same sites, same model counters, same steps."""
     lines = []
     ok = True
-    a, b = _keys(rec.findings), _keys(findings)
+    last = len(rec.summary.get("boots") or [])  # the replay runs the recorded run's last boot only
+    recorded = [f for f in rec.findings if (f.get("details") or {}).get("boot", 0) == last]
+    a, b = _keys(recorded), _keys(findings)
     if a == b:
         lines.append(f"same findings ({', '.join(o for o, _ in a) or 'none'})")
     else:
         ok = False
         lines.append(f"findings differ: recorded {', '.join(o for o, _ in a) or 'none'}; "
                      f"replayed {', '.join(o for o, _ in b) or 'none'}")
-    sa, sb = _sites(rec.findings), _sites(findings)
+    sa, sb = _sites(recorded), _sites(findings)
     if sa == sb:
         lines.append(f"same sites ({len(sa)})")
     else:
@@ -188,7 +193,7 @@ def compare(rec: Recorded, summary: dict, findings: list[dict]) -> Comparison:
         lines.append("sites differ: " + "; ".join(x for x in (
             f"recorded only: {', '.join(only_a[:3])}" if only_a else "",
             f"replayed only: {', '.join(only_b[:3])}" if only_b else "") if x))
-    ma, mb = rec.summary.get("model") or {}, summary.get("model") or {}
+    ma, mb = rec.summary.get("model_last_boot" if last else "model") or {}, summary.get("model") or {}
     if ma == mb:
         lines.append(f"same model counters ({', '.join(f'{k} {v}' for k, v in ma.items()) or 'none'})")
     else:

@@ -25,7 +25,8 @@ import time
 import traceback
 from typing import Any
 
-from shm_model.arena import (H_EXPECT_SEEN, H_PARK, H_START_NS, H_STOP, MAX_OPS, SC_CHECKS, SC_STEP, W_OP, W_OP_START, W_OPS,
+from shm_model.arena import (H_EXPECT_SEEN, H_PARK, H_START_NS, H_STOP, MAX_OPS, SC_CHECKS, SC_STEP, STOP_PANIC, W_OP,
+                             W_OP_START, W_OPS,
                              W_PARK_ACK, W_PID, W_STATE, WS_EXITED, WS_FAILED, WS_PARKED, WS_RUNNING)
 from shm_model import sites
 from shm_model.cpu import Cpu, Panic, Stop
@@ -100,7 +101,8 @@ class WorkerHooks:
         except Exception as e:  # evidence is best effort; the finding itself is not
             f.traces = {"error": [{"text": f"trace snapshot failed: {e}"}]}
         self.count += 1
-        write_finding(self.dir, f"w{self.wid}-{self.count}", f)
+        boot = self.world.boot  # workers of a later boot number their files afresh: keep them apart
+        write_finding(self.dir, f"w{self.wid}-{self.count}" if not boot else f"b{boot}-w{self.wid}-{self.count}", f)
         if sched is not None and not f.info and not f.potential and f.outcome not in self.known:
             if f.outcome in self.expected:
                 mv = self.world.mv
@@ -114,6 +116,8 @@ class WorkerHooks:
         not the model: what it reads (a heap dereference, a lock) is no scheduling point,
         so the token stays here until it is done."""
         world = self.world
+        if world.mv[H_STOP]:
+            return  # the run or this boot is over (a fault where Xen panics): its state is not checked
         n = world.mv[world.geo.sched + SC_CHECKS]
         cpu = self.cpu
         sched = cpu.sched if cpu is not None else None
@@ -211,8 +215,8 @@ def worker_main(world: World, wid: int, findings_dir: str) -> None:
         _loop(world, wid, cpu, role, state, sched)
     except Stop:
         pass
-    except Panic:
-        pass  # a model fault outside an operation (setup) ended this CPU: its finding is written
+    except Panic:  # a model fault outside an operation (setup): its finding is written
+        _panic(mv)
     except Exception as e:
         status = 1
         hooks.finding(cpu, "crash", f"BUG: exception in {info.role}: {type(e).__name__}: {e}",
@@ -297,7 +301,8 @@ def _loop(world: World, wid: int, cpu: Cpu, role: Any, state: Any, sched: Contro
         try:
             fn(role, state)
         except Panic:
-            _recover(cpu)  # the operation faulted (its finding is written): this CPU goes on
+            _recover(cpu)  # the operation faulted (its finding is written)
+            _panic(mv)  # Xen panics there: this boot is over (the loop's next turn leaves)
         if quiesce is not None:
             quiesce()  # the operation's buffered effects become visible (weak memory)
         mv[ws + W_OP] = -1
@@ -305,11 +310,18 @@ def _loop(world: World, wid: int, cpu: Cpu, role: Any, state: Any, sched: Contro
         mv[ws + W_OPS] += 1
 
 
+def _panic(mv: memoryview) -> None:
+    """End this boot of the model: every worker leaves, and the coordinator reboots the model
+    or ends the run (stress.coordinator)."""
+    if not mv[H_STOP]:
+        mv[H_STOP] = STOP_PANIC
+
+
 def _recover(cpu: Cpu) -> None:
     """After a model fault (``Panic``: a NULL dereference) aborted an operation: release what
     the operation held, innermost first, each by its kind's unlock, and enable interrupts.
-    Xen would have panicked; the run goes on so that what else the protocol does wrong is
-    still found (the fault's finding says where it happened)."""
+    Xen panics there: the worker then ends this boot of the model (``_panic``), and the
+    coordinator reboots it on a fresh state if the run goes on."""
     cpu.masked = True
     for lk, key in reversed(list(cpu.held[0])):
         lk.release_held(key)

@@ -6,11 +6,13 @@ same objects (same code objects too, which is what makes site ints portable)."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from shm_model.arena import MAX_CLASSES, MAX_OPS, Arena, Geometry
+from shm_model.arena import (H_START_NS, H_STOP, MAX_CLASSES, MAX_OPS, W_HEARTBEAT_NS, W_IN_IRQ, W_OP, W_OP_START,
+                             W_PARK_ACK, W_PID, W_STATE, WAIT_WORDS, Arena, Geometry)
 from shm_model.layout import LayoutError, plan_struct
 from shm_model.sites import SiteResolver
 from shm_model.locks import MAX_LOCKS, make_lock
@@ -117,13 +119,19 @@ class World:
         self.heaps: list[Any] = []  # every heap view of the state (their statistics)
         self.bound: list[Any] = []  # what each worker binds to its Cpu after fork (heaps, weak memory)
         self.resolver = SiteResolver()
+        self.heap_carry: dict[str, dict[str, int]] = {}  # heap counters of the boots before this one
+        self.boot = 0  # which boot of the model the workers forked now run (reboot() counts them)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def create(self) -> None:
         """Create the arena and its semaphores, build locks and state views, initialise."""
+        self.arena = Arena(self.cfg.run_id, self.geo)
+        self._build()
+
+    def _build(self) -> None:
+        """Lock objects (they write their records), the state's initial values, its views."""
         from shm_model.layout import AttachCtx, attach
 
-        self.arena = Arena(self.cfg.run_id, self.geo)
         mv = self.arena.mv
         cid = {n: i for i, n in enumerate(self.class_names)}
         self.locks = [make_lock(d, cid[d.cls], self.arena.sems[d.index], mv, self.geo) for d in self.plan.locks]
@@ -139,6 +147,46 @@ class World:
         self.heap_names = [(hp.ctype, hp.path) for hp in self.heaps]  # kept past destroy, for the traces
         wm = ctx.shared.get("weak")  # relaxed fields: location word -> path, for the traces
         self.weak_names: dict[int, str] = dict(wm.names) if wm is not None else {}
+
+    def reboot(self) -> None:
+        """A new boot of the model in the same arena, after the model faulted where Xen panics
+        (a NULL dereference): what a machine has after a reboot is reset, what the harness
+        learned is kept. The caller has stopped every worker.
+
+        Reset: the state (heap pools and weak memory's histories included) to its initial
+        values, every lock's record and semaphore, the read-hold records, the interrupt
+        rings, the scheduler's region, each worker's pid/state/operation/wait records, the
+        stop and start words. Kept: the lock-class graph and chain caches, the per-class and
+        per-worker statistics, the traces (they go on), operation and interrupt counts, the
+        heap pools' counters (carried into :meth:`heap_stats`)."""
+        mv, geo, arena = self.mv, self.geo, self.arena
+        for hp in self.heaps:  # the counters of the boots before, added to the new boot's
+            self.heap_carry[hp.path] = _add_heap_stats(self.heap_carry.get(hp.path), hp.stats())
+        for lo, hi in ((geo.state, geo.state + self.plan.words), (geo.locks, geo.classes),
+                       (geo.irq_rings, geo.traces), (geo.sched, geo.state)):
+            if hi > lo:
+                mv[lo:hi] = memoryview(bytearray(8 * (hi - lo))).cast("q")
+        for w in range(geo.n_workers):
+            ws = geo.wslot(w)
+            for word in (W_PID, W_STATE, W_OP_START, W_IN_IRQ, W_PARK_ACK, W_HEARTBEAT_NS, *range(27, 32)):
+                mv[ws + word] = 0
+            mv[ws + W_OP] = -1
+            for c in (0, 1):
+                b = geo.wait_slot(w, c)
+                mv[b:b + WAIT_WORDS] = memoryview(bytearray(8 * WAIT_WORDS)).cast("q")
+                mv[b] = -1
+        for sem in [*arena.sems, *arena.aux]:
+            _set_sem(sem, 1)
+        for sem in arena.tokens:
+            _set_sem(sem, 0)
+        mv[H_START_NS] = 0
+        mv[H_STOP] = 0
+        self.boot += 1
+        self._build()
+
+    def heap_stats(self) -> dict[str, dict[str, int]]:
+        """Each pool's counters over every boot of the run (``live``/``quarantined``: now)."""
+        return {hp.path: _add_heap_stats(self.heap_carry.get(hp.path), hp.stats()) for hp in self.heaps}
 
     def destroy(self) -> None:
         if self.arena is not None:
@@ -235,6 +283,40 @@ class World:
                     return f"{ev}: {a} {b} {c}"
             return f"event#{name} {a} {b} {c}"
         return f"{a} {b} {c}"
+
+
+def boot_seed(seed: int, boot: int) -> int:
+    """The seed of a run's boot ``boot`` (boot 0 is the run's own seed): a run with this seed
+    starts where that boot started."""
+    if boot == 0:
+        return seed
+    h = hashlib.sha256(f"stress-boot/{seed}/{boot}".encode()).digest()
+    return int.from_bytes(h[:8], "big") % (2**31 - 1) + 1
+
+
+def _add_heap_stats(before: dict[str, int] | None, now: dict[str, int]) -> dict[str, int]:
+    if not before:
+        return dict(now)
+    out = {k: before.get(k, 0) + v for k, v in now.items()}
+    for k in ("live", "quarantined"):  # a state, not a count: the current boot's
+        if k in now:
+            out[k] = now[k]
+    if "max_live" in now:
+        out["max_live"] = max(before.get("max_live", 0), now["max_live"])
+    return out
+
+
+def _set_sem(sem: Any, value: int) -> None:
+    """Bring a semaphore nobody uses any more to ``value``."""
+    import posix_ipc
+
+    while True:
+        try:
+            sem.acquire(0)
+        except posix_ipc.BusyError:
+            break
+    for _ in range(value):
+        sem.release()
 
 
 def make_workload_instance(cls: type[Workload], variant: str, opts: SimpleNamespace) -> Workload:

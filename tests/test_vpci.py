@@ -199,13 +199,14 @@ def test_every_variant_has_its_design_and_provenance():
 
 @pytest.mark.timeout(60)
 def test_a_null_dereference_does_not_hide_the_use_after_free_behind_it(runs_dir):
-    """Variant(stop='all'): the NULL pdev->vpci comes first (PCT seed 6, at about 10 ms); the
-    faulting operation ends there, its CPU goes on, and the run stops only when the
-    use-after-free of struct vpci has been reported too, with its three sites."""
+    """Variant(stop='all'): the NULL pdev->vpci comes first (PCT seed 6, at about 10 ms); Xen
+    panics there, so the model reboots to its first state (a new boot, its own seed), and the
+    run stops only when the use-after-free has been reported too, with its three sites."""
     r = run_cli(WL + ["--variant", "unsynchronised-removal", "--seed", "6", "--duration", "10s"] + PCT, runs_dir)
     assert r.code == 0, r.out[-3000:] + r.err
     firsts = [f["outcome"] for f in r.summary["findings"] if not f["info"] and not f["known"]]
     assert firsts[0] == "null-deref" and "use-after-free" in firsts, firsts
+    assert r.summary["boots"], "the NULL dereference ended the first boot"
     assert "Oops: Xen would panic here." in r.out
     uaf = r.out[r.out.index("BUG: KASAN: use-after-free"):]
     assert "Allocated by worker" in uaf and "Freed by worker" in uaf

@@ -1,6 +1,6 @@
 """The benchmark suite: ``python -m benchmarks.run [--quick] [--only NAME[,NAME]] [--out FILE]``.
 
-Sections (in this order): primitives, abba, migration-storm, profile. Each prints its
+Sections (in this order): primitives, abba, migration-storm, dos, profile. Each prints its
 table(s) to stdout as it finishes; progress lines go to stderr; every table is also written,
 with the command, date, Python version and nproc, to ``--out`` (Markdown). See
 benchmarks/README.md for what each section measures.
@@ -24,13 +24,13 @@ from .common import REPO, Context, Table, our_leftovers, shm_entries
 
 
 def _sections() -> dict[str, Callable[[Context], list[Table]]]:
-    from . import primitives, profiling, runs
+    from . import dos, primitives, profiling, runs
 
     return {"primitives": primitives.run, "abba": runs.abba, "migration-storm": runs.migration_storm,
-            "profile": profiling.run}
+            "dos": dos.run, "profile": profiling.run}
 
 
-SECTION_NAMES = ["primitives", "abba", "migration-storm", "profile"]
+SECTION_NAMES = ["primitives", "abba", "migration-storm", "dos", "profile"]
 
 
 def _nproc() -> str:

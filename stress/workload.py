@@ -51,7 +51,7 @@ __all__ = [
     "RwLock", "read_lock", "read_unlock", "write_lock", "write_unlock", "read_trylock", "write_trylock",
     "read_lock_irqsave", "read_unlock_irqrestore", "write_lock_irqsave", "write_unlock_irqrestore",
     "rw_is_locked", "rw_is_write_locked", "assert_write_held", "Heap", "NULL",
-    "Relaxed", "smp_wmb", "smp_rmb", "smp_mb", "value", "loc_of",
+    "Relaxed", "smp_wmb", "smp_rmb", "smp_mb", "value", "loc_of", "SummaryTable", "SummaryValue",
 ]
 
 #: Outcomes a variant may expect. ``invariant:<name>`` names one of the workload's
@@ -103,6 +103,38 @@ class Variant:
     @property
     def outcomes(self) -> tuple[str, ...]:
         return (self.expect,) if isinstance(self.expect, str) else tuple(self.expect)
+
+
+class SummaryTable(dict):
+    """A small table among a workload's :meth:`Workload.summary` values. It is the JSON object
+    ``{"title": str, "columns": [str], "rows": [[cell]], "notes": [str], ...more keys}`` (a
+    ``dict``: summary.json stores it as is; extra keyword arguments are data for tools, not
+    printed); the end-of-run summary prints it (its ``str``) as aligned lines under its title,
+    a float cell with 1 decimal, ``None`` as "-", then its notes."""
+
+    def __init__(self, title: str, columns: list[str], rows: list[list[Any]], notes: list[str] | None = None,
+                 **data: Any) -> None:
+        super().__init__(title=title, columns=list(columns), rows=[list(r) for r in rows], notes=list(notes or []),
+                         **data)
+
+    def __str__(self) -> str:
+        def cell(c: Any) -> str:
+            return "-" if c is None else f"{c:,.1f}" if isinstance(c, float) else str(c)
+
+        head = [str(c) for c in self["columns"]]
+        body = [[cell(c) for c in r] for r in self["rows"]]
+        w = [max([len(h)] + [len(r[i]) for r in body if i < len(r)]) for i, h in enumerate(head)]
+        lines = [self["title"], "  ".join(h.rjust(w[i]) if i else h.ljust(w[i]) for i, h in enumerate(head))]
+        lines += ["  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)) for r in body]
+        lines += [f"- {n}" for n in self["notes"]]
+        return "\n" + "\n".join("  " + ln for ln in lines)
+
+    def __format__(self, spec: str) -> str:  # f"{table}" is the table, not a dict's repr
+        return str(self)
+
+
+#: a value of :meth:`Workload.summary`'s dict
+SummaryValue = int | float | str | SummaryTable
 
 
 @dataclass
@@ -255,8 +287,9 @@ class Workload:
     def setup(self, s: Any) -> None:
         """Initialise the shared state (in the coordinator, before workers start)."""
 
-    def summary(self, s: Any) -> dict[str, int]:
-        """Model counters to show in the end-of-run summary (e.g. refused migrations)."""
+    def summary(self, s: Any) -> dict[str, SummaryValue]:
+        """Model counters to show in the end-of-run summary (e.g. refused migrations): ints,
+        floats, strings, or a :class:`SummaryTable` (summary.json's ``model`` object)."""
         return {}
 
     # -- introspection used by the engine ----------------------------------------------------

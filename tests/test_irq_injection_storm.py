@@ -134,3 +134,81 @@ def test_every_variant_has_its_design_and_provenance():
         assert "invariant:retarget-kick" in v.known
     assert IrqInjectionStorm.variant_named("unblock-only").outcomes == ("lost-wakeup",)
     assert IrqInjectionStorm.variant_named("no-recheck").outcomes == ("invariant:one-ap-list",)
+
+
+# -- the DoS question (item 5): a malicious guest, the inferred mitigations, the measurement --------
+
+def _dos_run(runs_dir, variant: str, seed: int = 1):
+    return run_cli(WL + ["--variant", variant, "--seed", str(seed), "--duration", "3s", "--guest", "malicious",
+                         "--spis", "24", "--bystander-us", "20", "--guest-run-ms", "2"] + PCT, runs_dir)
+
+
+def _ordered(d: dict) -> bool:
+    return d["p50"] is not None and 0 <= d["p50"] <= d["p99"] <= d["max"] and d["max"] <= d["total"]
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("variant", ["sorted-insert", "capped-flush"])
+def test_mitigations_stay_clean_under_a_malicious_guest_and_never_sort(runs_dir, variant):
+    """A guest that never acknowledges grows vCPU 0's ap_list past its LRs; the mitigations
+    stay clean (their ap-list-order invariant, checked at every safe point, included), never
+    call vgic_sort_ap_list, and the run's summary carries the DoS table with sane numbers."""
+    r = _dos_run(runs_dir, variant)
+    assert r.code == 0 and r.summary["verdict"]["status"] == "pass", r.out[-3000:]
+    assert not _decisive(r) and "invariant:ap-list-order" not in r.outcomes
+    m = r.summary["model"]
+    assert m["guest acks"] == 0 and m["guest EOIs"] == 0  # malicious: nothing acknowledged
+    assert m["ap_list sorts"] == 0 and m["LR fills"] > 0
+    dos = m["dos"]
+    assert dos["guest"] == "malicious" and dos["clock"] == "virtual"
+    v0 = dos["vcpus"][0]
+    assert 4 < v0["ap_list_len"]["max"] <= 24  # longer than the 4 LRs, at most every SPI
+    assert v0["ap_list_len"]["p50"] <= v0["ap_list_len"]["p99"] <= v0["ap_list_len"]["max"]
+    assert v0["flush_us"]["n"] > 50 and _ordered(v0["flush_us"]) and _ordered(v0["prune_us"])
+    assert 0 < v0["flush_share"] < 1 and v0["vcpu_us"] <= v0["span_us"]
+    by = dos["bystander"]
+    assert by["pcpu"] == 0 and by["slices"] > 50 and by["wait_us"]["n"] == by["slices"] and _ordered(by["wait_us"])
+    assert dos["irq_latency"] and all(x["irq_latency_us"]["n"] > 0 for x in dos["irq_latency"])
+    # printed in the run's summary as a table, one row per vCPU
+    assert "DoS measurement (malicious guest; µs of the virtual clock)" in r.out
+    assert len(dos["rows"]) == 2 and dos["columns"][0] == "vcpu" and "bystander on pcpu0" in r.out
+
+
+@pytest.mark.timeout(150)
+def test_upstream_sorts_the_long_list_of_a_malicious_guest(runs_dir):
+    """The same malicious guest on Xen 4.11: the list is longer than the LRs at entries, so
+    vgic_flush_lr_state counts it and sorts it (what the mitigations never do); clean."""
+    r = _dos_run(runs_dir, "upstream")
+    assert r.code == 0 and not _decisive(r), r.out[-3000:]
+    m = r.summary["model"]
+    assert m["ap_list sorts"] > 50 and m["guest acks"] == 0
+    v0 = m["dos"]["vcpus"][0]
+    assert v0["ap_list_len"]["max"] > 4 and v0["flush_us"]["n"] > 50 and _ordered(v0["flush_us"])
+
+
+def test_dos_histograms_and_summary_table():
+    """The histogram's buckets hold their values within 1/16; quantiles are nearest-rank; a
+    SummaryTable is JSON as a plain object and prints as a table."""
+    import json
+
+    from shm_model.xen.new_vgic.common import HIST_BUCKETS, hist_bucket, hist_quantile, hist_value
+    from stress.workload import SummaryTable
+    for v in [0, 1, 7, 8, 9, 15, 16, 100, 999, 12345, 10**6, 987654321]:
+        b = hist_bucket(v)
+        assert 0 <= b < HIST_BUCKETS and abs(hist_value(b) - v) <= v / 16 + 0.5
+    assert [hist_bucket(v) for v in (8, 16, 32)] == sorted({hist_bucket(v) for v in (8, 16, 32)})
+    counts = [0] * 10
+    counts[2], counts[9] = 99, 1
+    assert hist_quantile(counts, 0.5, exact=True) == 2 and hist_quantile(counts, 0.99, exact=True) == 2
+    assert hist_quantile(counts, 1.0, exact=True) == 9 and hist_quantile([0, 0], 0.5) is None
+    t = SummaryTable("T", ["a", "b"], [["x", 1.25], ["y", None]], ["a note"], data={"k": 1})
+    assert json.loads(json.dumps({"t": t}))["t"] == {"title": "T", "columns": ["a", "b"], "rows": [["x", 1.25],
+                                                                                                  ["y", None]],
+                                                     "notes": ["a note"], "data": {"k": 1}}
+    text = f"{t}"
+    assert text.splitlines()[1:] == ["  T", "  a    b", "  x  1.2", "  y    -", "  - a note"]
+
+
+def test_guest_option_takes_benign_or_malicious(runs_dir):
+    r = run_cli(WL + ["--guest", "nasty", "--duration", "1s"], runs_dir, timeout=60)
+    assert r.code == 2 and r.err.strip().count("\n") == 0 and "--guest takes benign or malicious" in r.err

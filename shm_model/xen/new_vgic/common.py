@@ -63,6 +63,14 @@ The world (simplifications that do not change what a run can find are said here)
 - ``smp_send_event_check_mask``: a real interrupt (``EVENT_CHECK``) raised at the target
   pCPU; its handler makes a vCPU that is in the guest exit (the physical IRQ traps to EL2).
   Any physical interrupt taken while the guest runs is an exit.
+
+Measurement (model bookkeeping, not Xen; the DoS question of the thread): every
+``vgic_sync_to_lrs`` records the ap_list's length (``ap_len``, the model's counter: no
+walk) and times ``vgic_flush_lr_state``; every ``vgic_sync_from_lrs`` times
+``vgic_prune_ap_list``; both with the model's clock (``cpu.clock_ns()``: CLOCK_MONOTONIC in
+free mode, the virtual clock in controlled mode, so a replay records the same numbers), in
+the worker process of the vCPU's pCPU, into arena histograms (:func:`hist_add`: exact below
+8 ns, then 8 buckets per power of two, a quantile within 1/16 of its value).
 """
 
 from __future__ import annotations
@@ -72,9 +80,12 @@ from typing import Any, Callable, Iterator
 from ...cpu import Panic
 from ...layout import Array, Int, Spinlock, Struct
 from ...spinlock import assert_held, spin_lock, spin_lock_nested, spin_unlock
-from . import _irqsave
+from . import _irqsave, _measure
+from ._measure import HIST_BUCKETS, hist_add, hist_bucket, hist_quantile, hist_value
 
 SPI_BASE = 32  # VGIC_NR_PRIVATE_IRQS
+#: GICv2's largest SPI count: INTIDs 32 .. 1019
+VGIC_MAX_SPIS = 988
 VGIC_CONFIG_EDGE, VGIC_CONFIG_LEVEL = 0, 1
 NO_VCPU = -1
 #: the physical SGI of smp_send_event_check_mask (GIC_SGI_EVENT_CHECK is SGI 0 in Xen)
@@ -140,6 +151,7 @@ class VgicIrq(Struct):
     # model bookkeeping, not in Xen:
     moved = Int()  # nobody kicked irq->vcpu since: 1 vgic_prune_ap_list moved it there, 2 ITARGETSR retargeted it
     unlive = Int(init=-1)  # irq->vcpu's prune_passes when it stopped being live (queued-is-live)
+    raised_ns = Int()  # model clock when the device raised it as a physical IRQ, until a handler took it (0: none)
 
 
 class VgicCpu(Struct):
@@ -172,6 +184,31 @@ class VgicCpu(Struct):
     isr_wrong = Int()  # handled in another process, or more than raised
     isr_deferred = Int()  # handlers that ran late: the signal came while interrupts were masked
     isr_in_irqsave = Int()  # handlers that ran inside an irqsave section (must stay 0)
+    # the DoS measurement (see the module docstring), all times in ns of the model's clock
+    entries = Int()  # vgic_sync_to_lrs calls (guest entries)
+    ap_len_hist = Array(Int, lambda o: o.spis + 1)  # ap_list length at each guest entry
+    flushes = Int()  # vgic_flush_lr_state calls (entries with a non-empty list)
+    flush_ns = Int()
+    flush_max_ns = Int()
+    flush_hist = Array(Int, HIST_BUCKETS)
+    prunes = Int()  # vgic_prune_ap_list calls
+    prune_ns = Int()
+    prune_max_ns = Int()
+    prune_hist = Array(Int, HIST_BUCKETS)
+    vcpu_ns = Int()  # the vCPU's steps on its pCPU (not idle in WFI; the model's liveness check excluded)
+    steps_t0 = Int()  # first and last step of this pCPU (its span)
+    steps_t1 = Int()
+    # the bystander: a benign vCPU of another domain sharing this pCPU (--bystander-us)
+    byst_slices = Int()
+    byst_ns = Int()
+    byst_wait_ns = Int()
+    byst_wait_max_ns = Int()
+    byst_wait_hist = Array(Int, HIST_BUCKETS)
+    # physical IRQ latency at this pCPU: the device's raise to its handler's entry
+    irqlat_n = Int()
+    irqlat_ns = Int()
+    irqlat_max_ns = Int()
+    irqlat_hist = Array(Int, HIST_BUCKETS)
 
 
 class NewVgicWorld(Struct):
@@ -202,6 +239,7 @@ class NewVgicWorld(Struct):
     wfi_blocks = Int()
     vtimer_wakes = Int()
     sorts = Int()
+    clock_virtual = Int()  # the DoS measurement's clock: 1 the controlled scheduler's virtual clock
 
 
 def lr_valid(vc: Any, lr: int) -> bool:
@@ -319,6 +357,29 @@ class NewVgic:
         vc.ap_len += 1
         if vc.ap_len > vc.max_ap_len:
             vc.max_ap_len = vc.ap_len
+
+    def list_add(self, vcpu: int, i: int) -> None:
+        """``list_add(&irq->ap_list, &vcpu->arch.vgic.ap_list_head)``: at the head. Needs the
+        list's lock."""
+        vc = self.s.vcpus[vcpu]
+        assert_held(vc.ap_list_lock)
+        irq = self.s.spis[i]
+        head = vc.ap_head
+        irq.ap_prev = -1
+        irq.ap_next = head
+        if head == -1:
+            vc.ap_tail = i
+        else:
+            self.s.spis[head].ap_prev = i
+        vc.ap_head = i
+        vc.ap_len += 1
+        if vc.ap_len > vc.max_ap_len:
+            vc.max_ap_len = vc.ap_len
+
+    def ap_list_add(self, vcpu: int, i: int) -> None:
+        """Where ``vgic_queue_irq_unlock`` and ``vgic_prune_ap_list`` put an IRQ on a list: 4.11's
+        ``list_add_tail`` (``sorted-insert`` overrides it). Needs the list's lock and the irq's."""
+        self.list_add_tail(vcpu, i)
 
     def list_del(self, vcpu: int, i: int) -> None:
         """``list_del(&irq->ap_list)`` from ``vcpu``'s list. Needs the list's lock."""
@@ -483,6 +544,16 @@ class NewVgic:
         return False
 
     # -- the model's bookkeeping -------------------------------------------------------------------
+    #: the DoS measurement around them (``_measure``: hidden from reports' call chains)
+    timed_flush = _measure.timed_flush
+    timed_prune = _measure.timed_prune
+
+    def vgic_flush_lr_state(self, vcpu: int) -> None:
+        raise NotImplementedError
+
+    def vgic_prune_ap_list(self, vcpu: int) -> None:
+        raise NotImplementedError
+
     def is_live(self, irq: Any) -> bool:
         """Live on its list: the oracle names a vCPU, or one of that vCPU's LRs holds it."""
         if self.vgic_target_oracle(irq) != NO_VCPU:
@@ -528,6 +599,7 @@ class NewVgic:
             self.unlock_irqrestore(lock, flags)
 
 
-__all__ = ["SPI_BASE", "VGIC_CONFIG_EDGE", "VGIC_CONFIG_LEVEL", "NO_VCPU", "EVENT_CHECK", "IN_HYP", "IN_GUEST",
-           "BLOCKED", "STATE_NAMES", "EVENTS", "KEY_EVENTS", "VgicIrq", "VgicCpu", "NewVgicWorld", "NewVgic",
+__all__ = ["SPI_BASE", "VGIC_MAX_SPIS", "HIST_BUCKETS", "hist_add", "hist_bucket", "hist_value", "hist_quantile",
+           "VGIC_CONFIG_EDGE", "VGIC_CONFIG_LEVEL", "NO_VCPU", "EVENT_CHECK", "IN_HYP", "IN_GUEST", "BLOCKED",
+           "STATE_NAMES", "EVENTS", "KEY_EVENTS", "VgicIrq", "VgicCpu", "NewVgicWorld", "NewVgic",
            "irq_is_pending", "lr_valid"]

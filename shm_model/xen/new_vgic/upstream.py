@@ -112,7 +112,7 @@ class Upstream(NewVgic):
                              f"added to vcpu{vcpu}'s ap_list while irq->vcpu = vcpu{irq.vcpu}",
                              message=f"list_add_tail of irq {irq.intid}: {where} vcpu{vcpu}'s ap_list "
                              "(vgic_queue_irq_unlock without the re-check under both locks)", subject=irq.intid)
-        self.list_add_tail(vcpu, irq.intid - SPI_BASE)
+        self.ap_list_add(vcpu, irq.intid - SPI_BASE)  # 4.11: list_add_tail
         irq.vcpu = vcpu
         irq.moved = 0
         irq.unlive = -1
@@ -154,6 +154,7 @@ class Upstream(NewVgic):
                     self.vgic_put_irq(irq)
                     continue
                 if target == vcpu:
+                    self.prune_keep(vcpu, i)
                     spin_unlock(irq.irq_lock)
                     continue
                 spin_unlock(irq.irq_lock)
@@ -165,6 +166,10 @@ class Upstream(NewVgic):
             if not restart:
                 self.unlock_irqrestore(vc.ap_list_lock, flags)
                 return
+
+    def prune_keep(self, vcpu: int, i: int) -> None:
+        """An IRQ ``vgic_prune_ap_list`` keeps on this vCPU's list (4.11: nothing to do; the
+        mitigations keep an active one at the head). Needs the ap_list lock and the irq lock."""
 
     def prune_move(self, vcpu: int, target: int, irq: Any) -> None:
         """The migration step of ``vgic_prune_ap_list`` (4.11): "Ensure locking order by always
@@ -186,7 +191,7 @@ class Upstream(NewVgic):
             i = irq.intid - SPI_BASE
             self.list_del(vcpu, i)
             irq.vcpu = target
-            self.list_add_tail(target, i)
+            self.ap_list_add(target, i)  # 4.11: list_add_tail
             irq.moved = 1  # nobody kicks the target (4.11)
             irq.unlive = -1
             self.s.prune_moves += 1
@@ -229,24 +234,28 @@ class Upstream(NewVgic):
 
     def vgic_sync_from_lrs(self, vcpu: int) -> None:
         """``vgic_sync_from_lrs(vcpu)`` (vgic.c, 4.11), at every exit
-        (``enter_hypervisor_head``): an empty list returns; else fold, then prune."""
+        (``enter_hypervisor_head``): an empty list returns; else fold, then prune (timed: the
+        DoS measurement)."""
         if self.s.vcpus[vcpu].ap_head == -1:
             return
         self.vgic_fold_lr_state(vcpu)
-        self.vgic_prune_ap_list(vcpu)
+        self.timed_prune(vcpu)
 
     def vgic_sync_to_lrs(self, vcpu: int) -> None:
         """``vgic_sync_to_lrs()`` (vgic.c, 4.11), in ``leave_hypervisor_tail`` with interrupts
         off (``ASSERT(!local_irq_is_enabled())``): an empty list returns; else the ap_list lock
-        (plain: interrupts are off) around ``vgic_flush_lr_state``."""
+        (plain: interrupts are off) around ``vgic_flush_lr_state`` (timed, with the list's length:
+        the DoS measurement; an empty list's entry counts as length 0)."""
         vc = self.s.vcpus[vcpu]
+        vc.entries += 1
         if vc.ap_head == -1:
+            vc.ap_len_hist[0] += 1
             return
         if not self.cpu.masked:
             self.cpu.finding("invariant:irqs-off", "BUG: vgic_sync_to_lrs with interrupts enabled",
                              message="ASSERT(!local_irq_is_enabled()) failed")
         spin_lock(vc.ap_list_lock)
-        self.vgic_flush_lr_state(vcpu)
+        self.timed_flush(vcpu)
         spin_unlock(vc.ap_list_lock)
 
     # -- guest MMIO (vgic-mmio.c, vgic-mmio-v2.c, 4.11) ---------------------------------------------

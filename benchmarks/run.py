@@ -1,6 +1,6 @@
 """The benchmark suite: ``python -m benchmarks.run [--quick] [--only NAME[,NAME]] [--out FILE]``.
 
-Sections (in this order): primitives, abba, migration-storm, dos, profile. Each prints its
+Sections (in this order): primitives, abba, migration-storm, dos, profile, campaign. Each prints its
 table(s) to stdout as it finishes; progress lines go to stderr; every table is also written,
 with the command, date, Python version and nproc, to ``--out`` (Markdown). See
 benchmarks/README.md for what each section measures.
@@ -24,13 +24,13 @@ from .common import REPO, Context, Table, our_leftovers, shm_entries
 
 
 def _sections() -> dict[str, Callable[[Context], list[Table]]]:
-    from . import dos, primitives, profiling, runs
+    from . import campaign, dos, primitives, profiling, runs
 
     return {"primitives": primitives.run, "abba": runs.abba, "migration-storm": runs.migration_storm,
-            "dos": dos.run, "profile": profiling.run}
+            "dos": dos.run, "profile": profiling.run, "campaign": campaign.run}
 
 
-SECTION_NAMES = ["primitives", "abba", "migration-storm", "dos", "profile"]
+SECTION_NAMES = ["primitives", "abba", "migration-storm", "dos", "profile", "campaign"]
 
 
 def _nproc() -> str:

@@ -25,7 +25,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from stress.store import RunRow, Store, StoreError
+from stress.store import RunRow, Store, StoreError, host_stats
 
 from . import plots
 from .svg import class_graph_svg, swimlane_svg
@@ -140,6 +140,8 @@ def fmt_secs(v: Any) -> str:
     if v is None:
         return "–"
     v = float(v)
+    if not math.isfinite(v):  # a campaign bounded by its iterations only
+        return "no time limit"
     if v < 0.001:
         return f"{v * 1e6:.0f} µs"
     if v < 1:
@@ -762,10 +764,27 @@ def _soak_context(store: Store, soak_id: str) -> dict:
     plan_rows = []
     for k, v in (soak.get("plan") or {}).items():
         plan_rows.append((str(k), v if isinstance(v, str) else json.dumps(v, default=str)))
+    # a campaign (its iterations ran on a cluster's hosts): the same report with a per-host column
+    campaign = soak.get("kind") == "campaign" or any(r.host for r in runs)
+    hosts = host_stats(runs) if campaign else []
+    for h in hosts:
+        if h.unhealthy:
+            lines.append(f"host {h.host} is unhealthy: all {h.iterations} of its iterations failed for harness "
+                         "reasons (not findings)")
+    retried = [r for r in runs if r.attempts > 1]
+    if retried:
+        lines.append(f"{len(retried)} iteration{'s' if len(retried) != 1 else ''} retried after their host died under "
+                     f"them: " + ", ".join(f"#{r.iteration} ({' → '.join([*r.tried_on, r.host])})" for r in retried[:20])
+                     + (" …" if len(retried) > 20 else ""))
+    word = "campaign" if campaign else "soak"
     return {
         "kind": "soak",
+        "word": word,
+        "campaign": campaign,
+        "hosts": hosts,
+        "n_retried": len(retried),
         "soak": soak,
-        "title": f"soak {sid}",
+        "title": f"{word} {sid}",
         "verdict": {"status": status, "text": text, "lines": lines, "counts": sorted(counts.items())},
         "command": soak.get("command") or "",
         "plan_rows": plan_rows,

@@ -89,11 +89,22 @@ def _fail(msg: str, code: int = EXIT_USAGE) -> None:
     raise typer.Exit(code)
 
 
+_DURATION_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
+
+
 def parse_duration(text: str, what: str = "--duration") -> float:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
-    if not m:
-        raise UsageError(f"{what} takes a duration like 30s, 5m, 8h or 1500ms, not {text!r}")
-    value = float(m.group(1)) * {"ms": 1e-3, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    """Seconds of ``30s``, ``5m``, ``8h``, ``1d``, ``1500ms``, a bare number of seconds, or
+    parts from the largest unit down: ``1h30m``, ``1d12h``, ``2m30s``."""
+    t = text.strip()
+    bare = re.fullmatch(r"\d+(?:\.\d+)?", t)
+    parts = [] if bare else _DURATION_PART.findall(t)
+    order = ["d", "h", "m", "s", "ms"]
+    ranks = [order.index(u) for _, u in parts]
+    if not bare and (not parts or "".join(f"{n}{u}" for n, u in parts) != re.sub(r"\s+", "", t)
+                     or ranks != sorted(set(ranks))):
+        raise UsageError(f"{what} takes a duration like 30s, 5m, 1h30m, 8h, 1d or 1500ms, not {text!r}")
+    value = float(t) if bare else sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
     if value <= 0:
         raise UsageError(f"{what} must be positive")
     return value
@@ -716,6 +727,9 @@ def soak_cmd(
                                                                       "(one testcase per iteration)"),
     schedule: Optional[str] = typer.Option(None, help="mixed (default), free, pct or random: how iterations are "
                                                       "scheduled (stress run --schedule); mixed: see above"),
+    keep_traces: Optional[str] = typer.Option(None, "--keep-traces", help="all, failed (default) or none: which "
+                                              "iterations keep their run directory's traces/ (failed: those that "
+                                              "did not pass or showed a finding)"),
 ) -> None:
     """Run workload variants back to back, each iteration a fresh run with its own seed, until --duration is spent.
 
@@ -735,7 +749,7 @@ def soak_cmd(
         if resume is not None:
             given = [n for n, v in (("--duration", duration), ("--workloads", workloads), ("--iteration-duration",
                      iteration_duration), ("--seed", seed), ("--hung-timeout", hung_timeout),
-                     ("--schedule", schedule)) if v not in ("", None)]
+                     ("--schedule", schedule), ("--keep-traces", keep_traces)) if v not in ("", None)]
             given += ["--variants"] if variants != "all" else []
             given += [a for a in ctx.args if a.startswith("--")]
             if given:
@@ -755,7 +769,8 @@ def soak_cmd(
         dur = parse_duration(duration)
         it_dur = parse_duration(iteration_duration, "--iteration-duration") if iteration_duration else None
         plan, found = soak_mod.make_plan(workloads, variants, seed if seed is not None else random.randrange(1, 2**31),
-                                         dur, it_dur, out, list(ctx.args), hung_timeout, schedule or "mixed")
+                                         dur, it_dur, out, list(ctx.args), hung_timeout, schedule or "mixed",
+                                         keep_traces or soak_mod.DEFAULT_KEEP_TRACES)
     except (WorkloadError, UsageError) as e:
         _fail(str(e))
     _make_out(out)
@@ -768,6 +783,95 @@ def soak_cmd(
         _fail(f"the store failed: {e}", EXIT_HARNESS)
     finally:
         store.close()
+    raise typer.Exit(code)
+
+
+@app.command("campaign", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def campaign_cmd(
+    ctx: typer.Context,
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="the Ray cluster's address (host:port of its head, "
+                                          "ray://host:port, or auto); default: an embedded Ray with this machine "
+                                          "as its one host"),
+    duration: str = typer.Option("", help="the campaign's wall-time budget, e.g. 8h, 1h30m, 1d (summed over resumes)"),
+    iterations: Optional[int] = typer.Option(None, help="run this many iterations (with --duration: whichever "
+                                                        "ends first)"),
+    workloads: Optional[str] = typer.Option(None, help="comma-separated built-in names or .py paths (default: every "
+                                                       "built-in workload); a file is sent to each host with its task"),
+    variants: str = typer.Option("all", help="'all', or comma-separated variant ids (id or workload:id)"),
+    iteration_duration: str = typer.Option("", help="each iteration's duration (default: the workload's own)"),
+    seed: Optional[int] = typer.Option(None, help="campaign seed: iteration i runs with a seed derived from it and i "
+                                                  "(default: random)"),
+    hung_timeout: Optional[str] = typer.Option(None, help="passed to every iteration (stress run --hung-timeout)"),
+    schedule: Optional[str] = typer.Option(None, help="mixed (default), free, pct or random, as for stress soak"),
+    keep_traces: Optional[str] = typer.Option(None, "--keep-traces", help="all, failed (default) or none: which "
+                                              "iterations bring their traces/ back from their host"),
+    retries: Optional[int] = typer.Option(None, "--retries", help="times an iteration is retried on another host "
+                                                                 "when its host dies under it (default 3)"),
+    out: str = typer.Option("stress-runs", help="directory (on this machine) for run directories and the store"),
+    db: Optional[str] = typer.Option(None, "--db", help="SQLite store (default: <out>/stress.db; never on a shared "
+                                                        "file system)"),
+    resume: Optional[str] = typer.Option(None, "--resume", help="continue the campaign with this id (or a unique "
+                                                                "prefix) after the driver was killed"),
+    junit_xml: Optional[str] = typer.Option(None, "--junit-xml", help="also write the campaign as a JUnit XML file"),
+) -> None:
+    """Run a soak's plan on the hosts of a Ray cluster (pip install 'stress[cluster]'), one iteration per host at a time, into this machine's store.
+
+    The plan is a soak's (workloads x variants, a seed per iteration derived from --seed, the schedule rule of each variant); each iteration is a Ray task that asks for one stress_host and runs stress run on its host; its record (summary, findings, metrics; traces only as --keep-traces says) comes back and is written into the store as it arrives. A host that dies under an iteration: the iteration is retried on another host and marked retried. The driver killed: --resume ID runs only what the store does not hold.
+
+    Start the cluster first: ray start --head on one machine, ray start --address HEAD:6379 --resources '{"stress_host": 1}' on each host (see the README). Without --cluster an embedded Ray runs the same path on this machine.
+
+    Exit status as stress soak's: 0 all passed, 1 some failed or incomplete, 2 bad usage (an unreachable cluster, no Ray), 3 a harness error, 130/143 interrupted (resumable).
+
+    Workload options (e.g. --vcpus 4) follow and go to every workload that declares them."""
+    import sqlite3
+    from . import soak as soak_mod
+    from .store import StoreError
+    if retries is not None and retries < 0:
+        _fail("--retries must be 0 or more")
+    try:
+        if resume is not None:
+            given = [n for n, v in (("--duration", duration), ("--workloads", workloads), ("--iteration-duration",
+                     iteration_duration), ("--seed", seed), ("--hung-timeout", hung_timeout),
+                     ("--schedule", schedule), ("--keep-traces", keep_traces), ("--iterations", iterations),
+                     ("--retries", retries)) if v not in ("", None)]
+            given += ["--variants"] if variants != "all" else []
+            given += [a for a in ctx.args if a.startswith("--")]
+            if given:
+                raise UsageError(f"--resume takes the campaign's plan from the store; drop {', '.join(given)} "
+                                 "(--cluster may name another cluster)")
+            if junit_xml:
+                _check_file_target(junit_xml, "--junit-xml")
+            store = _open_store(db, out)
+            try:
+                from . import campaign as campaign_mod
+                code = campaign_mod.resume(store, resume, cluster, junit_xml)
+            except (StoreError, sqlite3.Error) as e:
+                _fail(f"the store failed: {e}", EXIT_HARNESS)
+            finally:
+                store.close()
+            raise typer.Exit(code)
+        if not duration and iterations is None:
+            raise UsageError("stress campaign needs --duration (e.g. --duration 8h) or --iterations N, or --resume ID")
+        import math
+        dur = parse_duration(duration) if duration else math.inf
+        it_dur = parse_duration(iteration_duration, "--iteration-duration") if iteration_duration else None
+        plan, found = soak_mod.make_plan(workloads, variants, seed if seed is not None else random.randrange(1, 2**31),
+                                         dur, it_dur, out, list(ctx.args), hung_timeout, schedule or "mixed",
+                                         keep_traces or soak_mod.DEFAULT_KEEP_TRACES, iterations)
+        _make_out(out)
+        if junit_xml:
+            _check_file_target(junit_xml, "--junit-xml")
+        store = _open_store(db, out, must_exist=False)
+        try:
+            from . import campaign as campaign_mod
+            code = campaign_mod.start(store, plan, found, cluster,
+                                      campaign_mod.DEFAULT_RETRIES if retries is None else retries, junit_xml)
+        except (StoreError, sqlite3.Error) as e:
+            _fail(f"the store failed: {e}", EXIT_HARNESS)
+        finally:
+            store.close()
+    except (WorkloadError, UsageError) as e:
+        _fail(str(e))
     raise typer.Exit(code)
 
 

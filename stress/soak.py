@@ -28,6 +28,17 @@ kill is not counted). An iteration runs for ``--iteration-duration`` (default: t
 workload's own), shortened to what remains; it is not started when less than half of its
 duration remains (a truncated run of a buggy variant would fail for want of time).
 
+Traces (``--keep-traces``, default ``failed``): a run directory's ``traces/`` (every
+worker's whole event ring, ~2.6 MB for a clean 10-second iteration) is kept only for an
+iteration that did not pass or showed a decisive finding; ``all`` keeps every one, ``none``
+none. Everything else of the run directory, and each finding's own evidence (the last events
+of every party, in ``findings.jsonl`` and the store), is always kept. A plan saved before the
+option existed keeps all, as it did.
+
+:mod:`stress.campaign` runs the same plan on the hosts of a Ray cluster: it uses this
+module's plan, child command, run-directory lookup and recording (:func:`child_command`,
+:func:`find_run_dir`, :func:`record_outcome`).
+
 Verdicts: ``passed`` (a buggy variant showed its expected finding, a clean one showed none,
 an ``open`` one ran to its end: listed with what it showed), ``failed``, ``skipped`` (the
 child refused the configuration), ``incomplete`` (a detector hit a capacity), and harness
@@ -40,9 +51,11 @@ from __future__ import annotations
 import ctypes
 import glob
 import hashlib
+import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import socket
 import sqlite3
@@ -63,7 +76,7 @@ from .cli import UsageError, parse_duration, parse_workload_options, repeat_word
 from .console import make_console
 from .loader import Found, builtins, find
 from .schedule import SCHEDULES
-from .store import RunRow, Store, StoreError
+from .store import RunRow, Store, StoreError, host_stats
 from .verdict import EXIT_HARNESS, EXIT_MATCH, EXIT_MISMATCH, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE
 from .workload import role_counts
 
@@ -77,6 +90,9 @@ HARNESS = ("error", "interrupted")
 SOAK_SCHEDULES = ("mixed", "free", "pct", "random")
 #: a pair's rule under ``mixed`` when its variant expects no bug: pct, free, pct, free, ...
 ALTERNATE = "pct/free"
+#: ``--keep-traces``: which iterations keep their run directory's ``traces/``
+KEEP_TRACES = ("all", "failed", "none")
+DEFAULT_KEEP_TRACES = "failed"
 
 
 # -- the plan -------------------------------------------------------------------------------------
@@ -136,6 +152,10 @@ class Plan:
     schedule: str = "free"
     #: per pair (same order as ``pairs``): a schedule, or :data:`ALTERNATE`; empty: all free
     rules: list[str] = field(default_factory=list)
+    #: ``--keep-traces``: all, failed or none (a plan saved before it existed: all, as it did)
+    keep_traces: str = DEFAULT_KEEP_TRACES
+    #: a campaign's ``--iterations``: how many iterations at most (None: as many as time allows)
+    iterations: int | None = None
 
     def iteration(self, i: int) -> Iteration:
         n = len(self.pairs)
@@ -152,7 +172,8 @@ class Plan:
         return {"workloads": self.workloads, "pairs": [list(p) for p in self.pairs], "seed": self.seed,
                 "duration_s": self.duration_s, "iteration_duration_s": self.iteration_duration_s,
                 "out": self.out, "cwd": self.cwd, "options": self.options, "hung_timeout": self.hung_timeout,
-                "schedule": self.schedule, "rules": list(self.rules)}
+                "schedule": self.schedule, "rules": list(self.rules), "keep_traces": self.keep_traces,
+                "iterations": self.iterations}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Plan":
@@ -162,7 +183,8 @@ class Plan:
                        str(d["out"]), str(d.get("cwd") or os.getcwd()),
                        {k: list(v) for k, v in (d.get("options") or {}).items()}, d.get("hung_timeout"),
                        list(d.get("workloads") or []), str(d.get("schedule") or "free"),
-                       [str(r) for r in d.get("rules") or []])
+                       [str(r) for r in d.get("rules") or []], str(d.get("keep_traces") or "all"),
+                       None if d.get("iterations") is None else int(d["iterations"]))
         except (KeyError, TypeError, ValueError) as e:
             raise UsageError(f"the soak's saved plan is unreadable ({type(e).__name__}: {e})") from None
         _check_rules(plan)
@@ -177,6 +199,13 @@ def _check_rules(plan: Plan) -> None:
         unknown = f", unknown: {', '.join(bad)}" if bad else ""
         raise UsageError(f"the soak's saved plan is unreadable (schedule {plan.schedule!r}, "
                          f"{len(plan.rules)} rules for {len(plan.pairs)} pairs{unknown})")
+    if plan.keep_traces not in KEEP_TRACES:
+        raise UsageError(f"the soak's saved plan is unreadable (keep_traces {plan.keep_traces!r})")
+
+
+def check_keep_traces(keep: str) -> None:
+    if keep not in KEEP_TRACES:
+        raise UsageError(f"--keep-traces takes {', '.join(KEEP_TRACES)}, not {keep!r}")
 
 
 def check_soak_schedule(schedule: str) -> None:
@@ -211,9 +240,13 @@ def _split_options(args: list[str]) -> list[tuple[str, str]]:
 
 def make_plan(workloads: str | None, variants: str, seed: int, duration_s: float, iteration_duration_s: float | None,
               out: str, extra: list[str], hung_timeout: str | None,
-              schedule: str = "mixed") -> tuple[Plan, dict[str, Found]]:
+              schedule: str = "mixed", keep_traces: str = DEFAULT_KEEP_TRACES,
+              iterations: int | None = None) -> tuple[Plan, dict[str, Found]]:
     """Validate everything a soak will run (before it runs anything) and build its plan."""
     check_soak_schedule(schedule)
+    check_keep_traces(keep_traces)
+    if iterations is not None and iterations < 1:
+        raise UsageError("--iterations must be at least 1")
     explicit = workloads is not None
     if explicit:
         names = _split_list(workloads, "--workloads")
@@ -265,7 +298,7 @@ def make_plan(workloads: str | None, variants: str, seed: int, duration_s: float
         parse_duration(hung_timeout, "--hung-timeout")
     rules = [pair_rule(schedule, found[w].cls.variant_named(v).outcomes) for w, v in pairs]
     plan = Plan(pairs, seed, duration_s, iteration_duration_s, out, os.getcwd(), {n: a for n, a in per.items() if a},
-                hung_timeout, names, schedule, rules)
+                hung_timeout, names, schedule, rules, keep_traces, iterations)
     return plan, found
 
 
@@ -291,8 +324,9 @@ def new_soak_id() -> str:
     return f"soak-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
 
 
-def soak_command(plan: Plan) -> str:
-    parts = ["stress", "soak", "--duration", f"{plan.duration_s:g}s", "--workloads", ",".join(plan.workloads),
+def soak_command(plan: Plan, verb: str = "soak", extra: list[str] | None = None) -> str:
+    """The command that repeats a soak (``verb`` ``campaign``, with its own ``extra`` options)."""
+    parts = ["stress", verb, "--duration", f"{plan.duration_s:g}s", "--workloads", ",".join(plan.workloads),
              "--variants", ",".join(f"{w}:{v}" for w, v in plan.pairs), "--seed", str(plan.seed)]
     if plan.iteration_duration_s is not None:
         parts += ["--iteration-duration", f"{plan.iteration_duration_s:g}s"]
@@ -300,6 +334,11 @@ def soak_command(plan: Plan) -> str:
         parts += ["--hung-timeout", plan.hung_timeout]
     if plan.schedule != "mixed":  # an old plan (all free) included: it repeats as --schedule free
         parts += ["--schedule", plan.schedule]
+    if plan.keep_traces != DEFAULT_KEEP_TRACES:
+        parts += ["--keep-traces", plan.keep_traces]
+    if plan.iterations is not None:
+        parts += ["--iterations", str(plan.iterations)]
+    parts += list(extra or [])
     seen: set[str] = set()
     for args in plan.options.values():
         for k, v in _split_options(args):
@@ -311,6 +350,118 @@ def soak_command(plan: Plan) -> str:
 
 
 # -- the child ------------------------------------------------------------------------------------
+def child_command(plan: Plan, it: Iteration, d: float, db: str | None = None, python: str | None = None,
+                  workload: str | None = None) -> list[str]:
+    """``stress run`` for one iteration. Everything before ``--quiet`` is the command a
+    skipped or errored iteration is recorded with (its schedule included). ``db``: the store
+    a controlled run learns PCT's k from; ``workload``: where this host finds the workload
+    (a campaign's host gets a copy of a workload file)."""
+    cmd = [python or sys.executable, "-m", "stress", "run", "--workload", workload or it.workload,
+           "--variant", it.variant, "--duration", f"{d:.3f}".rstrip("0").rstrip(".") + "s", "--seed", str(it.seed)]
+    if it.schedule != "free":
+        cmd += ["--schedule", it.schedule]
+    cmd += ["--out", plan.out, "--quiet", "--no-store"]
+    if it.schedule == "pct" and db:
+        cmd += ["--db", db]
+    if plan.hung_timeout:
+        cmd += ["--hung-timeout", plan.hung_timeout]
+    return cmd + plan.options.get(it.workload, [])
+
+
+def recorded_command(cmd: list[str], workload: str | None = None) -> str:
+    """The ``stress run`` words of a child command (as the store records them)."""
+    words = ["stress", "run", *cmd[4:cmd.index("--quiet")]]
+    if workload is not None:  # a campaign host's copy of a workload file: the user's path
+        words[words.index("--workload") + 1] = workload
+    return shlex.join(words)
+
+
+def find_run_dir(log_path: str, cwd: str, out: str, pid: int) -> str | None:
+    """The run directory of the child whose output is the last attempt in ``log_path``."""
+    said = None
+    try:
+        with open(log_path) as fh:
+            for line in fh:
+                if line.startswith("# "):
+                    said = None  # the log of an earlier, killed attempt ends here
+                elif line.startswith("run directory: "):
+                    said = line.split(": ", 1)[1].strip()
+    except OSError:
+        pass
+    if said:
+        p = said if os.path.isabs(said) else os.path.join(cwd, said)
+        if os.path.exists(os.path.join(p, "config.json")):
+            return p
+    # killed before it printed its summary: its run id names its pid
+    hits = [p for p in glob.glob(os.path.join(cwd, out, f"*-{pid}-*"))
+            if os.path.exists(os.path.join(p, "config.json"))]
+    return sorted(hits)[-1] if hits else None
+
+
+def keeps_traces(policy: str, status: str, decisive: int) -> bool:
+    """``--keep-traces``: does an iteration of this status, with this many decisive findings,
+    keep its run directory's ``traces/``?"""
+    if policy == "all":
+        return True
+    if policy == "none":
+        return False
+    return status not in PASSING or decisive > 0
+
+
+def decisive_in(run_dir: str) -> int:
+    """Decisive findings (neither informational nor known) in a run directory's findings.jsonl."""
+    n = 0
+    try:
+        with open(os.path.join(run_dir, "findings.jsonl")) as fh:
+            for line in fh:
+                try:
+                    f = json.loads(line)
+                except ValueError:
+                    continue
+                n += isinstance(f, dict) and not f.get("info") and not f.get("known")
+    except OSError:
+        pass
+    return n
+
+
+def drop_traces(run_dir: str) -> int:
+    """Remove a run directory's ``traces/``; the bytes freed."""
+    d = os.path.join(run_dir, "traces")
+    freed = 0
+    for root, _, files in os.walk(d):
+        for f in files:
+            try:
+                freed += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    shutil.rmtree(d, ignore_errors=True)
+    return freed
+
+
+def record_outcome(store: Store, soak_id: str, it: Iteration, run_dir: str | None, rc: int, tail: str,
+                   fields: dict, timed_out: bool, d: float, keep_traces: str) -> str:
+    """Record one finished iteration (its run directory, or why it left none) and apply
+    ``--keep-traces`` to it. ``fields``: workload, variant, seed, expected, command,
+    exit_code, spent_s, schedule (and a campaign's host, attempts, tried_on). Returns the
+    row's id."""
+    if run_dir is None:
+        if rc == EXIT_USAGE:
+            return store.record_iteration(soak_id, it.index, status="skipped",
+                                          text=f"the run refused the configuration: {tail}", **fields)
+        how = f"exit status {rc}" if rc >= 0 else f"killed by signal {-rc}"
+        return store.record_iteration(soak_id, it.index, status="error",
+                                      text=f"the run left no run directory ({how}): {tail}", **fields)
+    where = {k: fields[k] for k in ("host", "attempts", "tried_on") if k in fields}
+    rid = store.ingest_run(run_dir, soak_id, it.index, spent_s=fields.get("spent_s"), **where)
+    if timed_out:
+        store.set_run_status(rid, "error", f"the run did not end within {d + CHILD_GRACE_S:g} s and was stopped "
+                                           f"by the {'campaign' if where else 'soak'}")
+    row = store.run(rid)
+    if not keeps_traces(keep_traces, row.status, store.decisive_findings(rid)):
+        drop_traces(run_dir)
+    return rid
+
+
 def _pdeathsig_setup() -> Any:
     """A preexec_fn: the child gets SIGTERM when the soak dies (Linux), however it dies."""
     if not sys.platform.startswith("linux"):
@@ -330,6 +481,8 @@ def _pdeathsig_setup() -> Any:
 
 
 def _fmt(s: float) -> str:
+    if not math.isfinite(s):  # a campaign bounded by its iterations only
+        return "no time limit" if s > 0 else "-"
     s = max(0.0, s)
     if s < 120:
         return f"{s:.1f}s"
@@ -351,29 +504,23 @@ class Outcome:
 
 
 # -- the soak -------------------------------------------------------------------------------------
-class Soak:
-    def __init__(self, store: Store, soak_id: str, plan: Plan, found: dict[str, Found], resumed: bool,
+class PlanDriver:
+    """What a soak and a campaign (stress.campaign) share: the store's row, the plan, the
+    time spent over resumes, the signals that stop them, the live view's end."""
+
+    def __init__(self, store: Store, ident: str, plan: Plan, found: dict[str, Found], resumed: bool,
                  live: bool | None = None) -> None:
         self.store = store
-        self.id = soak_id
+        self.id = ident
         self.plan = plan
         self.found = found
         self.resumed = resumed
         self.live_enabled = sys.stdout.isatty() if live is None else live
         self.out = console()
         self.stop_signal = 0
-        self.proc: subprocess.Popen | None = None
-        self.current: Iteration | None = None
-        self.current_t0 = 0.0
-        self.current_d = 0.0
-        self.last: Outcome | None = None
-        self.counts: dict[str, dict[str, int]] = {}
         self.findings = 0
-        self.done = 0
-        self.first_this_session = 0
-        self.base_spent = float(store.soak(soak_id).get("spent_s") or 0.0)
+        self.base_spent = float(store.soak(ident).get("spent_s") or 0.0)
         self.t0 = time.monotonic()
-        self.log_dir = os.path.join(plan.cwd, plan.out, soak_id)
         self._live: Live | None = None
         self._next_view = 0.0
 
@@ -399,6 +546,33 @@ class Soak:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.stop_signal = self.stop_signal or signum
+
+    def _run(self) -> int:
+        raise NotImplementedError
+
+    # -- progress -------------------------------------------------------------------------------
+    def _say(self, text: str) -> None:
+        self.out.print(text)
+
+    def _stop_view(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+
+class Soak(PlanDriver):
+    def __init__(self, store: Store, soak_id: str, plan: Plan, found: dict[str, Found], resumed: bool,
+                 live: bool | None = None) -> None:
+        super().__init__(store, soak_id, plan, found, resumed, live)
+        self.proc: subprocess.Popen | None = None
+        self.current: Iteration | None = None
+        self.current_t0 = 0.0
+        self.current_d = 0.0
+        self.last: Outcome | None = None
+        self.counts: dict[str, dict[str, int]] = {}
+        self.done = 0
+        self.first_this_session = 0
+        self.log_dir = os.path.join(plan.cwd, plan.out, soak_id)
 
     def _run(self) -> int:
         store, plan = self.store, self.plan
@@ -485,18 +659,8 @@ class Soak:
 
     # -- one iteration --------------------------------------------------------------------------
     def _child_command(self, it: Iteration, d: float) -> list[str]:
-        """``stress run`` for one iteration. Everything before ``--quiet`` is the command a
-        skipped or errored iteration is recorded with (its schedule included)."""
-        cmd = [sys.executable, "-m", "stress", "run", "--workload", it.workload, "--variant", it.variant,
-               "--duration", f"{d:.3f}".rstrip("0").rstrip(".") + "s", "--seed", str(it.seed)]
-        if it.schedule != "free":
-            cmd += ["--schedule", it.schedule]
-        cmd += ["--out", self.plan.out, "--quiet", "--no-store"]
-        if it.schedule == "pct" and not self._default_store():
-            cmd += ["--db", os.path.abspath(self.store.path)]  # PCT's k is learned from the soak's store
-        if self.plan.hung_timeout:
-            cmd += ["--hung-timeout", self.plan.hung_timeout]
-        return cmd + self.plan.options.get(it.workload, [])
+        # PCT's k is learned from the soak's store
+        return child_command(self.plan, it, d, None if self._default_store() else os.path.abspath(self.store.path))
 
     def _default_store(self) -> bool:
         """The soak's store is where a child run looks by default (``<out>/stress.db``)."""
@@ -538,25 +702,13 @@ class Soak:
         self.current = None
         if self.stop_signal and (signalled or rc in (130, 143, -2, -15)):
             return None  # the soak was stopped: this iteration is not counted
-        run_dir = self._run_dir(log_path, proc.pid)
+        run_dir = find_run_dir(log_path, self.plan.cwd, self.plan.out, proc.pid)
         spent = self.spent()
         fields = dict(workload=it.workload, variant=it.variant, seed=it.seed,
                       expected=list(self.found[it.workload].cls.variant_named(it.variant).outcomes),
-                      command=shlex.join(["stress", "run", *cmd[4:cmd.index("--quiet")]]), exit_code=rc,
-                      spent_s=spent, schedule=it.schedule)
-        if run_dir is None:
-            tail = _tail(log_path)
-            if rc == EXIT_USAGE:
-                rid = self.store.record_iteration(self.id, it.index, status="skipped",
-                                                  text=f"the run refused the configuration: {tail}", **fields)
-            else:
-                how = f"exit status {rc}" if rc >= 0 else f"killed by signal {-rc}"
-                rid = self.store.record_iteration(self.id, it.index, status="error",
-                                                  text=f"the run left no run directory ({how}): {tail}", **fields)
-        else:
-            rid = self.store.ingest_run(run_dir, self.id, it.index, spent_s=spent)
-            if timed_out:
-                self._note_timeout(rid, d)
+                      command=recorded_command(cmd), exit_code=rc, spent_s=spent, schedule=it.schedule)
+        rid = record_outcome(self.store, self.id, it, run_dir, rc, _tail(log_path) if run_dir is None else "",
+                             fields, timed_out, d, self.plan.keep_traces)
         row = self.store.run(rid)
         outcome = Outcome(row, self._decisive(row))
         self._count(row, outcome.decisive)
@@ -564,30 +716,6 @@ class Soak:
         self.done += 1
         self._report(it, outcome, d)
         return outcome
-
-    def _note_timeout(self, rid: str, d: float) -> None:
-        msg = f"the run did not end within {d + CHILD_GRACE_S:g} s and was stopped by the soak"
-        self.store.set_run_status(rid, "error", msg)
-
-    def _run_dir(self, log_path: str, pid: int) -> str | None:
-        said = None
-        try:
-            with open(log_path) as fh:
-                for line in fh:
-                    if line.startswith("# "):
-                        said = None  # the log of an earlier, killed attempt ends here
-                    elif line.startswith("run directory: "):
-                        said = line.split(": ", 1)[1].strip()
-        except OSError:
-            pass
-        if said:
-            p = said if os.path.isabs(said) else os.path.join(self.plan.cwd, said)
-            if os.path.exists(os.path.join(p, "config.json")):
-                return p
-        # killed before it printed its summary: its run id names its pid
-        hits = [p for p in glob.glob(os.path.join(self.plan.cwd, self.plan.out, f"*-{pid}-*"))
-                if os.path.exists(os.path.join(p, "config.json"))]
-        return sorted(hits)[-1] if hits else None
 
     def _decisive(self, row: RunRow) -> int:
         return self.store.decisive_findings(row.id)
@@ -598,14 +726,6 @@ class Soak:
         self.findings += decisive
 
     # -- progress -------------------------------------------------------------------------------
-    def _say(self, text: str) -> None:
-        self.out.print(text)
-
-    def _stop_view(self) -> None:
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
-
     def _refresh(self, force: bool = False) -> None:
         if self._live is None:
             return
@@ -710,7 +830,7 @@ def print_summary(store: Store, soak_id: str, con: RichConsole) -> int:
     rows, c = sm["rows"], sm["counts"]
     plan = s["plan"]
     con.print()
-    con.print(Text(f"soak {s['id']}: {s['status']}, {len(rows)} iteration{'' if len(rows) == 1 else 's'} in {_fmt(float(s.get('spent_s') or 0))} "
+    con.print(Text(f"{s.get('kind') or 'soak'} {s['id']}: {s['status']}, {len(rows)} iteration{'' if len(rows) == 1 else 's'} in {_fmt(float(s.get('spent_s') or 0))} "
                    f"of {_fmt(float(s.get('duration_s') or 0))}"
                    + (f" ({s['resumes']} resume{'s' if s['resumes'] != 1 else ''})" if s.get("resumes") else "")
                    + f", seed {plan.get('seed')}", style="bold"))
@@ -731,17 +851,51 @@ def print_summary(store: Store, soak_id: str, con: RichConsole) -> int:
                   + (f"; {quiet} showed nothing" if h.outcomes and quiet else ""))
     for line in pct_lines(store.schedule_summaries(soak_id)):
         con.print(line)
+    hosts = host_stats(rows)
+    if hosts:
+        con.print(hosts_table(hosts))
+        for line in host_lines(hosts, rows):
+            con.print(Text(line, style="bold red" if "unhealthy" in line else ""))
     bad = [r for r in rows if r.status not in PASSING]
     if bad:
         con.print(Text("not passed:", style="bold"))
         for r in bad:
-            con.print(f"  #{r.iteration} {r.workload} {r.variant} {schedule_tag(r.schedule)} seed {r.seed}: "
-                      f"{r.status.upper()} {r.verdict_text}  [run {r.id}]")
+            con.print(f"  #{r.iteration} {r.workload} {r.variant} {schedule_tag(r.schedule)} seed {r.seed}"
+                      + (f" on {r.host}" if r.host else "") + f": {r.status.upper()} {r.verdict_text}  [run {r.id}]")
             if r.command:
                 con.print(f"      {repeat_words(r)}: {r.command}")
             if r.schedule != "free" and r.run_dir:
                 con.print(f"      replay (the recorded schedule): {replay_command(store, plan.get('out'), r.id)}")
     return int(sm["exit_code"])
+
+
+def hosts_table(hosts: list) -> Table:
+    """A campaign's hosts: what their iterations came to, retries, health."""
+    t = Table(title="per host", title_justify="left", header_style="bold")
+    for col in ("host", "iterations", "passed", "failed", "harness errors", "retried here", "lost", "health"):
+        t.add_column(col, justify="left" if col in ("host", "health") else "right", overflow="fold")
+    for h in hosts:
+        t.add_row(h.host, str(h.iterations), str(h.passed), str(h.failed), str(h.errors), str(h.retried_here),
+                  str(h.lost), Text("UNHEALTHY", style="bold red") if h.unhealthy else "ok")
+    return t
+
+
+def host_lines(hosts: list, rows: list[RunRow]) -> list[str]:
+    """What the host table means, in words: unhealthy hosts, hosts lost mid-iteration, retries."""
+    out = []
+    for h in hosts:
+        if h.unhealthy:
+            out.append(f"host {h.host} is unhealthy: all {h.iterations} of its iterations failed for harness "
+                       f"reasons (not findings: see their logs), while other hosts ran theirs")
+    if hosts and all(h.errors == h.iterations for h in hosts if h.iterations) and any(h.iterations for h in hosts):
+        out.append("every host's iterations failed for harness reasons: the harness or the workload is broken, "
+                   "not a host")
+    retried = [r for r in rows if r.attempts > 1]
+    if retried:
+        out.append(f"retried: {len(retried)} iteration{'s' if len(retried) != 1 else ''} ran again after their host "
+                   "died under them: " + ", ".join(f"#{r.iteration} ({' -> '.join([*r.tried_on, r.host])})"
+                                                  for r in retried[:20]) + (" ..." if len(retried) > 20 else ""))
+    return out
 
 
 def pct_lines(summaries: list[tuple[str, str, dict]]) -> list[str]:
@@ -846,6 +1000,8 @@ def resume(store: Store, ident: str, junit_xml: str | None = None) -> int:
         s = store.soak(ident)
     except StoreError as e:
         raise UsageError(str(e).replace("(see: stress runs)", "(see: stress runs; soaks: stress runs --soak ID)")) from None
+    if s.get("kind") == "campaign":
+        raise UsageError(f"{s['id']} is a campaign: resume it with stress campaign --resume {s['id']}")
     plan = Plan.from_dict(s["plan"])
     if s["status"] == "done":
         con = console()

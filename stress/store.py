@@ -33,9 +33,16 @@ one) is recorded by :meth:`Store.record_iteration` as a ``runs`` row of its own,
 status ``skipped`` or ``error``, id ``<soak-id>-i<iteration>`` and an empty
 ``run_dir``, so a soak's iterations are always contiguous from 0.
 
+Campaigns (v3, :mod:`stress.campaign`) are soaks whose iterations ran on the hosts of a Ray
+cluster: ``soaks.kind`` is ``campaign`` (``soak`` for every other), and each of their
+``runs`` rows says where it ran: ``host`` (the host's label; empty for a soak's iterations,
+which ran on ``soaks.host``), ``attempts`` (1; more when the iteration was retried because
+its host died under it) and ``tried_on`` (JSON list of the hosts of the earlier attempts).
+
 Schema history: v1 (unreleased) gained ``soaks.spent_s``, ``resumes``, ``pid`` and
 ``host`` before its release; a pre-release v1 file without them gets them on open. v2
-added ``runs.schedule`` (every older run was free) and the ``schedules`` table.
+added ``runs.schedule`` (every older run was free) and the ``schedules`` table. v3 added
+``soaks.kind``, ``runs.host``, ``runs.attempts`` and ``runs.tried_on``.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_DB = "stress.db"
 
 _SCHEMA_V1 = """
@@ -127,8 +134,15 @@ CREATE TABLE schedules (
 );
 """
 
+_SCHEMA_V3 = """
+ALTER TABLE soaks ADD COLUMN kind TEXT NOT NULL DEFAULT 'soak';
+ALTER TABLE runs ADD COLUMN host TEXT NOT NULL DEFAULT '';
+ALTER TABLE runs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE runs ADD COLUMN tried_on TEXT NOT NULL DEFAULT '[]'
+"""
+
 #: migrations[v] takes a database at user_version v to v + 1
-_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2}
+_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3}
 
 #: columns added to v1 before its release: (table, column, declaration)
 _V1_LATE_COLUMNS = [("soaks", "spent_s", "REAL NOT NULL DEFAULT 0"),
@@ -166,11 +180,23 @@ class RunRow:
     command: str
     run_dir: str
     schedule: str = "free"  # free, pct or random (a row from before v2: free, as it ran)
+    host: str = ""  # a campaign's iteration: the host it ran on (a soak's: empty, see soaks.host)
+    attempts: int = 1  # more than 1: retried after its host died under it
+    tried_on: list[str] = field(default_factory=list)  # hosts of the earlier attempts
+
+    @property
+    def retried(self) -> bool:
+        return self.attempts > 1
 
     @classmethod
     def from_sql(cls, r: sqlite3.Row) -> "RunRow":
         d = {k: r[k] for k in cls.__dataclass_fields__}
         d["expected"] = json.loads(d["expected"])
+        try:
+            d["tried_on"] = [str(h) for h in json.loads(d["tried_on"] or "[]")]
+        except (ValueError, TypeError):
+            d["tried_on"] = []
+        d["attempts"] = int(d["attempts"] or 1)
         return cls(**d)
 
 
@@ -203,6 +229,50 @@ class VariantHistory:
         if self.expected in (["clean"], ["open"]) or not self.runs:
             return None
         return self.detected / self.runs
+
+
+@dataclass
+class HostStats:
+    """Per host of a campaign: what its iterations came to. ``unhealthy``: every iteration it
+    ran failed for harness reasons while another host ran iterations that did not: the
+    host, not the protocol, is broken (its errors are no findings)."""
+
+    host: str
+    iterations: int = 0
+    passed: int = 0  # pass and open
+    failed: int = 0  # fail and incomplete: what the protocol showed
+    errors: int = 0  # harness errors (error, interrupted)
+    retried_here: int = 0  # iterations that ran here after their first host died under them
+    lost: int = 0  # iterations in flight here when this host died (retried elsewhere)
+    unhealthy: bool = False
+
+
+#: statuses that say the harness, not the protocol, failed
+HARNESS_STATUSES = ("error", "interrupted")
+
+
+def host_stats(rows: list["RunRow"]) -> list[HostStats]:
+    """Per host (first seen first) of a campaign's rows; empty for a soak (no host)."""
+    out: dict[str, HostStats] = {}
+    for r in rows:
+        if not r.host:
+            continue
+        h = out.setdefault(r.host, HostStats(r.host))
+        h.iterations += 1
+        if r.status in ("pass", "open"):
+            h.passed += 1
+        elif r.status in ("fail", "incomplete"):
+            h.failed += 1
+        elif r.status in HARNESS_STATUSES:
+            h.errors += 1
+        if r.attempts > 1:
+            h.retried_here += 1
+        for lost_on in r.tried_on:
+            out.setdefault(lost_on, HostStats(lost_on)).lost += 1
+    healthy_somewhere = any(h.iterations > h.errors for h in out.values())
+    for h in out.values():
+        h.unhealthy = healthy_somewhere and h.iterations > 0 and h.errors == h.iterations
+    return list(out.values())
 
 
 def default_path(out: str) -> str:
@@ -288,10 +358,12 @@ class Store:
 
     # -- writing -------------------------------------------------------------------------------
     def ingest_run(self, run_dir: str, soak_id: str | None = None, iteration: int | None = None, *,
-                   spent_s: float | None = None) -> str:
+                   spent_s: float | None = None, host: str = "", attempts: int = 1,
+                   tried_on: list[str] | None = None) -> str:
         """Record one finished run directory (config, summary, metrics, findings) in one
         transaction; a second ingest of the same run replaces the first. Returns the run id.
-        ``spent_s`` (with ``soak_id``) sets the soak's time spent in the same transaction."""
+        ``spent_s`` (with ``soak_id``) sets the soak's time spent in the same transaction;
+        ``host``, ``attempts`` and ``tried_on`` say where a campaign's iteration ran."""
         try:
             with open(os.path.join(run_dir, "config.json")) as fh:
                 config = json.load(fh)
@@ -317,15 +389,16 @@ class Store:
             db.execute(
                 "INSERT INTO runs (id, soak_id, iteration, started_at, workload, variant, seed, expected,"
                 " provenance, status, verdict_text, exit_code, stop_reason, elapsed_s, total_ops_per_s,"
-                " time_to_detect_s, command, run_dir, config_json, summary_json, schedule)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " time_to_detect_s, command, run_dir, config_json, summary_json, schedule, host, attempts, tried_on)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, soak_id, iteration, float(started), config.get("workload", ""), config.get("variant", ""),
                  config.get("seed"), json.dumps(config.get("expected") or summary.get("expected") or []),
                  config.get("variant_provenance", summary.get("provenance", "")), run_status(summary),
                  v.get("text", summary.get("message", "")), summary.get("exit_code"),
                  summary.get("stop_reason", ""), summary.get("elapsed_s"), summary.get("total_ops_per_s"),
                  time_to_detect(summary) if summary.get("expected") else None, config.get("command", ""),
-                 run_dir, json.dumps(config), json.dumps(summary), config.get("schedule") or "free"))
+                 run_dir, json.dumps(config), json.dumps(summary), config.get("schedule") or "free", host or "",
+                 max(1, int(attempts)), json.dumps(list(tried_on or []))))
             blob = _schedule_blob(run_dir)
             if blob is not None:
                 db.execute("INSERT OR REPLACE INTO schedules (run_id, policy, steps, entries, choices)"
@@ -382,15 +455,18 @@ class Store:
                 return sorted(vals)[len(vals) // 2]
         return 0.0
 
-    def begin_soak(self, soak_id: str, plan: dict, command: str, out_dir: str, duration_s: float) -> None:
-        self.db.execute("INSERT OR IGNORE INTO soaks (id, started_at, status, duration_s, plan_json, command, out_dir)"
-                        " VALUES (?,?,?,?,?,?,?)",
-                        (soak_id, time.time(), "running", duration_s, json.dumps(plan), command, out_dir))
+    def begin_soak(self, soak_id: str, plan: dict, command: str, out_dir: str, duration_s: float,
+                   kind: str = "soak") -> None:
+        """A new soak (``kind`` ``campaign``: its iterations run on a cluster's hosts)."""
+        self.db.execute("INSERT OR IGNORE INTO soaks (id, started_at, status, duration_s, plan_json, command, out_dir,"
+                        " kind) VALUES (?,?,?,?,?,?,?,?)",
+                        (soak_id, time.time(), "running", duration_s, json.dumps(plan), command, out_dir, kind))
 
     def record_iteration(self, soak_id: str, iteration: int, *, workload: str, variant: str, seed: int | None,
                          expected: list[str], status: str, text: str, command: str = "",
                          exit_code: int | None = None, provenance: str = "", config: dict | None = None,
-                         spent_s: float | None = None, schedule: str = "free") -> str:
+                         spent_s: float | None = None, schedule: str = "free", host: str = "", attempts: int = 1,
+                         tried_on: list[str] | None = None) -> str:
         """Record a soak iteration that left no run directory to ingest (``skipped``: its
         child refused the configuration; ``error``: it died before writing one), in one
         transaction with the soak's time spent. Returns the row's id. ``schedule`` is the one
@@ -403,11 +479,11 @@ class Store:
             db.execute(
                 "INSERT INTO runs (id, soak_id, iteration, started_at, workload, variant, seed, expected,"
                 " provenance, status, verdict_text, exit_code, stop_reason, command, run_dir, config_json,"
-                " summary_json, schedule) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " summary_json, schedule, host, attempts, tried_on) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, soak_id, iteration, time.time(), workload, variant, seed, json.dumps(list(expected)),
                  provenance, status, text, exit_code, status, command, "", json.dumps(config or {}),
                  json.dumps({"run_id": run_id, "message": text, "exit_code": exit_code, "findings": []}),
-                 schedule or "free"))
+                 schedule or "free", host or "", max(1, int(attempts)), json.dumps(list(tried_on or []))))
             if spent_s is not None:
                 db.execute("UPDATE soaks SET spent_s = ? WHERE id = ?", (float(spent_s), soak_id))
         return run_id

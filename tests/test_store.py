@@ -201,3 +201,23 @@ def test_unknown_and_ambiguous_ids(tmp_path):
         with pytest.raises(StoreError, match="names 2 runs"):
             st.kind_of("run-a")
         assert st.kind_of("run-ab") == ("run", "run-ab")
+
+
+def test_a_v2_store_gains_the_campaign_columns_and_its_rows_read_as_a_soaks(tmp_path):
+    from stress.store import _MIGRATIONS
+    out = str(tmp_path)
+    p = os.path.join(out, "v2.db")
+    db = sqlite3.connect(p)
+    for v in (0, 1):
+        db.executescript(_MIGRATIONS[v])
+    db.execute("PRAGMA user_version = 2")
+    db.execute("INSERT INTO soaks (id, started_at, status) VALUES ('s', 1, 'done')")
+    db.execute("INSERT INTO runs (id, soak_id, iteration, started_at, workload, variant, expected, status,"
+               " config_json, summary_json) VALUES ('r', 's', 0, 1, 'w', 'v', '[\"clean\"]', 'pass', '{}', '{}')")
+    db.commit()
+    db.close()
+    with Store(p) as st:
+        assert st.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        r = st.run("r")
+        assert (r.host, r.attempts, r.tried_on, r.retried) == ("", 1, [], False)
+        assert st.soak("s")["kind"] == "soak" and st.integrity_check() == "ok"

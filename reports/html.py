@@ -530,6 +530,7 @@ def _run_context(store: Store, run_id: str, uid: str = "r") -> dict:
                  for e in graph.get("edges") or []]
 
     ops_series, total, per_class = _series(metrics)
+    model = summary.get("model") or {}
     charts = []
     intervals = len(total[0])
     if intervals >= 2:
@@ -562,6 +563,14 @@ def _run_context(store: Store, run_id: str, uid: str = "r") -> dict:
                                "wait of a contended acquisition (the spread over the run), each diamond the largest "
                                "single wait or hold.",
                        "svg": plots.interval_distribution(per_class, locks, f"{uid}-c-dist")})
+    dos = model.get("dos")
+    if isinstance(dos, dict) and dos.get("vcpus"):  # irq-injection-storm's ap_list DoS measurement
+        charts.append({"id": f"{uid}-c-dos", "title": "ap_list DoS: flush and prune time per vCPU",
+                       "note": f"{dos.get('guest', '?')} guest; timed in each vCPU's worker "
+                               f"({dos.get('clock', '?')} clock). Left: vgic_flush_lr_state and vgic_prune_ap_list "
+                               "per call (p50, p99, max), with the ap_list's length. Right: the flush's share of "
+                               "the vCPU's time, and the share of the pCPU a benign vCPU sharing it got.",
+                       "svg": plots.dos_chart(plots.dos_rows_of_run(dos), f"{uid}-c-dos", "Time per call")})
 
     det = summary.get("detectors") or {}
     detectors = []
@@ -601,7 +610,8 @@ def _run_context(store: Store, run_id: str, uid: str = "r") -> dict:
         "has_hist": has_hist,
         "workers": workers,
         "detectors": detectors,
-        "model": [(str(k), v) for k, v in (summary.get("model") or {}).items()],
+        "model": [(str(k), v) for k, v in model.items() if not _is_table(v)],
+        "model_tables": [v for v in model.values() if _is_table(v)],
         "findings": fctx,
         "graph_svg": graph_svg,
         "edge_rows": edge_rows,
@@ -609,6 +619,40 @@ def _run_context(store: Store, run_id: str, uid: str = "r") -> dict:
         "soak_id": row.soak_id,
         "iteration": row.iteration,
     }
+
+
+def _is_table(v: Any) -> bool:
+    """A workload's summary table (stress.workload.SummaryTable, stored as a plain object)."""
+    return isinstance(v, dict) and isinstance(v.get("columns"), list) and isinstance(v.get("rows"), list)
+
+
+def _dos_rows(store: Store, runs: list[RunRow], tagged: bool) -> list[dict]:
+    """Per variant (and guest) of a soak, the median over its iterations of the most loaded
+    vCPU's ap_list DoS measurements (irq-injection-storm's ``model.dos``: only that workload
+    measures it, so a row is named by its variant)."""
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        dos = ((store.run_summary(r.id) or {}).get("model") or {}).get("dos")
+        if not (isinstance(dos, dict) and dos.get("vcpus")):
+            continue
+        rows = plots.dos_rows_of_run(dos)
+        worst = max(rows, key=lambda x: (x["ap"] or {}).get("max", 0))
+        by = (dos.get("bystander") or {}).get("pcpu_share")
+        worst = dict(worst, bystander_share=by)
+        groups.setdefault(f"{r.variant}{_tag(r, tagged)} / {dos.get('guest', '?')}", []).append(worst)
+
+    def med(xs: list) -> Any:
+        xs = sorted(x for x in xs if isinstance(x, (int, float)))
+        return xs[len(xs) // 2] if xs else None
+
+    out = []
+    for label, rs in groups.items():
+        q = {w: {k: med([(x[w] or {}).get(k) for x in rs]) for k in ("p50", "p99", "max")} for w in ("flush", "prune")}
+        out.append({"label": f"{label} ({len(rs)})", "flush": q["flush"], "prune": q["prune"],
+                    "ap": {k: med([(x["ap"] or {}).get(k) for x in rs]) for k in ("p99", "max")},
+                    "flush_share": med([x["flush_share"] for x in rs]),
+                    "bystander_share": med([x["bystander_share"] for x in rs])})
+    return out
 
 
 def _owner_label(roster: dict[int, str], owner: int) -> str:
@@ -760,6 +804,16 @@ def _soak_context(store: Store, soak_id: str) -> dict:
                        "note": "Each point is one iteration, placed at its start. Time to detect is the time of the "
                                "first expected finding; an iteration that found none has no point.",
                        "svg": plots.trends(per_variant, "hours" if unit == 3600.0 else "minutes", "s-c-trends")})
+
+    dos_rows = _dos_rows(store, runs, tagged)
+    if dos_rows:
+        charts.append({"id": "s-c-dos", "title": "ap_list DoS per variant",
+                       "note": "irq-injection-storm iterations that measured the ap_list DoS, per variant and guest "
+                               "(how many in brackets): the median over them of the most loaded vCPU's "
+                               "vgic_flush_lr_state and vgic_prune_ap_list time per call (p50, p99, max) and "
+                               "ap_list length, the flush's share of that vCPU's time, and the share of the pCPU a "
+                               "benign vCPU sharing it got.",
+                       "svg": plots.dos_chart(dos_rows, "s-c-dos", "Time per call, per variant")})
 
     plan_rows = []
     for k, v in (soak.get("plan") or {}).items():

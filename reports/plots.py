@@ -417,3 +417,77 @@ def trends(per_variant: dict[str, dict[str, list]], unit: str, uid: str) -> Mark
         a3.legend(handles=st_handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="status")
         a3.set_xlabel(f"{unit} since the soak started (iteration start)")
         return _svg(fig, uid, "trends")
+
+
+# --------------------------------------------------------------------------------------------
+# a model's measurements: the new VGIC's ap_list DoS (irq-injection-storm's ``model.dos``)
+# --------------------------------------------------------------------------------------------
+
+def dos_rows_of_run(dos: dict) -> list[dict]:
+    """One row a vCPU of one run's ``model.dos`` (see workloads/irq_injection_storm.py): its
+    flush and prune times, ap_list length, the flush's share of the vCPU, and the share of
+    the pCPU a bystander vCPU sharing it got."""
+    by = dos.get("bystander") or {}
+    rows = []
+    for v in dos.get("vcpus") or []:
+        rows.append({"label": f"vCPU {v.get('vcpu')}", "flush": v.get("flush_us") or {},
+                     "prune": v.get("prune_us") or {}, "ap": v.get("ap_list_len") or {},
+                     "flush_share": v.get("flush_share"),
+                     "bystander_share": by.get("pcpu_share") if by and by.get("pcpu") == v.get("vcpu") else None})
+    return rows
+
+
+def dos_chart(rows: list[dict], uid: str, title: str) -> Markup:
+    """Per row: ``vgic_flush_lr_state`` and ``vgic_prune_ap_list`` time (p50 dot, p99
+    diamond, max cross; µs, log scale) with the ap_list length (p99/max) beside it; and the
+    flush's share of the vCPU's time with the bystander's share of the pCPU."""
+    from matplotlib.lines import Line2D
+
+    names = [n + (f"\nap_list p99 {r['ap'].get('p99', '-')}, max {r['ap'].get('max', '-')}" if r.get("ap") else "")
+             for n, r in zip(_shorts([str(r["label"]) for r in rows], 34), rows)]
+    y = list(range(len(rows)))
+    with _rc():
+        fig = _figure(9.6, 1.9 + 0.62 * max(2, len(rows)))
+        a1, a2 = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [1.7, 1]})
+        cols = {"flush": "#2b6cb0", "prune": "#dd6b20"}
+        for what, dy in (("flush", -0.13), ("prune", 0.13)):
+            for yi, r in zip(y, rows):
+                q = r.get(what) or {}
+                pts = [(q.get(k), m) for k, m in (("p50", "o"), ("p99", "D"), ("max", "x"))]
+                xs = [v for v, _ in pts if isinstance(v, (int, float)) and v > 0]
+                if xs:
+                    a1.plot([min(xs), max(xs)], [yi + dy] * 2, color=cols[what], linewidth=1, alpha=0.5)
+                for v, m in pts:
+                    if isinstance(v, (int, float)) and v > 0:
+                        a1.plot([v], [yi + dy], marker=m, color=cols[what], linestyle="none", markersize=5)
+        a1.set_xscale("log")
+        a1.xaxis.set_major_formatter(FuncFormatter(_fmt_us))
+        a1.set_yticks(y, names)
+        a1.set_ylim(len(rows) - 0.5, -0.5)
+        a1.set_xlabel("time per call (log scale)")
+        a1.set_title(title)
+        a1.legend(handles=[Line2D([], [], color=cols["flush"], marker="o", label="vgic_flush_lr_state"),
+                           Line2D([], [], color=cols["prune"], marker="o", label="vgic_prune_ap_list"),
+                           Line2D([], [], color="#52606d", marker="o", linestyle="none", label="p50"),
+                           Line2D([], [], color="#52606d", marker="D", linestyle="none", label="p99"),
+                           Line2D([], [], color="#52606d", marker="x", linestyle="none", label="max")],
+                  loc="upper left", bbox_to_anchor=(0.0, -0.32), ncol=3, fontsize=7.5)
+        h = 0.3
+        fs = [100.0 * float(r["flush_share"]) if isinstance(r.get("flush_share"), (int, float)) else 0.0 for r in rows]
+        bs = [100.0 * float(r["bystander_share"]) if isinstance(r.get("bystander_share"), (int, float)) else None
+              for r in rows]
+        a2.barh([v - h / 2 for v in y], fs, height=h, color="#2b6cb0", label="flush, % of the vCPU's time")
+        a2.barh([v + h / 2 for v in y], [b or 0.0 for b in bs], height=h, color="#2f855a",
+                label="bystander, % of the shared pCPU")
+        for yi, f, b in zip(y, fs, bs):
+            a2.annotate(f"{f:.1f}%", (f, yi - h / 2), xytext=(3, 0), textcoords="offset points", va="center",
+                        fontsize=7.5)
+            if b is not None:
+                a2.annotate(f"{b:.1f}%", (b, yi + h / 2), xytext=(3, 0), textcoords="offset points", va="center",
+                            fontsize=7.5)
+        a2.set_xlim(0, 118)
+        a2.set_xticks([0, 25, 50, 75, 100])
+        a2.set_xlabel("%")
+        a2.set_title("Share of time")
+        a2.legend(loc="upper left", bbox_to_anchor=(0.0, -0.32), fontsize=7.5)
+        return _svg(fig, uid, "dos")

@@ -617,6 +617,11 @@ class Store:
                 outcomes, known_seen, sum(r.status == "open" for r, _ in rows), sched))
         return out
 
+    def run_summary(self, run_id: str) -> dict:
+        """A run's summary.json as recorded (empty if the run is not in the store)."""
+        r = self.db.execute("SELECT summary_json FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return json.loads(r[0]) if r is not None else {}
+
     def found(self, run_id: str) -> list[str]:
         """The decisive outcomes a run's verdict found (its summary's ``verdict.found``)."""
         r = self.db.execute("SELECT summary_json FROM runs WHERE id = ?", (run_id,)).fetchone()

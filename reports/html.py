@@ -23,7 +23,6 @@ import time
 from typing import Any
 
 import jinja2
-from markupsafe import Markup
 
 from stress.store import RunRow, Store, StoreError, host_stats
 
@@ -762,7 +761,7 @@ def _soak_context(store: Store, soak_id: str) -> dict:
         n_open = sum(1 for r in runs if r.status == "open")
         bugs = sum(1 for r in runs if found_by_run.get(r.id))
         text = (f"{bugs} of {len(runs)} iterations found bugs, " if bugs else f"no bug found in {len(runs)} iterations, ") + \
-            f"all as their variant expects" + (f" ({n_open} open questions answered)" if n_open else "") + (
+            "all as their variant expects" + (f" ({n_open} open questions answered)" if n_open else "") + (
             f"; {len(unsure)} incomplete or skipped" if unsure else "")
     if soak.get("status") not in ("done", None):
         text += f"; the soak is {soak.get('status')}"

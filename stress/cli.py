@@ -612,9 +612,9 @@ def _print_summary(result: Any, con: Any, story_lines: int = STORY_LINES) -> Non
                 + (f", EXHAUSTED {h['exhausted']} times (allocations refused)" if h["exhausted"] else "")
                 for p, h in d["heaps"].items())))
     boots = s.get("boots") or []
-    if boots:  # the model rebooted after faults where Xen panics (stress.coordinator)
+    if boots:  # the model rebooted after faults where the hypervisor panics (stress.coordinator)
         shown = boots if len(boots) <= 4 else [boots[0], *boots[-3:]]
-        con.print(Text(f"boots: {len(boots)} reboot{'s' if len(boots) > 1 else ''} after faults where Xen panics; "
+        con.print(Text(f"boots: {len(boots)} reboot{'s' if len(boots) > 1 else ''} after faults where the hypervisor panics; "
                        "each boot started from the first state, and the counts here are over every boot: "
                        + "; ".join(f"boot {b['boot']} at {b['at_s']:.3f} s (seed {b['seed']})" for b in shown)
                        + (f"; {len(boots) - len(shown)} more" if len(boots) > len(shown) else "")))

@@ -15,7 +15,7 @@ which no thread can run (``SC_STUCK``) is a frozen state, scanned and reported a
 the scheduler itself checks invariants and ends the run at a finding or its step budget.
 The recorded schedule is saved as ``schedule.bin`` and described in ``summary.json``.
 
-Reboots: a model fault where Xen panics (a NULL dereference: ``shm_model.cpu.Panic``) ends
+Reboots: a model fault where the hypervisor panics (a NULL dereference: ``shm_model.cpu.Panic``) ends
 the *boot*: the faulting worker raises ``H_STOP`` to ``STOP_PANIC`` and every worker leaves.
 If the fault's finding does not end the run (the variant still looks for another outcome, or
 the fault is known), the coordinator reboots the model as syzkaller reboots its VM: the same
@@ -220,7 +220,7 @@ class Run:
             self.roster[w] = info.label()
 
     def _reboot(self) -> None:
-        """A worker's fault ended this boot (Xen panics there): collect its findings; unless
+        """A worker's fault ended this boot (the hypervisor panics there): collect its findings; unless
         one ends the run, reset the world and start the next boot (see the module's doc)."""
         world, mv = self.world, self.world.mv
         self._stop_workers()
@@ -243,7 +243,7 @@ class Run:
         self.watchdog_scans += self.watchdog.scans
         self.watchdog = self._new_watchdog()
         self.console.print(f"reboot: {self.last_panic or 'a fault'} ended boot {self.boot - 1} at {at:.3f} s "
-                           f"(Xen panics there); boot {self.boot} starts from the first state with seed {seed}",
+                           f"(the hypervisor panics there); boot {self.boot} starts from the first state with seed {seed}",
                            style="yellow")
 
     def _check_interval(self) -> float:
@@ -471,7 +471,7 @@ class Run:
                     return
                 time.sleep(0.0002)
             if mv[H_STOP]:
-                return  # a fault ended this boot (Xen panics there): that state is not checked
+                return  # a fault ended this boot (the hypervisor panics there): that state is not checked
             self.checks += 1
             for f in check_invariants(world, invariants, self.checks, PARKED):
                 self._add(f, world_traces=True)
@@ -612,7 +612,7 @@ class Run:
             "graph": getattr(self, "graph", {"classes": [], "edges": []}),
             "schedule": self.schedule_info.as_dict() if self.schedule_info is not None else {"policy": "free"},
         }
-        if self.boots:  # the model rebooted after faults where Xen panics: each boot's seed
+        if self.boots:  # the model rebooted after faults where the hypervisor panics: each boot's seed
             s["boots"] = self.boots
             s["model_last_boot"] = getattr(self, "model_boot", {})
         if last is not None:

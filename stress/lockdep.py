@@ -123,7 +123,7 @@ class Lockdep:
             for (h, hk), hc in zip(held, classes):
                 if hc == c and not trylock:  # a trylock cannot wait (lockdep skips it too)
                     if read and h is lock and not _is_read(h, hk):
-                        continue  # Xen: a CPU that holds the write lock may read-lock it (no wait)
+                        continue  # the rw kind: a CPU that holds the write lock may read-lock it (no wait)
                     if read and _is_read(h, hk) and lock.recursive_read:
                         continue  # lockdep: a recursive read after a read cannot deadlock
                     findings.append(self._recursive(cpu, lock, c, h, hc, site, held, read))

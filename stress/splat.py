@@ -417,14 +417,14 @@ def render_kasan(f: Finding, roster: Roster) -> list[str]:
     lines += ["", "Call trace:"]
     lines += stack(d.get("stack") or ([d["site"]] if d.get("site") else []))
     if kind == "null-ptr-deref":
-        lines += ["", f"Oops: Xen would panic here. {_who(roster, owner)}'s operation ends at this access, and "
+        lines += ["", f"Oops: the hypervisor would panic here. {_who(roster, owner)}'s operation ends at this access, and "
                       "this boot of the model with it: if the run goes on, the model reboots to its first state.",
                   KASAN_BAR]
         return lines
     if kind == "wild-memory-access" and "slot_gen" not in d:
         lines += ["", f"The handle {d.get('handle', 0):#x} names slot {d.get('slot', '?')} of a heap of "
                       f"{d.get('slots', '?')} {d.get('type', '?')} slots: no such object.",
-                  f"Oops: Xen would panic here. {_who(roster, owner)}'s operation ends at this access, and "
+                  f"Oops: the hypervisor would panic here. {_who(roster, owner)}'s operation ends at this access, and "
                   "this boot of the model with it.", KASAN_BAR]
         return lines
     if d.get("alloc"):
@@ -544,7 +544,7 @@ def render(f: Finding, roster: Roster, trace_tail: int = 12) -> str:
         lines += ["", f"controlled scheduler: at step {f.details['step']}" + (f"; {how}" if how else "")
                   + f" ({f.details.get('replay', 'stress replay RUN_ID')} repeats the schedule exactly)"]
     if "boot" in f.details:
-        lines += ["", f"boot {f.details['boot']} of this run: the model rebooted after a fault where Xen panics; "
+        lines += ["", f"boot {f.details['boot']} of this run: the model rebooted after a fault where the hypervisor panics; "
                       f"a run with this run's options and --seed {f.details.get('boot_seed')} starts where this "
                       "boot started"]
     lines += render_traces(f, roster, trace_tail)

@@ -117,7 +117,7 @@ class WorkerHooks:
         so the token stays here until it is done."""
         world = self.world
         if world.mv[H_STOP]:
-            return  # the run or this boot is over (a fault where Xen panics): its state is not checked
+            return  # the run or this boot is over (a fault where the hypervisor panics): its state is not checked
         n = world.mv[world.geo.sched + SC_CHECKS]
         cpu = self.cpu
         sched = cpu.sched if cpu is not None else None
@@ -302,7 +302,7 @@ def _loop(world: World, wid: int, cpu: Cpu, role: Any, state: Any, sched: Contro
             fn(role, state)
         except Panic:
             _recover(cpu)  # the operation faulted (its finding is written)
-            _panic(mv)  # Xen panics there: this boot is over (the loop's next turn leaves)
+            _panic(mv)  # the hypervisor panics there: this boot is over (the loop's next turn leaves)
         if quiesce is not None:
             quiesce()  # the operation's buffered effects become visible (weak memory)
         mv[ws + W_OP] = -1
@@ -320,7 +320,7 @@ def _panic(mv: memoryview) -> None:
 def _recover(cpu: Cpu) -> None:
     """After a model fault (``Panic``: a NULL dereference) aborted an operation: release what
     the operation held, innermost first, each by its kind's unlock, and enable interrupts.
-    Xen panics there: the worker then ends this boot of the model (``_panic``), and the
+    the hypervisor panics there: the worker then ends this boot of the model (``_panic``), and the
     coordinator reboots it on a fresh state if the run goes on."""
     cpu.masked = True
     for lk, key in reversed(list(cpu.held[0])):

@@ -149,7 +149,7 @@ class World:
         self.weak_names: dict[int, str] = dict(wm.names) if wm is not None else {}
 
     def reboot(self) -> None:
-        """A new boot of the model in the same arena, after the model faulted where Xen panics
+        """A new boot of the model in the same arena, after the model faulted where the hypervisor panics
         (a NULL dereference): what a machine has after a reboot is reset, what the harness
         learned is kept. The caller has stopped every worker.
 

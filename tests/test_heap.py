@@ -482,7 +482,7 @@ def test_kasan_reports_of_null_double_and_invalid_free(rig):
     texts = [render(_finding(o, t, d), ROSTER) for o, t, d in rig.hooks.findings]
     null, double, invalid = texts
     assert "BUG: kernel NULL pointer dereference, address: 0000000000000000" in null
-    assert "Call trace:" in null and "Oops: Xen would panic here." in null
+    assert "Call trace:" in null and "Oops: the hypervisor would panic here." in null
     assert "BUG: KASAN: double-free in test_kasan_reports_of_null_double_and_invalid_free()" in double
     assert "Free of addr " in double and "Allocated by worker 0 (vcpu, pid 100):" in double
     assert "Freed by worker 0 (vcpu, pid 100):" in double

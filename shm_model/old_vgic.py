@@ -74,6 +74,21 @@ Simplifications kept (issue 23, point 10 and point 6):
   injections to it go to lr_pending and ``vcpu_kick``/``vcpu_unblock`` wake it (see
   :meth:`OldVgic.vcpu_block`). Moving vCPUs needs two workers to exchange vCPUs (their saved
   LRs and ``current``) at one scheduling point, which the model has no operation for.
+
+LPIs (the hooks ``lpi-discard-storm`` builds on, ``shm_model/xen/lpi/``): a domain state
+that declares an option ``lpis`` gets per-vCPU list slots for LPIs ``LPI_OFFSET ..
+LPI_OFFSET+lpis-1`` after the SPIs' (:func:`nr_irqs`); every other state (migration-storm)
+has none and runs exactly the code it ran before. For an LPI, ``irq_to_pending`` asks
+:meth:`OldVgic.lpi_to_pending` (the design's ``vgic_v3_lpi_to_pending``: a heap view of the
+``struct pending_irq`` the ``pend_lpi_tree`` holds, or None for NULL), and the functions Xen
+4.10 gave NULL checks (56e1b3ebc9) and PRISTINE handling (bccfbe70a3) take them, as
+:attr:`OldVgic.lpi_pristine` and :attr:`OldVgic.inject_lookup_under_lock` say. The per-vCPU
+lists hold the ``pending_irq``'s handle for an LPI (Xen's list links the object itself: an
+object freed while linked is still reached through the list), and the list helpers take the
+``pending_irq`` the caller holds, as Xen's do (``gic_remove_irq_from_queues(v, p)``); for an
+SPI the handle is 1 and the object ``pending[irq - 32]``, as before. LPIs have no active
+state and no ``irq_desc`` (gic-v3-lpi.c, 4.10.0: "LPIs are edge-triggered only, also have no
+active state"): the guest's acknowledge empties the list register.
 """
 
 from __future__ import annotations
@@ -88,6 +103,7 @@ from .spinlock import (assert_held, spin_is_locked, spin_lock, spin_lock_irqsave
 
 NR_INTERRUPT_PER_RANK = 32
 SPI_BASE = 32
+LPI_OFFSET = 8192  # xen/include/asm-arm/irq.h (4.10.0): the first LPI; is_lpi(irq) is irq >= LPI_OFFSET
 GIC_INVALID_LR = 255  # ~(uint8_t)0 as d31d0cd810 (stable-4.8, 4.9.0) fixed it to be
 INVALID_VCPU = -1
 
@@ -97,7 +113,8 @@ GIC_IRQ_GUEST_ACTIVE = 1
 GIC_IRQ_GUEST_VISIBLE = 2
 GIC_IRQ_GUEST_ENABLED = 3
 GIC_IRQ_GUEST_MIGRATING = 4
-STATUS_NAMES = ("QUEUED", "ACTIVE", "VISIBLE", "ENABLED", "MIGRATING")
+GIC_IRQ_GUEST_PRISTINE_LPI = 5  # bccfbe70a3 (4.10.0): a newly mapped LPI, never in an LR yet
+STATUS_NAMES = ("QUEUED", "ACTIVE", "VISIBLE", "ENABLED", "MIGRATING", "PRISTINE_LPI")
 
 # irq_desc.status bits
 _IRQ_INPROGRESS = 0
@@ -193,6 +210,11 @@ def with_backports(design: Design, backport: str) -> Design:
     return design
 
 
+def nr_irqs(o: Any) -> int:
+    """Per-vCPU list slots: the SPIs, then the LPIs (option ``lpis``, absent: none)."""
+    return o.spis + getattr(o, "lpis", 0)
+
+
 class PendingIrq(Struct):
     """``struct pending_irq`` of one SPI."""
 
@@ -222,9 +244,12 @@ class VgicVcpu(Struct):
     ``inflight-on-one-vcpu`` looks for."""
 
     lock = Spinlock("&v->arch.vgic.lock")
-    inflight = Array(Int, "spis")
-    lr_pending = Array(Int, "spis")
+    inflight = Array(Int, nr_irqs)  # on inflight_irqs: 1 (SPI), the pending_irq's handle (LPI)
+    lr_pending = Array(Int, nr_irqs)  # on lr_pending: its FIFO sequence number
+    lr_pending_p = Array(Int, lambda o: getattr(o, "lpis", 0))  # LPIs on lr_pending: the pending_irq's handle
     lr = Array(Int, "lrs", init=-1)  # GICH_LRn.virq (-1: unused)
+    lr_p = Array(Int, "lrs")  # model: the handle of the LPI pending_irq gic_set_lr wrote to LR n (Xen keeps the number)
+    lr_seq = Array(Int, "lrs")  # model: the mapping (MAPTI) that pending_irq carried then (lpi-discard-storm)
     lr_state = Array(Int, "lrs")  # LR_INVALID / LR_PENDING / LR_ACTIVE
     lr_mask = Array(Int, "lrs")  # this_cpu(lr_mask)
     lr_eoi_at = Array(Int, "lrs")  # guest model: when (CLOCK_MONOTONIC ns) the guest EOIs
@@ -296,9 +321,54 @@ class OldVgic:
         self.nr_lrs = len(d.vcpus[0].lr) if d.vcpus else 0
         self.deferred: list[int] = []  # drop-vgic-then-rank: MIGRATING irqs noted by gic_update_one_lr
 
+    #: LPI designs (shm_model/xen/lpi/) set these; an old-VGIC design never sees an LPI.
+    #: gic_update_one_lr retires an LR whose LPI is PRISTINE and gic_find_unused_lr looks
+    #: for a PRISTINE LPI's number in the used LRs (gic.c, bccfbe70a3, 4.10.0)
+    lpi_pristine = False
+    #: vgic_vcpu_inject_irq looks the pending_irq up under the vgic lock and returns on NULL
+    #: (vgic.c, 56e1b3ebc9, 4.10.0); False: before the lock, as 4.9.0 and the v7 LPI series
+    #: (for an SPI either order runs the same code: the lookup is an array index)
+    inject_lookup_under_lock = False
+
     # -- helpers --------------------------------------------------------------------------------
     def irq_to_pending(self, virq: int) -> Any:
+        """vgic.c ``irq_to_pending`` (4.10.0): an SPI's ``pending_irqs[irq - 32]``; an LPI's
+        from the design's ``lpi_to_pending`` (``vgic_v3_lpi_to_pending``): None is NULL."""
+        if virq >= LPI_OFFSET:
+            return self.lpi_to_pending(virq)
         return self.d.pending[virq - SPI_BASE]
+
+    # hooks of an LPI design (shm_model/xen/lpi/)
+    def lpi_to_pending(self, virq: int) -> Any:
+        """``vgic_v3_lpi_to_pending``: the design's pend_lpi_tree lookup (view, or None)."""
+        raise NotImplementedError("LPIs need a design of shm_model/xen/lpi/")
+
+    def lpi_get_priority(self, virq: int) -> int:
+        """``vgic_v3_lpi_get_priority``: the design's LPI priority."""
+        raise NotImplementedError("LPIs need a design of shm_model/xen/lpi/")
+
+    def lpi_deref(self, h: int) -> Any:
+        """The pending_irq a list entry (a handle) points to."""
+        raise NotImplementedError("LPIs need a design of shm_model/xen/lpi/")
+
+    def lpi_handle(self, p: Any) -> int:
+        """The handle (the pointer) of an LPI's pending_irq view."""
+        raise NotImplementedError("LPIs need a design of shm_model/xen/lpi/")
+
+    def lpi_target_ok(self, v: int, p: Any) -> bool:
+        """Whether vgic_vcpu_inject_irq may use the LPI's pending_irq it found under v's
+        vgic lock (a design may re-check that v is still its vCPU; Xen 4.10 does not)."""
+        return True
+
+    def lr_set_note(self, v: int, i: int, virq: int, p: Any) -> None:
+        """Model bookkeeping when gic_set_lr writes an LPI to an LR (the design's)."""
+
+    def lrs_cleared(self, v: int) -> None:
+        """Called by gic_clear_lrs with v's vgic lock still held (the design's checks)."""
+
+    def _idx(self, virq: int) -> int:
+        """The per-vCPU list slot of an IRQ: SPIs first, then LPIs (:func:`nr_irqs`)."""
+        return virq - SPI_BASE if virq < LPI_OFFSET else self.nr_spis + virq - LPI_OFFSET
 
     def vgic_rank_irq(self, virq: int) -> Any:
         return self.d.ranks[(virq - SPI_BASE) // NR_INTERRUPT_PER_RANK]
@@ -344,6 +414,8 @@ class OldVgic:
     def vgic_get_virq_priority(self, virq: int) -> int:
         """vgic.c ``vgic_get_virq_priority``: 4.8.0 and stable-4.8 take rank->lock (irqsave,
         ``vgic_lock_rank``); 408f16ddb3 (4.9.0) / 43208a9cb4 (4.10.0): ``ACCESS_ONCE``."""
+        if virq >= LPI_OFFSET:
+            return self.lpi_get_priority(virq)  # "LPIs don't have a rank" (4.10.0)
         rank = self.vgic_rank_irq(virq)
         if not self.design.priority_locked:
             return rank.priority[self.rank_offset(virq)]  # ACCESS_ONCE()
@@ -590,12 +662,25 @@ class OldVgic:
         v's vgic lock (irqsave). 4.9.0 reads the priority (ACCESS_ONCE) before the lock, 4.10.0
         under it after the inflight test (5f66da6590). Already inflight:
         gic_raise_inflight_irq. After the lock: vcpu_unblock(v) and, if v runs elsewhere, an
-        event-check SGI (``vcpu_kick`` in effect)."""
+        event-check SGI (``vcpu_kick`` in effect). The pending_irq is looked up before the lock
+        (4.8.0-4.9.0; the v7 LPI series, which returns on NULL there) or under it, returning on
+        NULL: "If an LPI has been removed, there is nothing to inject here" (56e1b3ebc9,
+        4.10.0; :attr:`inject_lookup_under_lock`)."""
         vv = self.d.vcpus[v]
-        p = self.irq_to_pending(virq)
+        p = None
+        if not self.inject_lookup_under_lock:
+            p = self.irq_to_pending(virq)
+            if p is None:
+                return  # an unmapped LPI (v7: the NULL check before the lock)
         if self.design.priority_locked:
             priority = self.vgic_get_virq_priority(virq)  # 4.8.0/stable-4.8: rank lock, before the vgic lock
         flags = spin_lock_irqsave(vv.lock)
+        if p is None:
+            p = self.irq_to_pending(virq)
+            # 56e1b3ebc9: "If an LPI has been removed, there is nothing to inject here."
+            if p is None or (virq >= LPI_OFFSET and not self.lpi_target_ok(v, p)):
+                spin_unlock_irqrestore(vv.lock, flags)
+                return
         p.status |= 1 << GIC_IRQ_GUEST_QUEUED
         if p.inflight != INVALID_VCPU:  # !list_empty(&n->inflight)
             if p.inflight != v:
@@ -607,7 +692,7 @@ class OldVgic:
             p.priority = priority
             if test_bit(p.status, GIC_IRQ_GUEST_ENABLED):
                 self.gic_raise_guest_irq(v, virq)
-            self._list_add_inflight(v, virq)  # FIFO = priority order here (header)
+            self._list_add_inflight(v, virq, p)  # FIFO = priority order here (header)
             self.trace("inject", virq, v)
         spin_unlock_irqrestore(vv.lock, flags)
         self.vcpu_unblock(v)
@@ -622,24 +707,28 @@ class OldVgic:
             vv.kicks += 1
             self.trace("kick", v)
 
-    def _list_add_inflight(self, v: int, virq: int) -> None:
+    def _list_add_inflight(self, v: int, virq: int, p: Any = None) -> None:
         """``list_add_tail(&n->inflight, ...)`` in vgic_vcpu_inject_irq (4.8.0-4.10.0): onto v's
-        inflight_irqs. Requires: v's vgic lock (held by the caller)."""
-        p = self.irq_to_pending(virq)
-        i = virq - SPI_BASE
-        self.d.vcpus[v].inflight[i] = 1
+        inflight_irqs. Requires: v's vgic lock (held by the caller). ``p``: the caller's
+        pending_irq (an SPI's is looked up when not given)."""
+        if p is None:
+            p = self.irq_to_pending(virq)
+        self.d.vcpus[v].inflight[self._idx(virq)] = 1 if virq < LPI_OFFSET else self.lpi_handle(p)
         p.inflight = v
 
-    def _list_del_inflight(self, v: int, virq: int) -> None:
+    def _list_del_inflight(self, v: int, virq: int, p: Any = None) -> None:
         """``list_del_init(&p->inflight)``: unlinks ``p`` from the inflight list it is on,
         which is not necessarily ``v``'s (Xen's list_del does not know whose list it is).
         Requires: the vgic lock of the vCPU owning that list."""
-        p = self.irq_to_pending(virq)
+        if p is None:
+            p = self.irq_to_pending(virq)
         owner = p.inflight
         if owner == INVALID_VCPU:
             return  # list_del_init of an unlinked node: nothing to do
         self._list_lock_held(owner, virq, "inflight_irqs")
-        self.d.vcpus[owner].inflight[virq - SPI_BASE] = 0
+        vo, j = self.d.vcpus[owner], self._idx(virq)
+        if virq < LPI_OFFSET or vo.inflight[j] == self.lpi_handle(p):  # the slot holds this object
+            vo.inflight[j] = 0
         p.inflight = INVALID_VCPU
 
     def _list_lock_held(self, owner: int, virq: int, what: str) -> None:
@@ -672,6 +761,8 @@ class OldVgic:
         IRQ in no LR it is GIC_INVALID_LR (or 0, never set): XSA-223."""
         vv = self.d.vcpus[v]
         p = self.irq_to_pending(virq)
+        if p is None:
+            return  # 56e1b3ebc9: "If an LPI has been removed meanwhile, there is nothing left to raise."
         assert_held(vv.lock)
         if self.design.inflight_checks_enabled and not test_bit(p.status, GIC_IRQ_GUEST_ENABLED):
             return
@@ -696,35 +787,66 @@ class OldVgic:
 
     def gic_raise_guest_irq(self, v: int, virq: int) -> None:
         """gic.c ``gic_raise_guest_irq`` (4.8.0-4.10.0): requires v's vgic lock. Puts ``virq``
-        in a free LR when ``v == current`` and lr_pending is empty, else gic_add_to_lr_pending."""
+        in a free LR (gic_find_unused_lr) when ``v == current`` and lr_pending is empty, else
+        gic_add_to_lr_pending. An LPI is looked up here: NULL, "An unmapped LPI does not need to
+        be raised" (56e1b3ebc9)."""
         vv = self.d.vcpus[v]
         assert_held(vv.lock)
+        p = None
+        if virq >= LPI_OFFSET:
+            p = self.irq_to_pending(virq)
+            if p is None:
+                return
         if v == self.current and not any(vv.lr_pending):
-            for i in range(self.nr_lrs):
-                if not vv.lr_mask[i]:
-                    vv.lr_mask[i] = 1
-                    self.gic_set_lr(v, i, virq)
-                    return
-        self.gic_add_to_lr_pending(v, virq)
+            i = self.gic_find_unused_lr(v, virq, p, 0)
+            if i < self.nr_lrs:
+                vv.lr_mask[i] = 1
+                self.gic_set_lr(v, i, virq, p)
+                return
+        self.gic_add_to_lr_pending(v, virq, p)
 
-    def gic_add_to_lr_pending(self, v: int, virq: int) -> None:
+    def gic_find_unused_lr(self, v: int, virq: int, p: Any, lr: int) -> int:
+        """gic.c ``gic_find_unused_lr`` (bccfbe70a3, 4.10.0; before it find_next_zero_bit):
+        the first unused LR from ``lr``; a PRISTINE LPI's number already in a used LR (an
+        older, discarded LPI) gives that LR, "to avoid inserting the same IRQ twice"."""
+        vv = self.d.vcpus[v]
+        if self.lpi_pristine and p is not None and test_bit(p.status, GIC_IRQ_GUEST_PRISTINE_LPI):
+            for j in range(self.nr_lrs):
+                if vv.lr_mask[j] and vv.lr[j] == virq:
+                    return j
+        for j in range(lr, self.nr_lrs):
+            if not vv.lr_mask[j]:
+                return j
+        return self.nr_lrs
+
+    def gic_add_to_lr_pending(self, v: int, virq: int, p: Any = None) -> None:
         """gic.c ``gic_add_to_lr_pending`` (4.8.0-4.10.0): requires v's vgic lock (ASSERT);
         nothing if already queued; FIFO (header)."""
         vv = self.d.vcpus[v]
-        p = self.irq_to_pending(virq)
+        if p is None:
+            p = self.irq_to_pending(virq)
         if p.lr_queue != INVALID_VCPU:
             return
         vv.queue_seq += 1
-        vv.lr_pending[virq - SPI_BASE] = vv.queue_seq
+        j = self._idx(virq)
+        vv.lr_pending[j] = vv.queue_seq
+        if virq >= LPI_OFFSET:
+            vv.lr_pending_p[j - self.nr_spis] = self.lpi_handle(p)
         p.lr_queue = v
 
-    def _lr_queue_del(self, virq: int) -> None:
+    def _lr_queue_del(self, virq: int, p: Any = None) -> None:
         """``list_del_init(&p->lr_queue)``: from whichever vCPU's lr_pending holds it."""
-        p = self.irq_to_pending(virq)
+        if p is None:
+            p = self.irq_to_pending(virq)
         q = p.lr_queue
         if q != INVALID_VCPU:
             self._list_lock_held(q, virq, "lr_pending")
-            self.d.vcpus[q].lr_pending[virq - SPI_BASE] = 0
+            vq, j = self.d.vcpus[q], self._idx(virq)
+            if virq < LPI_OFFSET:
+                vq.lr_pending[j] = 0
+            elif vq.lr_pending_p[j - self.nr_spis] == self.lpi_handle(p):  # the slot holds this object
+                vq.lr_pending[j] = 0
+                vq.lr_pending_p[j - self.nr_spis] = 0
             p.lr_queue = INVALID_VCPU
 
     def gic_remove_from_queues(self, v: int, virq: int) -> None:
@@ -735,33 +857,38 @@ class OldVgic:
         self._lr_queue_del(virq)
         spin_unlock_irqrestore(vv.lock, flags)
 
-    def gic_remove_from_lr_pending(self, v: int, virq: int) -> None:
+    def gic_remove_from_lr_pending(self, v: int, virq: int, p: Any = None) -> None:
         """gic.c ``gic_remove_from_lr_pending(v, p)`` (4.10.0): requires v's vgic lock."""
         assert_held(self.d.vcpus[v].lock)
-        self._lr_queue_del(virq)
+        self._lr_queue_del(virq, p)
 
-    def gic_remove_irq_from_queues(self, v: int, virq: int) -> None:
+    def gic_remove_irq_from_queues(self, v: int, virq: int, p: Any = None) -> None:
         """vgic_migrate_irq's lr_pending branch: ``clear_bit(QUEUED); list_del_init(&p->lr_queue);
         list_del_init(&p->inflight)`` (4.8.0, 4.9.0, open-coded) = gic.c
         ``gic_remove_irq_from_queues(v, p)`` (4.10.0). Requires v's vgic lock (ASSERTed in
         4.10.0) — and, for the unlinks to be safe, the lock of the vCPU whose lists ``p`` is
         actually on."""
-        p = self.irq_to_pending(virq)
+        if p is None:
+            p = self.irq_to_pending(virq)
         p.status &= ~(1 << GIC_IRQ_GUEST_QUEUED)
-        self._list_del_inflight(v, virq)
-        self._lr_queue_del(virq)
+        self._list_del_inflight(v, virq, p)
+        self._lr_queue_del(virq, p)
 
-    def gic_set_lr(self, v: int, i: int, virq: int) -> None:
+    def gic_set_lr(self, v: int, i: int, virq: int, p: Any = None) -> None:
         """gic.c ``gic_set_lr`` (4.8.0-4.10.0): write LR i (PENDING, HW=1 for an SPI with a
-        desc), set VISIBLE, clear QUEUED, ``p->lr = i``."""
+        desc), set VISIBLE, clear QUEUED (and PRISTINE_LPI: bccfbe70a3), ``p->lr = i``."""
         vv = self.d.vcpus[v]
-        p = self.irq_to_pending(virq)
+        if p is None:
+            p = self.irq_to_pending(virq)
         self.trace("lr_set", virq, v, i)
         vv.lr[i] = virq
         vv.lr_state[i] = LR_PENDING
         vv.lr_eoi_at[i] = 0
+        if virq >= LPI_OFFSET:
+            self.lr_set_note(v, i, virq, p)
         p.lr = i
-        p.status = (p.status | 1 << GIC_IRQ_GUEST_VISIBLE) & ~(1 << GIC_IRQ_GUEST_QUEUED)
+        p.status = ((p.status | 1 << GIC_IRQ_GUEST_VISIBLE)
+                    & ~(1 << GIC_IRQ_GUEST_QUEUED | 1 << GIC_IRQ_GUEST_PRISTINE_LPI))
 
     # -- return to guest --------------------------------------------------------------------------
     def gic_clear_lrs(self, v: int) -> None:
@@ -773,6 +900,7 @@ class OldVgic:
         for i in range(self.nr_lrs):
             if vv.lr_mask[i]:
                 self.gic_update_one_lr(v, i)
+        self.lrs_cleared(v)
         spin_unlock_irqrestore(vv.lock, flags)
         if self.deferred:
             self._migrate_deferred()
@@ -783,11 +911,20 @@ class OldVgic:
         IRQ, drop the injection ("unable to inject hw irq ... already active in LR"). PENDING:
         test_and_clear(QUEUED). Invalid (EOIed): free the LR, clear _IRQ_INPROGRESS, re-raise if
         ENABLED && QUEUED && !MIGRATING, else unlink inflight and finish a migration (per
-        design: takes rank->lock in 4.8.0 — the inversion — and gicv2.lock)."""
+        design: takes rank->lock in 4.8.0 — the inversion — and gicv2.lock). An LPI whose
+        pending_irq is NULL ("An LPI might have been unmapped, in which case we just clean up
+        here", 56e1b3ebc9) or PRISTINE ("the information in the LR is bogus", bccfbe70a3:
+        test_and_clear) has its LR cleared and nothing else."""
         vv = self.d.vcpus[v]
         assert_held(vv.lock)
         virq = vv.lr[i]
         p = self.irq_to_pending(virq)
+        if virq >= LPI_OFFSET and (p is None or (self.lpi_pristine and self._test_and_clear_pristine(p))):
+            self.trace("lr_retire", virq, v, i)
+            vv.lr[i] = -1  # gic_hw_ops->clear_lr(i)
+            vv.lr_state[i] = LR_INVALID
+            vv.lr_mask[i] = 0
+            return
         state = vv.lr_state[i]
         if state == LR_ACTIVE:
             p.status |= 1 << GIC_IRQ_GUEST_ACTIVE
@@ -803,8 +940,10 @@ class OldVgic:
         self.trace("lr_eoi", virq, v, i)
         vv.lr[i] = -1
         vv.lr_mask[i] = 0
-        desc = self.irq_to_desc(virq)
-        desc.status &= ~(1 << _IRQ_INPROGRESS)  # software bit; the GIC deactivated it at the guest's EOI
+        lpi = virq >= LPI_OFFSET
+        desc = None if lpi else self.irq_to_desc(virq)  # an LPI has no desc (p->desc == NULL)
+        if desc is not None:
+            desc.status &= ~(1 << _IRQ_INPROGRESS)  # software bit; the GIC deactivated it at the guest's EOI
         p.status &= ~((1 << GIC_IRQ_GUEST_VISIBLE) | (1 << GIC_IRQ_GUEST_ACTIVE))
         p.lr = GIC_INVALID_LR
         self.d.eois += 1
@@ -813,7 +952,7 @@ class OldVgic:
                 and not test_bit(st, GIC_IRQ_GUEST_MIGRATING)):
             self.gic_raise_guest_irq(v, virq)
             return
-        if test_bit(st, GIC_IRQ_GUEST_QUEUED) and desc.active:
+        if desc is not None and test_bit(st, GIC_IRQ_GUEST_QUEUED) and desc.active:
             why = "MIGRATING" if test_bit(st, GIC_IRQ_GUEST_MIGRATING) else "disabled"
             # a new instance, acknowledged by do_IRQ after the guest's EOI (the GIC delivered it
             # again in the window before this gic_update_one_lr), was injected (QUEUED) and is
@@ -831,12 +970,21 @@ class OldVgic:
             # that the run goes on exercising this SPI; in Xen it stays active for good
             self.d.lost_hw += 1
             desc.active = 0
-        self._list_del_inflight(v, virq)
-        self._migrating_on_eoi(v, virq)
+        self._list_del_inflight(v, virq, p)
+        self._migrating_on_eoi(v, virq, p)
 
-    def _migrating_on_eoi(self, v: int, virq: int) -> None:
+    def _test_and_clear_pristine(self, p: Any) -> bool:
+        """``test_and_clear_bit(GIC_IRQ_GUEST_PRISTINE_LPI, &p->status)``."""
+        st = p.status
+        if not test_bit(st, GIC_IRQ_GUEST_PRISTINE_LPI):
+            return False
+        p.status = st & ~(1 << GIC_IRQ_GUEST_PRISTINE_LPI)
+        return True
+
+    def _migrating_on_eoi(self, v: int, virq: int, p: Any = None) -> None:
         """gic_update_one_lr's MIGRATING tail, per design (vgic lock held)."""
-        p = self.irq_to_pending(virq)
+        if p is None:
+            p = self.irq_to_pending(virq)
         eoi = self.design.eoi
         if eoi == "deferred":
             if test_bit(p.status, GIC_IRQ_GUEST_MIGRATING):
@@ -890,12 +1038,31 @@ class OldVgic:
             if not queued:
                 break
             _, j = min(queued)
+            if j >= self.nr_spis:  # an LPI: the list entry is the object itself
+                self._restore_lpi(v, i, j)
+                continue
             virq = SPI_BASE + j
             vv.lr_pending[j] = 0
             self.irq_to_pending(virq).lr_queue = INVALID_VCPU
             vv.lr_mask[i] = 1
             self.gic_set_lr(v, i, virq)
         spin_unlock_irqrestore(vv.lock, flags)
+
+    def _restore_lpi(self, v: int, i: int, j: int) -> None:
+        """gic_restore_pending_irqs for an LPI entry ``p`` of lr_pending (slot ``j``), LR ``i``
+        free (4.10.0): ``lr = gic_find_unused_lr(v, p, lr)``, ``gic_set_lr(lr, p)``,
+        ``list_del_init(&p->lr_queue)``, ``set_bit(lr, lr_mask)``. ``p`` is the list's
+        pointer, not a lookup: an object freed while queued is dereferenced here."""
+        vv = self.d.vcpus[v]
+        k = j - self.nr_spis
+        virq = LPI_OFFSET + k
+        p = self.lpi_deref(vv.lr_pending_p[k])
+        lr = self.gic_find_unused_lr(v, virq, p, i)
+        self.gic_set_lr(v, lr, virq, p)
+        vv.lr_pending[j] = 0
+        vv.lr_pending_p[k] = 0
+        p.lr_queue = INVALID_VCPU
+        vv.lr_mask[lr] = 1
 
     # -- the guest --------------------------------------------------------------------------------
     def guest_run(self, v: int, now_ns: int, handler_ns: int) -> None:
@@ -908,7 +1075,10 @@ class OldVgic:
         vv.exits += 1
         for i in range(self.nr_lrs):
             st = vv.lr_state[i]
-            if st == LR_PENDING:
+            if st == LR_PENDING and vv.lr[i] >= LPI_OFFSET:
+                vv.lr_state[i] = LR_INVALID  # acknowledge (ICV_IAR1): an LPI has no active state
+                self.trace("guest_ack", vv.lr[i], v)
+            elif st == LR_PENDING:
                 vv.lr_state[i] = LR_ACTIVE  # acknowledge (GICV_IAR)
                 vv.lr_eoi_at[i] = now_ns + handler_ns
             elif st == LR_ACTIVE and now_ns >= vv.lr_eoi_at[i]:

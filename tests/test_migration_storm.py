@@ -160,3 +160,31 @@ def test_stale_target_injection_is_reported_as_wrong_lock_unlink(runs_dir):
     assert f"vcpus[{owner}].lock" not in held and "vcpus[" in held, held
     assert ("data race" in title) == ("while vcpu" in text[:text.index("held:")])
     assert "known for this variant" in r.out
+
+
+def test_lpi_hooks_leave_the_spi_state_alone():
+    """issue 25 reuses the old VGIC for LPIs: a state without an ``lpis`` option (migration-storm)
+    gets no LPI list slots, and an SPI's list entry is still 1; lpi-discard-storm's state puts
+    its LPIs after the SPIs."""
+    from types import SimpleNamespace as NS
+
+    from shm_model.layout import attach, plan_struct
+    from shm_model.old_vgic import LPI_OFFSET, OldVgic, OldVgicDomain
+
+    def state(struct, **o):
+        plan = plan_struct(struct, NS(**o))
+        mv = memoryview(bytearray(8 * plan.words)).cast("q")
+        return attach(plan.node, mv, 0, [object() for _ in plan.locks])
+
+    d = state(OldVgicDomain, vcpus=2, spis=8, lrs=4)
+    vv = d.vcpus[0]
+    assert len(vv.inflight) == len(vv.lr_pending) == 8 and len(vv.lr_pending_p) == 0
+    vg = OldVgic.__new__(OldVgic)
+    vg.d, vg.nr_spis = d, 8
+    assert vg._idx(32) == 0 and vg._idx(39) == 7 and vg._idx(LPI_OFFSET + 2) == 10
+    vg._list_add_inflight(1, 35)
+    assert list(d.vcpus[1].inflight) == [0, 0, 0, 1, 0, 0, 0, 0] and d.pending[3].inflight == 1
+
+    from shm_model.xen.lpi import LpiDomain
+    d = state(LpiDomain, vcpus=2, spis=1, lrs=4, devices=2, events=4, lpis=8)
+    assert len(d.vcpus[0].inflight) == 9 and len(d.vcpus[0].lr_pending_p) == 8

@@ -1,0 +1,242 @@
+"""``lookup-outside-lock``: the v7 ITS series before Andre's proposal (seed 004), with DISCARD
+freeing the ``pending_irq`` at once (PROTOCOLS.md section 004).
+
+Its locking order is common.py's (vcmd -> ITS -> its_devices -> vgic -> pend_lpi_tree).
+
+What differs from the proposal (:mod:`.null_entries_under_vgic_lock`) is only where the
+pointer is looked up, the thread's question: ``irq_to_pending`` before the vCPU's vgic lock,
+the pointer used after it —
+
+- ``vgic_vcpu_inject_irq`` looks ``n`` up before ``spin_lock_irqsave(&v->arch.vgic.lock)``
+  (vgic.c at RELEASE-4.9.0, the base of the v7 series: "struct pending_irq *iter, *n =
+  irq_to_pending(v, virq)" before the lock; 56e1b3ebc9 "moved under VCPU VGIC lock" is the
+  change the proposal relies on);
+- ``vgic_vcpu_inject_lpi`` reads ``p->lpi_vcpu_id`` of the pointer it looked up, holding no
+  lock (gic-v3-lpi.c, f98d6a0862, as merged in 4.10.0 with its TODO: "this assumes that the
+  struct pending_irq stays valid all of the time").
+
+The rest is rendered as the proposal does it (so that a run isolates the lookup): MAPTI
+allocates the ``pending_irq`` (``xzalloc``) and inserts it under the vgic lock of its vCPU
+and the tree's write lock; DISCARD, under its_lock, takes the vgic lock of the ITTE's
+vCPU, then the tree's write lock, deletes the entry (NULL), drops the tree lock, unlinks
+the ``pending_irq`` from inflight/lr_pending and frees it under the vgic lock; MAPD V=0
+discards every event, then frees the device. The list-register side is 4.10.0's: the NULL
+checks of 56e1b3ebc9 (the v7 series' patch 10/34) and PRISTINE (bccfbe70a3, which came with
+v8: here so that a stale LR of a number mapped again does not end the run before the
+thread's race is seen; ``null-entries-as-posted`` shows what it prevents).
+"""
+
+from __future__ import annotations
+
+from ...heap import NULL, SLOT_MASK
+from ...old_vgic import GIC_IRQ_GUEST_PRISTINE_LPI
+from ...rwlock import write_lock, write_unlock
+from ...spinlock import assert_held, spin_lock, spin_lock_irqsave, spin_unlock, spin_unlock_irqrestore
+from .common import EBUSY, EINVAL, ENOENT, INVALID_LPI, UNMAPPED_COLLECTION, LpiVgic, lpi_k
+
+
+class LookupOutsideLock(LpiVgic):
+    name = "lookup-outside-lock"
+    inject_lookup_under_lock = False
+    lpi_pristine = True
+
+    # -- injection --------------------------------------------------------------------------------
+    def vgic_vcpu_inject_lpi(self, vlpi: int, host_vcpu: int) -> None:
+        """gic-v3-lpi.c ``vgic_vcpu_inject_lpi`` (f98d6a0862; 4.10.0): ``p = irq_to_pending(
+        d->vcpu[0], virq)`` (the tree's read lock, dropped again), ``vcpu_id =
+        ACCESS_ONCE(p->lpi_vcpu_id)`` with no lock held, ``vgic_vcpu_inject_irq``."""
+        d = self.d
+        p = self.irq_to_pending(vlpi)
+        if p is None:
+            d.lpi_null += 1
+            self.trace("inject_lpi_null", vlpi)
+            return
+        vcpu_id = p.lpi_vcpu_id  # ACCESS_ONCE: the object may be freed by now
+        if vcpu_id >= self.nr_vcpus:
+            return
+        d.lpi_injections += 1
+        self.trace("inject_lpi", vlpi, vcpu_id, p._g)
+        self.vgic_vcpu_inject_irq(vcpu_id, vlpi)
+
+    # -- MAPD ---------------------------------------------------------------------------------------
+    def its_handle_mapd(self, devid: int, valid: bool) -> int:
+        """vgic-v3-its.c ``its_handle_mapd`` (08055c8ea7; 4.10.0): V=0 discards every event
+        (its_unmap_device) and removes the device; V=1 maps it; then the device table entry
+        under its_lock. Here ``pend_irqs`` holds the per-event objects MAPTI allocates."""
+        d = self.d
+        if not valid:
+            self.its_unmap_device(devid)
+            ret = self._unmap_device(devid)
+            d.mapd_invalid += 1
+        else:
+            ret = self._map_device(devid, alloc_pend_irqs=False)
+            if ret and ret != -EBUSY:
+                return ret
+            d.mapd_valid += 1
+        spin_lock(d.its.its_lock)
+        self.its_set_itt_address(devid, self.nr_events if valid else 0)
+        spin_unlock(d.its.its_lock)
+        self.trace("cmd_mapd", devid, int(valid), ret)
+        return ret
+
+    def _unmap_device(self, devid: int) -> int:
+        """``gicv3_its_map_guest_device`` (valid = 0) -> ``remove_mapped_guest_device``: rb
+        erase under its_devices_lock, the host MAPD V=0 (the events stop firing), host
+        entries invalid, ``xfree(dev)`` (every event's pending_irq was freed by its DISCARD;
+        one left, a DISCARD that failed, is freed here)."""
+        d = self.d
+        spin_lock(d.its_devices_lock)
+        dh = d.its_devices[devid]
+        if dh == NULL:
+            spin_unlock(d.its_devices_lock)
+            return -ENOENT
+        d.its_devices[devid] = NULL
+        spin_unlock(d.its_devices_lock)
+        d.hw_mapped[devid] = 0
+        for e in range(self.nr_events):
+            self.gicv3_lpi_update_host_entry(devid * self.nr_events + e, INVALID_LPI)
+        dev = d.devs[dh]
+        for e in range(self.nr_events):
+            h = dev.pend_irqs[e]
+            if h != NULL:
+                self.check_unlinked(h, d.pirqs[h], "remove_mapped_guest_device")
+                d.pirqs.free(h)
+        d.devs.free(dh)
+        return 0
+
+    # -- MAPTI --------------------------------------------------------------------------------------
+    def gicv3_assign_guest_event(self, devid: int, evid: int, vlpi: int, vcpu: int) -> int:
+        """gic-v3-its.c ``gicv3_assign_guest_event`` (4.10.0) for a design that allocates per
+        event: under its_devices_lock, ``xzalloc(struct pending_irq)`` into
+        ``dev->pend_irqs[eventid]``, the host entry set to the vLPI. The handle, or NULL."""
+        d = self.d
+        spin_lock(d.its_devices_lock)
+        dh = d.its_devices[devid]
+        h = NULL
+        if dh != NULL:
+            dev = d.devs[dh]
+            if evid < dev.eventids and dev.pend_irqs[evid] == NULL:
+                h = d.pirqs.alloc()
+                if h != NULL:
+                    dev.pend_irqs[evid] = h
+                    self.gicv3_lpi_update_host_entry(dev.host_lpi_base + evid, vlpi, vcpu)
+        spin_unlock(d.its_devices_lock)
+        return h
+
+    def _release_event(self, devid: int, evid: int, h: int) -> None:
+        """The error path of MAPTI: ``dev->pend_irqs[eventid]`` cleared and freed."""
+        d = self.d
+        spin_lock(d.its_devices_lock)
+        dh = d.its_devices[devid]
+        if dh != NULL and d.devs[dh].pend_irqs[evid] == h:
+            d.devs[dh].pend_irqs[evid] = NULL
+        spin_unlock(d.its_devices_lock)
+        d.pirqs.free(h)
+
+    def its_handle_mapti(self, devid: int, evid: int, vlpi: int, coll: int) -> int:
+        """vgic-v3-its.c ``its_handle_mapti`` (5e8d02560a; 4.10.0's order): under its_lock
+        refuse an existing mapping, check the collection and the LPI, write_itte; then
+        gicv3_assign_guest_event, vgic_init_pending_irq, update_lpi_property,
+        ``lpi_vcpu_id``; the insert into the tree under the vCPU's vgic lock (the proposal's
+        rule for every tree change) and the tree's write lock; errors undo it all."""
+        d = self.d
+        its = d.its
+        spin_lock(its.its_lock)
+        r = self.read_itte(devid, evid)
+        if r is not None and r[1] != INVALID_LPI:
+            spin_unlock(its.its_lock)
+            return -1
+        if coll >= len(its.coll_table) or not self.lpi_in_range(vlpi):
+            spin_unlock(its.its_lock)
+            return -1
+        vcpu = its.coll_table[coll]
+        if not self.write_itte(devid, evid, coll, vlpi):
+            spin_unlock(its.its_lock)
+            return -1
+        spin_unlock(its.its_lock)
+        ret = -1
+        h = self.gicv3_assign_guest_event(devid, evid, vlpi, vcpu)
+        if h != NULL:
+            p = d.pirqs[h]
+            self.vgic_init_pending_irq(p, vlpi)
+            self.update_lpi_property(p)
+            p.lpi_vcpu_id = vcpu
+            if self.lpi_pristine:
+                p.status |= 1 << GIC_IRQ_GUEST_PRISTINE_LPI  # set_bit(GIC_IRQ_GUEST_PRISTINE_LPI), bccfbe70a3
+            self.new_mapping(h)
+            if self._tree_insert(vlpi, h, vcpu):
+                d.maptis += 1
+                self.trace("cmd_mapti", vlpi, devid, evid)
+                return 0
+            self.gicv3_remove_guest_event(devid, evid)
+            self._release_event(devid, evid, h)
+        d.mapti_failed += 1
+        spin_lock(its.its_lock)
+        self.write_itte(devid, evid, UNMAPPED_COLLECTION, INVALID_LPI)
+        spin_unlock(its.its_lock)
+        return ret
+
+    def _tree_insert(self, vlpi: int, h: int, vcpu: int) -> bool:
+        """``radix_tree_insert`` under the vCPU's vgic lock (irqsave) and the tree's write
+        lock; False if the LPI is mapped already."""
+        d = self.d
+        vv = d.vcpus[vcpu]
+        flags = spin_lock_irqsave(vv.lock)
+        write_lock(d.pend_lpi_tree_lock)
+        k = lpi_k(vlpi)
+        ok = d.pend_lpi_tree[k] == NULL
+        if ok:
+            d.pend_lpi_tree[k] = h
+            self.trace("tree_insert", vlpi, h, vcpu)
+        write_unlock(d.pend_lpi_tree_lock)
+        spin_unlock_irqrestore(vv.lock, flags)
+        return ok
+
+    # -- DISCARD ------------------------------------------------------------------------------------
+    def its_discard_event(self, devid: int, evid: int) -> int:
+        """DISCARD of one event (``its_discard_event``, the thread's version), under its_lock:
+        read_itte; the ITTE's vCPU's vgic lock; the tree's write lock, delete (NULL), drop
+        it; unlink the pending_irq from inflight/lr_pending (``gic_remove_irq_from_queues``)
+        and free it, still under the vgic lock; then the host entry (INVALID_LPI) and
+        ``dev->pend_irqs[eventid]``."""
+        d = self.d
+        assert_held(d.its.its_lock)
+        r = self.read_itte(devid, evid)
+        if r is None:
+            return -ENOENT
+        vcpu, vlpi = r
+        if vlpi == INVALID_LPI:
+            return -ENOENT
+        vv = d.vcpus[vcpu]
+        flags = spin_lock_irqsave(vv.lock)
+        write_lock(d.pend_lpi_tree_lock)
+        k = lpi_k(vlpi)
+        h = d.pend_lpi_tree[k]
+        d.pend_lpi_tree[k] = NULL
+        write_unlock(d.pend_lpi_tree_lock)
+        if h == NULL:
+            spin_unlock_irqrestore(vv.lock, flags)
+            return -ENOENT
+        self.trace("tree_delete", vlpi, h, vcpu)
+        self.trace("cmd_discard", vlpi, devid, evid)
+        p = d.pirqs[h]
+        self.gic_remove_irq_from_queues(vcpu, vlpi, p)
+        self.check_unlinked(h, p, "DISCARD")
+        d.slot_seq[h & SLOT_MASK] = 0
+        d.pirqs.free(h)
+        self.trace("pirq_free", vlpi, h)
+        spin_unlock_irqrestore(vv.lock, flags)
+        spin_lock(d.its_devices_lock)
+        dh = d.its_devices[devid]
+        host = -1
+        if dh != NULL:
+            dev = d.devs[dh]
+            if dev.pend_irqs[evid] == h:
+                dev.pend_irqs[evid] = NULL
+            host = dev.host_lpi_base + evid
+        spin_unlock(d.its_devices_lock)
+        if host < 0:
+            return -EINVAL
+        self.gicv3_lpi_update_host_entry(host, INVALID_LPI)
+        return 0
+

@@ -1,0 +1,187 @@
+"""``upstream``: Xen 4.10 (RELEASE-4.10.0) — 56e1b3ebc9 (NULL checks of ``irq_to_pending``),
+bccfbe70a3 (PRISTINE LPIs), 08055c8ea7 (MAPD), 5928960ee7 (DISCARD), 5e8d02560a (MAPTI/MAPI),
+with f98d6a0862 (``vgic_vcpu_inject_lpi``).
+
+Its locking order is common.py's (the comment at the top of vgic-v3-its.c), with two
+departures the C makes and the model keeps: MAPTI takes ``pend_lpi_tree_lock`` for writing
+with interrupts enabled, outside any vgic lock, while ``gicv3_do_LPI`` reads it in
+interrupt context (``vgic_v3_lpi_to_pending``); and ``remove_mapped_guest_device`` frees
+``pend_irqs`` holding no lock at all.
+
+- DISCARD (``its_discard_event``, under its_lock): the ITTE's vCPU's vgic lock, the tree's
+  write lock, ``radix_tree_delete``, ``gic_remove_irq_from_queues`` and
+  ``vgic_init_pending_irq(p, INVALID_LPI)`` under the vgic lock, then the host entry
+  (INVALID_LPI). Nothing is freed: the pending_irq is an element of ``dev->pend_irqs``.
+- MAPD V=1 (``gicv3_its_map_guest_device``): ``xzalloc_array(struct pending_irq,
+  nr_events)``. MAPD V=0: ``its_unmap_device`` (every event discarded, under its_lock), then
+  ``gicv3_its_map_guest_device(valid = false)`` -> ``remove_mapped_guest_device``:
+  ``xfree(dev->pend_irqs)`` with no lock and no grace period.
+- MAPTI: ``vgic_init_pending_irq``, ``update_lpi_property``, ``lpi_vcpu_id``, PRISTINE set,
+  then ``radix_tree_insert`` under the tree's write lock (``write_lock``, interrupts on).
+- ``vgic_vcpu_inject_lpi``: ``irq_to_pending`` (read lock, dropped), ``ACCESS_ONCE(
+  p->lpi_vcpu_id)`` with no lock ("TODO: this assumes that the struct pending_irq stays valid
+  all of the time"), ``vgic_vcpu_inject_irq`` (which looks it up again under the vgic lock).
+- The LR side: 4.10.0's gic.c (NULL checks, PRISTINE in ``gic_update_one_lr`` and
+  ``gic_find_unused_lr``, cleared by ``gic_set_lr``).
+"""
+
+from __future__ import annotations
+
+from ...heap import NULL, SLOT_MASK
+from ...old_vgic import GIC_IRQ_GUEST_PRISTINE_LPI
+from ...rwlock import write_lock, write_unlock
+from ...spinlock import assert_held, spin_lock, spin_lock_irqsave, spin_unlock, spin_unlock_irqrestore
+from .common import EBUSY, ENOENT, INVALID_LPI, UNMAPPED_COLLECTION, LpiVgic, lpi_k
+
+
+class Upstream(LpiVgic):
+    name = "upstream"
+    inject_lookup_under_lock = True
+    lpi_pristine = True
+
+    def vgic_vcpu_inject_lpi(self, vlpi: int, host_vcpu: int) -> None:
+        """gic-v3-lpi.c ``vgic_vcpu_inject_lpi`` (4.10.0): the lookup, then
+        ``ACCESS_ONCE(p->lpi_vcpu_id)`` outside any lock, then ``vgic_vcpu_inject_irq``."""
+        d = self.d
+        p = self.irq_to_pending(vlpi)
+        if p is None:
+            d.lpi_null += 1
+            self.trace("inject_lpi_null", vlpi)
+            return
+        vcpu_id = p.lpi_vcpu_id  # ACCESS_ONCE: pend_irqs may be freed by now
+        if vcpu_id >= self.nr_vcpus:
+            return
+        d.lpi_injections += 1
+        self.trace("inject_lpi", vlpi, vcpu_id, p._g)
+        self.vgic_vcpu_inject_irq(vcpu_id, vlpi)
+
+    # -- MAPD -----------------------------------------------------------------------------------------
+    def its_handle_mapd(self, devid: int, valid: bool) -> int:
+        """vgic-v3-its.c ``its_handle_mapd`` (08055c8ea7, 4.10.0): V=0: ``its_unmap_device``;
+        then (hardware domain) ``gicv3_its_map_guest_device``; then
+        ``its_set_itt_address`` under its_lock."""
+        d = self.d
+        if not valid:
+            self.its_unmap_device(devid)
+            ret = self.remove_mapped_guest_device(devid)
+            d.mapd_invalid += 1
+        else:
+            ret = self._map_device(devid, alloc_pend_irqs=True)
+            if ret and ret != -EBUSY:
+                return ret
+            d.mapd_valid += 1
+        spin_lock(d.its.its_lock)
+        self.its_set_itt_address(devid, self.nr_events if valid else 0)
+        spin_unlock(d.its.its_lock)
+        self.trace("cmd_mapd", devid, int(valid), ret)
+        return ret
+
+    def remove_mapped_guest_device(self, devid: int) -> int:
+        """gic-v3-its.c ``gicv3_its_map_guest_device(.., valid = false)`` (4.10.0): rb_erase
+        under its_devices_lock, dropped; ``remove_mapped_guest_device``: the host MAPD V=0,
+        ``gicv3_free_host_lpi_block`` (host entries empty), ``xfree(dev->pend_irqs)``,
+        ``xfree(dev)`` — no lock held, nothing waits for a CPU still using a pointer into
+        ``pend_irqs``."""
+        d = self.d
+        spin_lock(d.its_devices_lock)
+        dh = d.its_devices[devid]
+        if dh == NULL:
+            spin_unlock(d.its_devices_lock)
+            return -ENOENT
+        d.its_devices[devid] = NULL  # rb_erase
+        spin_unlock(d.its_devices_lock)
+        d.hw_mapped[devid] = 0  # its_send_cmd_mapd(.., false): the host ITS discards the events
+        for e in range(self.nr_events):
+            self.gicv3_lpi_update_host_entry(devid * self.nr_events + e, INVALID_LPI)
+        dev = d.devs[dh]
+        n = 0
+        for e in range(self.nr_events):  # xfree(dev->pend_irqs)
+            h = dev.pend_irqs[e]
+            p = d.pirqs[h]
+            self.check_unlinked(h, p, "remove_mapped_guest_device (xfree(dev->pend_irqs))")
+            d.slot_seq[h & SLOT_MASK] = 0
+            d.pirqs.free(h)
+            n += 1
+        self.trace("pend_irqs_free", devid, n)
+        d.devs.free(dh)  # xfree(dev)
+        return 0
+
+    # -- MAPTI ------------------------------------------------------------------------------------------
+    def its_handle_mapti(self, devid: int, evid: int, vlpi: int, coll: int) -> int:
+        """vgic-v3-its.c ``its_handle_mapti`` (5e8d02560a, bccfbe70a3; 4.10.0)."""
+        d = self.d
+        its = d.its
+        spin_lock(its.its_lock)
+        r = self.read_itte(devid, evid)
+        if r is not None and r[1] != INVALID_LPI:
+            spin_unlock(its.its_lock)
+            return -1
+        if coll >= len(its.coll_table) or not self.lpi_in_range(vlpi):
+            spin_unlock(its.its_lock)
+            return -1
+        vcpu = its.coll_table[coll]
+        if not self.write_itte(devid, evid, coll, vlpi):
+            spin_unlock(its.its_lock)
+            return -1
+        spin_unlock(its.its_lock)
+        # gicv3_assign_guest_event: the still unused pending_irq, host entry = vLPI
+        h, host = self.get_event_pending_irq(devid, evid)
+        if h != NULL:
+            self.gicv3_lpi_update_host_entry(host, vlpi)
+            p = d.pirqs[h]
+            self.vgic_init_pending_irq(p, vlpi)
+            self.update_lpi_property(p)  # "We don't need the VGIC VCPU lock here"
+            p.lpi_vcpu_id = vcpu
+            p.status |= 1 << GIC_IRQ_GUEST_PRISTINE_LPI  # set_bit(GIC_IRQ_GUEST_PRISTINE_LPI)
+            self.new_mapping(h)
+            write_lock(d.pend_lpi_tree_lock)  # interrupts enabled
+            k = lpi_k(vlpi)
+            ok = d.pend_lpi_tree[k] == NULL
+            if ok:
+                d.pend_lpi_tree[k] = h
+                self.trace("tree_insert", vlpi, h, vcpu)
+            write_unlock(d.pend_lpi_tree_lock)
+            if ok:
+                d.maptis += 1
+                self.trace("cmd_mapti", vlpi, devid, evid)
+                return 0
+            self.gicv3_remove_guest_event(devid, evid)  # out_remove_host_entry
+        d.mapti_failed += 1
+        spin_lock(its.its_lock)  # out_remove_mapping
+        self.write_itte(devid, evid, UNMAPPED_COLLECTION, INVALID_LPI)
+        spin_unlock(its.its_lock)
+        return -1
+
+    # -- DISCARD -------------------------------------------------------------------------------------------
+    def its_discard_event(self, devid: int, evid: int) -> int:
+        """vgic-v3-its.c ``its_discard_event`` (5928960ee7, 4.10.0): requires its_lock.
+        read_itte; the ITTE's vCPU's vgic lock ("TODO: This relies on the VCPU being correct
+        in the ITS tables"); ``write_lock``, ``radix_tree_delete``, ``write_unlock``;
+        ``gic_remove_irq_from_queues``, ``vgic_init_pending_irq(p, INVALID_LPI)``; unlock;
+        ``gicv3_remove_guest_event``."""
+        d = self.d
+        assert_held(d.its.its_lock)
+        r = self.read_itte(devid, evid)
+        if r is None:
+            return -ENOENT
+        vcpu, vlpi = r
+        if vlpi == INVALID_LPI:
+            return -ENOENT
+        vv = d.vcpus[vcpu]
+        flags = spin_lock_irqsave(vv.lock)
+        write_lock(d.pend_lpi_tree_lock)
+        k = lpi_k(vlpi)
+        h = d.pend_lpi_tree[k]
+        d.pend_lpi_tree[k] = NULL
+        write_unlock(d.pend_lpi_tree_lock)
+        if h == NULL:
+            spin_unlock_irqrestore(vv.lock, flags)
+            return -ENOENT
+        self.trace("tree_delete", vlpi, h, vcpu)
+        self.trace("cmd_discard", vlpi, devid, evid)
+        p = d.pirqs[h]
+        self.gic_remove_irq_from_queues(vcpu, vlpi, p)
+        self.vgic_init_pending_irq(p, INVALID_LPI)
+        d.slot_seq[h & SLOT_MASK] = 0
+        spin_unlock_irqrestore(vv.lock, flags)
+        return self.gicv3_remove_guest_event(devid, evid)

@@ -77,6 +77,16 @@ class Site:
 UNKNOWN = Site("?", "?", 0)
 
 
+def _code_of(obj: object) -> CodeType | None:
+    """``obj.__code__`` if it has one. Any exception is no code: a module may hold proxies
+    whose attribute access raises (Ray's client stub: "Ray Client is not connected")."""
+    try:
+        code = getattr(obj, "__code__", None)
+    except Exception:
+        return None
+    return code if isinstance(code, CodeType) else None
+
+
 class SiteResolver:
     """Maps site ints back to code objects found through live functions."""
 
@@ -105,8 +115,8 @@ class SiteResolver:
                     if f is not None:
                         visit(f, depth + 1)
                 return
-            code = getattr(obj, "__code__", None)
-            if isinstance(code, CodeType):
+            code = _code_of(obj)
+            if code is not None:
                 add(code)
                 return
             if isinstance(obj, type):
@@ -119,8 +129,8 @@ class SiteResolver:
             for v in list(getattr(mod, "__dict__", {}).values()):
                 visit(v)
         for obj in gc.get_objects():
-            code = getattr(obj, "__code__", None) if callable(obj) else None
-            if isinstance(code, CodeType):
+            code = _code_of(obj)
+            if code is not None:
                 add(code)
         f: FrameType | None = sys._getframe()
         while f is not None:

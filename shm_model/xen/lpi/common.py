@@ -67,7 +67,7 @@ from ...heap import NULL, SLOT_MASK, Heap
 from ...layout import Array, Int, Nested, RwLock, Spinlock, Struct
 from ...old_vgic import (GIC_IRQ_GUEST_ENABLED, GIC_IRQ_GUEST_VISIBLE, INVALID_VCPU, LPI_OFFSET, OldVgic,
                          OldVgicDomain, test_bit)
-from ...rwlock import read_lock, read_unlock
+from ...rwlock import read_lock, read_unlock, write_lock, write_unlock
 from ...spinlock import assert_held, spin_lock, spin_lock_irqsave, spin_unlock, spin_unlock_irqrestore
 
 INVALID_LPI = 0  # xen/include/asm-arm/irq.h (4.10.0)
@@ -353,7 +353,22 @@ class LpiVgic(OldVgic):
         self.vgic_vcpu_inject_lpi(vlpi, data >> 32)
 
     def vgic_vcpu_inject_lpi(self, vlpi: int, host_vcpu: int) -> None:
-        raise NotImplementedError
+        """gic-v3-lpi.c ``vgic_vcpu_inject_lpi`` (f98d6a0862; 4.10.0): ``p = irq_to_pending(
+        d->vcpu[0], virq)`` (the tree's read lock, dropped again), ``vcpu_id =
+        ACCESS_ONCE(p->lpi_vcpu_id)`` with no lock held, ``vgic_vcpu_inject_irq``. Nothing
+        keeps ``p`` alive meanwhile: a DISCARD or MAPD V=0 may free it (the designs' question)."""
+        d = self.d
+        p = self.irq_to_pending(vlpi)
+        if p is None:
+            d.lpi_null += 1
+            self.trace("inject_lpi_null", vlpi)
+            return
+        vcpu_id = p.lpi_vcpu_id  # ACCESS_ONCE: the object may be freed by now
+        if vcpu_id >= self.nr_vcpus:
+            return
+        d.lpi_injections += 1
+        self.trace("inject_lpi", vlpi, vcpu_id, p._g)
+        self.vgic_vcpu_inject_irq(vcpu_id, vlpi)
 
     # -- pending_irq ------------------------------------------------------------------------------
     def vgic_init_pending_irq(self, p: Any, virq: int) -> None:
@@ -417,6 +432,37 @@ class LpiVgic(OldVgic):
 
     def its_discard_event(self, devid: int, evid: int) -> int:
         raise NotImplementedError
+
+    def discard_unlink(self, devid: int, evid: int) -> tuple[Any, int, int, Any, int] | int:
+        """The steps every design's ``its_discard_event`` starts with (vgic-v3-its.c, 4.10.0;
+        the thread's version has the same), under its_lock: ``read_itte``; the ITTE's vCPU's
+        vgic lock ("TODO: This relies on the VCPU being correct in the ITS tables"); the
+        tree's write lock, ``radix_tree_delete``, ``write_unlock``;
+        ``gic_remove_irq_from_queues``. Returns (the vCPU's vgic, the flags of its still held
+        lock, the handle, the pending_irq, the vLPI), or the error (nothing held)."""
+        d = self.d
+        assert_held(d.its.its_lock)
+        r = self.read_itte(devid, evid)
+        if r is None:
+            return -ENOENT
+        vcpu, vlpi = r
+        if vlpi == INVALID_LPI:
+            return -ENOENT
+        vv = d.vcpus[vcpu]
+        flags = spin_lock_irqsave(vv.lock)
+        write_lock(d.pend_lpi_tree_lock)
+        k = lpi_k(vlpi)
+        h = d.pend_lpi_tree[k]
+        d.pend_lpi_tree[k] = NULL
+        write_unlock(d.pend_lpi_tree_lock)
+        if h == NULL:
+            spin_unlock_irqrestore(vv.lock, flags)
+            return -ENOENT
+        self.trace("tree_delete", vlpi, h, vcpu)
+        self.trace("cmd_discard", vlpi, devid, evid)
+        p = d.pirqs[h]
+        self.gic_remove_irq_from_queues(vcpu, vlpi, p)
+        return vv, flags, h, p, vlpi
 
     def its_handle_discard(self, devid: int, evid: int) -> int:
         """vgic-v3-its.c ``its_handle_discard`` (4.10.0): its_lock, its_discard_event, then

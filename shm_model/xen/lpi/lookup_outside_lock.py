@@ -31,7 +31,7 @@ from __future__ import annotations
 from ...heap import NULL, SLOT_MASK
 from ...old_vgic import GIC_IRQ_GUEST_PRISTINE_LPI
 from ...rwlock import write_lock, write_unlock
-from ...spinlock import assert_held, spin_lock, spin_lock_irqsave, spin_unlock, spin_unlock_irqrestore
+from ...spinlock import spin_lock, spin_lock_irqsave, spin_unlock, spin_unlock_irqrestore
 from .common import EBUSY, EINVAL, ENOENT, INVALID_LPI, UNMAPPED_COLLECTION, LpiVgic, lpi_k
 
 
@@ -41,23 +41,6 @@ class LookupOutsideLock(LpiVgic):
     lpi_pristine = True
 
     # -- injection --------------------------------------------------------------------------------
-    def vgic_vcpu_inject_lpi(self, vlpi: int, host_vcpu: int) -> None:
-        """gic-v3-lpi.c ``vgic_vcpu_inject_lpi`` (f98d6a0862; 4.10.0): ``p = irq_to_pending(
-        d->vcpu[0], virq)`` (the tree's read lock, dropped again), ``vcpu_id =
-        ACCESS_ONCE(p->lpi_vcpu_id)`` with no lock held, ``vgic_vcpu_inject_irq``."""
-        d = self.d
-        p = self.irq_to_pending(vlpi)
-        if p is None:
-            d.lpi_null += 1
-            self.trace("inject_lpi_null", vlpi)
-            return
-        vcpu_id = p.lpi_vcpu_id  # ACCESS_ONCE: the object may be freed by now
-        if vcpu_id >= self.nr_vcpus:
-            return
-        d.lpi_injections += 1
-        self.trace("inject_lpi", vlpi, vcpu_id, p._g)
-        self.vgic_vcpu_inject_irq(vcpu_id, vlpi)
-
     # -- MAPD ---------------------------------------------------------------------------------------
     def its_handle_mapd(self, devid: int, valid: bool) -> int:
         """vgic-v3-its.c ``its_handle_mapd`` (08055c8ea7; 4.10.0): V=0 discards every event
@@ -195,32 +178,14 @@ class LookupOutsideLock(LpiVgic):
     # -- DISCARD ------------------------------------------------------------------------------------
     def its_discard_event(self, devid: int, evid: int) -> int:
         """DISCARD of one event (``its_discard_event``, the thread's version), under its_lock:
-        read_itte; the ITTE's vCPU's vgic lock; the tree's write lock, delete (NULL), drop
-        it; unlink the pending_irq from inflight/lr_pending (``gic_remove_irq_from_queues``)
-        and free it, still under the vgic lock; then the host entry (INVALID_LPI) and
-        ``dev->pend_irqs[eventid]``."""
+        :meth:`discard_unlink` (read_itte, the vCPU's vgic lock, the tree delete, unlinked
+        from inflight/lr_pending); then the pending_irq is freed, still under the vgic lock;
+        then the host entry (INVALID_LPI) and ``dev->pend_irqs[eventid]``."""
+        r = self.discard_unlink(devid, evid)
+        if isinstance(r, int):
+            return r
+        vv, flags, h, p, vlpi = r
         d = self.d
-        assert_held(d.its.its_lock)
-        r = self.read_itte(devid, evid)
-        if r is None:
-            return -ENOENT
-        vcpu, vlpi = r
-        if vlpi == INVALID_LPI:
-            return -ENOENT
-        vv = d.vcpus[vcpu]
-        flags = spin_lock_irqsave(vv.lock)
-        write_lock(d.pend_lpi_tree_lock)
-        k = lpi_k(vlpi)
-        h = d.pend_lpi_tree[k]
-        d.pend_lpi_tree[k] = NULL
-        write_unlock(d.pend_lpi_tree_lock)
-        if h == NULL:
-            spin_unlock_irqrestore(vv.lock, flags)
-            return -ENOENT
-        self.trace("tree_delete", vlpi, h, vcpu)
-        self.trace("cmd_discard", vlpi, devid, evid)
-        p = d.pirqs[h]
-        self.gic_remove_irq_from_queues(vcpu, vlpi, p)
         self.check_unlinked(h, p, "DISCARD")
         d.slot_seq[h & SLOT_MASK] = 0
         d.pirqs.free(h)

@@ -30,7 +30,7 @@ from __future__ import annotations
 from ...heap import NULL, SLOT_MASK
 from ...old_vgic import GIC_IRQ_GUEST_PRISTINE_LPI
 from ...rwlock import write_lock, write_unlock
-from ...spinlock import assert_held, spin_lock, spin_lock_irqsave, spin_unlock, spin_unlock_irqrestore
+from ...spinlock import spin_lock, spin_unlock, spin_unlock_irqrestore
 from .common import EBUSY, ENOENT, INVALID_LPI, UNMAPPED_COLLECTION, LpiVgic, lpi_k
 
 
@@ -38,22 +38,6 @@ class Upstream(LpiVgic):
     name = "upstream"
     inject_lookup_under_lock = True
     lpi_pristine = True
-
-    def vgic_vcpu_inject_lpi(self, vlpi: int, host_vcpu: int) -> None:
-        """gic-v3-lpi.c ``vgic_vcpu_inject_lpi`` (4.10.0): the lookup, then
-        ``ACCESS_ONCE(p->lpi_vcpu_id)`` outside any lock, then ``vgic_vcpu_inject_irq``."""
-        d = self.d
-        p = self.irq_to_pending(vlpi)
-        if p is None:
-            d.lpi_null += 1
-            self.trace("inject_lpi_null", vlpi)
-            return
-        vcpu_id = p.lpi_vcpu_id  # ACCESS_ONCE: pend_irqs may be freed by now
-        if vcpu_id >= self.nr_vcpus:
-            return
-        d.lpi_injections += 1
-        self.trace("inject_lpi", vlpi, vcpu_id, p._g)
-        self.vgic_vcpu_inject_irq(vcpu_id, vlpi)
 
     # -- MAPD -----------------------------------------------------------------------------------------
     def its_handle_mapd(self, devid: int, valid: bool) -> int:
@@ -155,33 +139,14 @@ class Upstream(LpiVgic):
     # -- DISCARD -------------------------------------------------------------------------------------------
     def its_discard_event(self, devid: int, evid: int) -> int:
         """vgic-v3-its.c ``its_discard_event`` (5928960ee7, 4.10.0): requires its_lock.
-        read_itte; the ITTE's vCPU's vgic lock ("TODO: This relies on the VCPU being correct
-        in the ITS tables"); ``write_lock``, ``radix_tree_delete``, ``write_unlock``;
-        ``gic_remove_irq_from_queues``, ``vgic_init_pending_irq(p, INVALID_LPI)``; unlock;
-        ``gicv3_remove_guest_event``."""
-        d = self.d
-        assert_held(d.its.its_lock)
-        r = self.read_itte(devid, evid)
-        if r is None:
-            return -ENOENT
-        vcpu, vlpi = r
-        if vlpi == INVALID_LPI:
-            return -ENOENT
-        vv = d.vcpus[vcpu]
-        flags = spin_lock_irqsave(vv.lock)
-        write_lock(d.pend_lpi_tree_lock)
-        k = lpi_k(vlpi)
-        h = d.pend_lpi_tree[k]
-        d.pend_lpi_tree[k] = NULL
-        write_unlock(d.pend_lpi_tree_lock)
-        if h == NULL:
-            spin_unlock_irqrestore(vv.lock, flags)
-            return -ENOENT
-        self.trace("tree_delete", vlpi, h, vcpu)
-        self.trace("cmd_discard", vlpi, devid, evid)
-        p = d.pirqs[h]
-        self.gic_remove_irq_from_queues(vcpu, vlpi, p)
+        :meth:`discard_unlink` (read_itte, the vCPU's vgic lock, the tree delete,
+        ``gic_remove_irq_from_queues``); ``vgic_init_pending_irq(p, INVALID_LPI)``; unlock;
+        ``gicv3_remove_guest_event``. The pending_irq stays in ``dev->pend_irqs``."""
+        r = self.discard_unlink(devid, evid)
+        if isinstance(r, int):
+            return r
+        vv, flags, h, p, vlpi = r
         self.vgic_init_pending_irq(p, INVALID_LPI)
-        d.slot_seq[h & SLOT_MASK] = 0
+        self.d.slot_seq[h & SLOT_MASK] = 0
         spin_unlock_irqrestore(vv.lock, flags)
         return self.gicv3_remove_guest_event(devid, evid)

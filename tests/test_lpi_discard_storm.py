@@ -75,7 +75,7 @@ def test_upstream_frees_pend_irqs_under_an_injection(runs_dir):
     assert {"use-after-free", "inconsistent-lock-state"} <= r.outcomes, r.outcomes
     text = _report(r, "BUG: KASAN: use-after-free in")
     use, alloc = text[:text.index("Allocated by")], text[text.index("Allocated by"):text.index("Freed by")]
-    assert "Upstream.vgic_vcpu_inject_lpi()" in use and "field lpi_vcpu_id" in text
+    assert "BUG: KASAN: use-after-free in LpiVgic.vgic_vcpu_inject_lpi()" in use and "field lpi_vcpu_id" in text
     assert "_map_device()" in alloc and "remove_mapped_guest_device()" in text[text.index("Freed by"):]
     ils = r.out[r.out.index("WARNING: inconsistent lock state"):]
     assert "&d->arch.vgic.pend_lpi_tree_lock" in ils[:2000]

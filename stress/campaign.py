@@ -72,7 +72,6 @@ from .soak import (CHILD_GRACE_S, PASSING, STOP_WAIT_S, Iteration, Plan, PlanDri
                    _tail, check_plan, child_command, console, decisive_in, drop_traces, expects_bug, find_run_dir,
                    keeps_traces, print_summary, record_outcome, recorded_command, schedule_tag, soak_command)
 from .store import HARNESS_STATUSES, RunRow, Store, StoreError, host_stats, run_status
-from .verdict import EXIT_HARNESS, EXIT_SIGINT, EXIT_SIGTERM
 
 RESOURCE = "stress_host"
 DEFAULT_RETRIES = 3
@@ -535,29 +534,12 @@ class Campaign(PlanDriver):
             self._stop_view()
             self._cancel_pending()
             self._write_progress(final=True)
-        if status != "failed" and self.stop_signal:
-            status = "interrupted"
-        try:
-            if status == "done":
-                store.end_soak(self.id, "done")
-            else:
-                store.mark_soak(self.id, status)
-        except Exception as e:
-            sys.stderr.write(f"stress: warning: could not mark campaign {self.id} {status}: {e}\n")
-        code = print_summary(store, self.id, self.out)
         tm = self.timing_summary()
-        if tm["overhead_s"] is not None:
-            self.out.print(f"overhead per iteration (Ray dispatch, record transfer, recording; beyond the run "
-                           f"itself): median {tm['overhead_s']:.3f} s over {tm['iterations']} iterations; "
-                           f"median record {tm['record_bytes'] / 1024:.0f} KiB")
-        if status == "failed":
-            return EXIT_HARNESS
-        if status == "interrupted":
-            how = "interrupted (Ctrl-C)" if self.stop_signal == signal.SIGINT else "terminated (SIGTERM)"
-            self.out.print(f"campaign {how}: the iterations in flight are not counted; resume with: "
-                           f"stress campaign --resume {self.id} {self._where_args()}")
-            return EXIT_SIGINT if self.stop_signal == signal.SIGINT else EXIT_SIGTERM
-        return code
+        overhead = (f"overhead per iteration (Ray dispatch, record transfer, recording; beyond the run "
+                    f"itself): median {tm['overhead_s']:.3f} s over {tm['iterations']} iterations; "
+                    f"median record {tm['record_bytes'] / 1024:.0f} KiB") if tm["overhead_s"] is not None else ""
+        return self._close(status, "campaign", "the iterations in flight are not counted",
+                           f"stress campaign --resume {self.id} {self._where_args()}", overhead)
 
     def _bound_words(self) -> str:
         parts = []

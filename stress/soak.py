@@ -550,6 +550,29 @@ class PlanDriver:
     def _run(self) -> int:
         raise NotImplementedError
 
+    def _close(self, status: str, word: str, lost: str, resume: str, after_summary: str = "") -> int:
+        """The end of a soak or campaign: its status in the store (``done``, ``failed``, or
+        ``interrupted`` by a signal), the summary, and the exit code."""
+        if status != "failed" and self.stop_signal:
+            status = "interrupted"
+        try:
+            if status == "done":
+                self.store.end_soak(self.id, "done")
+            else:
+                self.store.mark_soak(self.id, status)
+        except Exception as e:  # the summary below still says what happened
+            sys.stderr.write(f"stress: warning: could not mark {word} {self.id} {status}: {e}\n")
+        code = print_summary(self.store, self.id, self.out)
+        if after_summary:
+            self.out.print(after_summary)
+        if status == "failed":
+            return EXIT_HARNESS
+        if status == "interrupted":
+            how = "interrupted (Ctrl-C)" if self.stop_signal == signal.SIGINT else "terminated (SIGTERM)"
+            self.out.print(f"{word} {how}: {lost}; resume with: {resume}")
+            return EXIT_SIGINT if self.stop_signal == signal.SIGINT else EXIT_SIGTERM
+        return code
+
     # -- progress -------------------------------------------------------------------------------
     def _say(self, text: str) -> None:
         self.out.print(text)
@@ -620,24 +643,8 @@ class Soak(PlanDriver):
             self._stop_view()
             self._stop_child()
             sweep_orphans()
-        if status != "failed" and self.stop_signal:
-            status = "interrupted"
-        try:
-            if status == "done":
-                store.end_soak(self.id, "done")
-            else:
-                store.mark_soak(self.id, status)
-        except Exception as e:  # the summary below still says what happened
-            sys.stderr.write(f"stress: warning: could not mark soak {self.id} {status}: {e}\n")
-        code = print_summary(store, self.id, self.out)
-        if status == "failed":
-            return EXIT_HARNESS
-        if status == "interrupted":
-            how = "interrupted (Ctrl-C)" if self.stop_signal == signal.SIGINT else "terminated (SIGTERM)"
-            self.out.print(f"soak {how}: the iteration in flight is not counted; resume with: "
+        return self._close(status, "soak", "the iteration in flight is not counted",
                            f"stress soak --resume {self.id} {self._where()}")
-            return EXIT_SIGINT if self.stop_signal == signal.SIGINT else EXIT_SIGTERM
-        return code
 
     def _stop_child(self) -> None:
         """A child still running when the soak leaves (an error in the soak): stop it, wait."""

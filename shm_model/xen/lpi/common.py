@@ -424,7 +424,32 @@ class LpiVgic(OldVgic):
         spin_unlock(its.vcmd_lock)
         return ret
 
+    #: whether MAPD V=1 allocates the device's ``pend_irqs`` array (4.10.0's
+    #: ``gicv3_its_map_guest_device``), or MAPTI allocates each event's pending_irq
+    pend_irqs_at_mapd = False
+
     def its_handle_mapd(self, devid: int, valid: bool) -> int:
+        """vgic-v3-its.c ``its_handle_mapd`` (08055c8ea7, 4.10.0): V=0: ``its_unmap_device``
+        (every event discarded), then ``gicv3_its_map_guest_device(valid = false)`` ->
+        the design's :meth:`remove_mapped_guest_device`; V=1: the device mapped
+        (:meth:`_map_device`); then ``its_set_itt_address`` under its_lock."""
+        d = self.d
+        if not valid:
+            self.its_unmap_device(devid)
+            ret = self.remove_mapped_guest_device(devid)
+            d.mapd_invalid += 1
+        else:
+            ret = self._map_device(devid, alloc_pend_irqs=self.pend_irqs_at_mapd)
+            if ret and ret != -EBUSY:
+                return ret
+            d.mapd_valid += 1
+        spin_lock(d.its.its_lock)
+        self.its_set_itt_address(devid, self.nr_events if valid else 0)
+        spin_unlock(d.its.its_lock)
+        self.trace("cmd_mapd", devid, int(valid), ret)
+        return ret
+
+    def remove_mapped_guest_device(self, devid: int) -> int:
         raise NotImplementedError
 
     def its_handle_mapti(self, devid: int, evid: int, vlpi: int, coll: int) -> int:

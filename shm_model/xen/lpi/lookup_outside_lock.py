@@ -32,7 +32,7 @@ from ...heap import NULL, SLOT_MASK
 from ...old_vgic import GIC_IRQ_GUEST_PRISTINE_LPI
 from ...rwlock import write_lock, write_unlock
 from ...spinlock import spin_lock, spin_lock_irqsave, spin_unlock, spin_unlock_irqrestore
-from .common import EBUSY, EINVAL, ENOENT, INVALID_LPI, UNMAPPED_COLLECTION, LpiVgic, lpi_k
+from .common import EINVAL, ENOENT, INVALID_LPI, UNMAPPED_COLLECTION, LpiVgic, lpi_k
 
 
 class LookupOutsideLock(LpiVgic):
@@ -40,29 +40,8 @@ class LookupOutsideLock(LpiVgic):
     inject_lookup_under_lock = False
     lpi_pristine = True
 
-    # -- injection --------------------------------------------------------------------------------
     # -- MAPD ---------------------------------------------------------------------------------------
-    def its_handle_mapd(self, devid: int, valid: bool) -> int:
-        """vgic-v3-its.c ``its_handle_mapd`` (08055c8ea7; 4.10.0): V=0 discards every event
-        (its_unmap_device) and removes the device; V=1 maps it; then the device table entry
-        under its_lock. Here ``pend_irqs`` holds the per-event objects MAPTI allocates."""
-        d = self.d
-        if not valid:
-            self.its_unmap_device(devid)
-            ret = self._unmap_device(devid)
-            d.mapd_invalid += 1
-        else:
-            ret = self._map_device(devid, alloc_pend_irqs=False)
-            if ret and ret != -EBUSY:
-                return ret
-            d.mapd_valid += 1
-        spin_lock(d.its.its_lock)
-        self.its_set_itt_address(devid, self.nr_events if valid else 0)
-        spin_unlock(d.its.its_lock)
-        self.trace("cmd_mapd", devid, int(valid), ret)
-        return ret
-
-    def _unmap_device(self, devid: int) -> int:
+    def remove_mapped_guest_device(self, devid: int) -> int:
         """``gicv3_its_map_guest_device`` (valid = 0) -> ``remove_mapped_guest_device``: rb
         erase under its_devices_lock, the host MAPD V=0 (the events stop firing), host
         entries invalid, ``xfree(dev)`` (every event's pending_irq was freed by its DISCARD;

@@ -31,35 +31,16 @@ from ...heap import NULL, SLOT_MASK
 from ...old_vgic import GIC_IRQ_GUEST_PRISTINE_LPI
 from ...rwlock import write_lock, write_unlock
 from ...spinlock import spin_lock, spin_unlock, spin_unlock_irqrestore
-from .common import EBUSY, ENOENT, INVALID_LPI, UNMAPPED_COLLECTION, LpiVgic, lpi_k
+from .common import ENOENT, INVALID_LPI, UNMAPPED_COLLECTION, LpiVgic, lpi_k
 
 
 class Upstream(LpiVgic):
     name = "upstream"
     inject_lookup_under_lock = True
     lpi_pristine = True
+    pend_irqs_at_mapd = True
 
     # -- MAPD -----------------------------------------------------------------------------------------
-    def its_handle_mapd(self, devid: int, valid: bool) -> int:
-        """vgic-v3-its.c ``its_handle_mapd`` (08055c8ea7, 4.10.0): V=0: ``its_unmap_device``;
-        then (hardware domain) ``gicv3_its_map_guest_device``; then
-        ``its_set_itt_address`` under its_lock."""
-        d = self.d
-        if not valid:
-            self.its_unmap_device(devid)
-            ret = self.remove_mapped_guest_device(devid)
-            d.mapd_invalid += 1
-        else:
-            ret = self._map_device(devid, alloc_pend_irqs=True)
-            if ret and ret != -EBUSY:
-                return ret
-            d.mapd_valid += 1
-        spin_lock(d.its.its_lock)
-        self.its_set_itt_address(devid, self.nr_events if valid else 0)
-        spin_unlock(d.its.its_lock)
-        self.trace("cmd_mapd", devid, int(valid), ret)
-        return ret
-
     def remove_mapped_guest_device(self, devid: int) -> int:
         """gic-v3-its.c ``gicv3_its_map_guest_device(.., valid = false)`` (4.10.0): rb_erase
         under its_devices_lock, dropped; ``remove_mapped_guest_device``: the host MAPD V=0,

@@ -33,7 +33,7 @@ prune holds).
 
 from __future__ import annotations
 
-from ...spinlock import assert_held, spin_lock, spin_unlock
+from ...spinlock import assert_held
 from .upstream import Upstream
 
 
@@ -63,18 +63,5 @@ class CappedFlush(Upstream):
         ``vgic_sort_ap_list``: each irq under its lock whose oracle is this vCPU goes into the
         next LR, from the head; the walk ends when the LRs are full, with the underflow
         interrupt (``vgic_set_underflow``) if the list goes on. Needs the ap_list lock."""
-        vc = self.s.vcpus[vcpu]
-        assert_held(vc.ap_list_lock)
-        count = 0
-        for i in self.ap_walk(vcpu):
-            irq = self.s.spis[i]
-            spin_lock(irq.irq_lock)
-            if self.vgic_target_oracle(irq) == vcpu:
-                self.vgic_populate_lr(vcpu, i, count)
-                count += 1
-            spin_unlock(irq.irq_lock)
-            if count == self.nr_lrs:
-                if irq.ap_next != -1:
-                    vc.underflow = 1  # vgic_set_underflow
-                break
-        vc.used_lrs = count
+        assert_held(self.s.vcpus[vcpu].ap_list_lock)
+        self.fill_lrs(vcpu)  # 4.11's loop stops at a full set of LRs already

@@ -345,33 +345,30 @@ class NewVgic:
         """``list_add_tail(&irq->ap_list, &vcpu->arch.vgic.ap_list_head)``. Needs the list's lock."""
         vc = self.s.vcpus[vcpu]
         assert_held(vc.ap_list_lock)
-        irq = self.s.spis[i]
-        tail = vc.ap_tail
-        irq.ap_prev = tail
-        irq.ap_next = -1
-        if tail == -1:
-            vc.ap_head = i
-        else:
-            self.s.spis[tail].ap_next = i
-        vc.ap_tail = i
-        vc.ap_len += 1
-        if vc.ap_len > vc.max_ap_len:
-            vc.max_ap_len = vc.ap_len
+        self.list_insert(vc, i, vc.ap_tail, -1)
 
     def list_add(self, vcpu: int, i: int) -> None:
         """``list_add(&irq->ap_list, &vcpu->arch.vgic.ap_list_head)``: at the head. Needs the
         list's lock."""
         vc = self.s.vcpus[vcpu]
         assert_held(vc.ap_list_lock)
-        irq = self.s.spis[i]
-        head = vc.ap_head
-        irq.ap_prev = -1
-        irq.ap_next = head
-        if head == -1:
+        self.list_insert(vc, i, -1, vc.ap_head)
+
+    def list_insert(self, vc: Any, i: int, prev: int, nxt: int) -> None:
+        """Linux's ``__list_add``: irq ``i`` between ``prev`` and ``nxt`` (-1: the list's head
+        or tail) of ``vc``'s ap_list, whose lock the caller holds; the model's length counters."""
+        spis = self.s.spis
+        irq = spis[i]
+        irq.ap_prev = prev
+        irq.ap_next = nxt
+        if prev == -1:
+            vc.ap_head = i
+        else:
+            spis[prev].ap_next = i
+        if nxt == -1:
             vc.ap_tail = i
         else:
-            self.s.spis[head].ap_prev = i
-        vc.ap_head = i
+            spis[nxt].ap_prev = i
         vc.ap_len += 1
         if vc.ap_len > vc.max_ap_len:
             vc.max_ap_len = vc.ap_len

@@ -94,14 +94,4 @@ class SortedInsert(CappedFlush):
             self.list_add_tail(vcpu, i)
             return
         # list_add_tail(&irq->ap_list, &other->ap_list): insert before ``before``
-        prev = self.s.spis[before].ap_prev
-        irq.ap_prev = prev
-        irq.ap_next = before
-        self.s.spis[before].ap_prev = i
-        if prev == -1:
-            vc.ap_head = i
-        else:
-            self.s.spis[prev].ap_next = i
-        vc.ap_len += 1
-        if vc.ap_len > vc.max_ap_len:
-            vc.max_ap_len = vc.ap_len
+        self.list_insert(vc, i, self.s.spis[before].ap_prev, before)

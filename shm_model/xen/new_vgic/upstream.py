@@ -214,10 +214,16 @@ class Upstream(NewVgic):
         """``vgic_flush_lr_state(vcpu)`` (vgic.c, 4.11). Needs the ap_list lock. Longer than the
         LRs: ``vgic_sort_ap_list``; then each irq under its lock whose oracle is this vCPU goes
         into the next LR; LRs full with more on the list: underflow (``GICH_HCR.UIE``)."""
-        vc = self.s.vcpus[vcpu]
-        assert_held(vc.ap_list_lock)
+        assert_held(self.s.vcpus[vcpu].ap_list_lock)
         if self.compute_ap_list_depth(vcpu) > self.nr_lrs:
             self.vgic_sort_ap_list(vcpu)
+        self.fill_lrs(vcpu)
+
+    def fill_lrs(self, vcpu: int) -> None:
+        """The loop of ``vgic_flush_lr_state`` (vgic.c, 4.11): from the head, each irq under its
+        lock whose oracle is this vCPU goes into the next LR (``vgic_populate_lr``); LRs full
+        with more on the list: ``vgic_set_underflow``. Needs the ap_list lock."""
+        vc = self.s.vcpus[vcpu]
         count = 0
         for i in self.ap_walk(vcpu):
             irq = self.s.spis[i]

@@ -121,7 +121,7 @@ def categorize(func: str, file: str, line: int, src: str) -> str:
         return IRQ
     if f.endswith("shm_model/trace.py") or (f.endswith("stress/workload.py") and func.endswith("Role.trace")):
         return TRACE
-    if f.endswith("shm_model/old_vgic.py") or "workloads/" in f:
+    if "shm_model/xen/old_vgic/" in f or "workloads/" in f:
         return MODEL
     if f.endswith("shm_model/layout.py"):
         return FIELDS

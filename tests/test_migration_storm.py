@@ -31,7 +31,7 @@ def test_48_lr_pending_self_deadlock_report(runs_dir):
     text = r.out[r.out.index("WARNING: possible recursive locking detected"):]
     assert "the same lock instance: this context will wait for itself" in text
     dl = r.out[r.out.index("BUG: deadlock: context waits for a lock it holds itself"):]
-    for needle in ("(&rank->lock)", "at: OldVgic.vgic_get_virq_priority()",
+    for needle in ("(&rank->lock)", "at: Xen480.vgic_get_virq_priority()",
                    "called from OldVgic.vgic_vcpu_inject_irq()", "called from OldVgic.vgic_migrate_irq()", "called from OldVgic.vgic_store_itargetsr()",
                    "*** DEADLOCK ***"):
         assert needle in dl, needle
@@ -169,7 +169,7 @@ def test_lpi_hooks_leave_the_spi_state_alone():
     from types import SimpleNamespace as NS
 
     from shm_model.layout import attach, plan_struct
-    from shm_model.old_vgic import LPI_OFFSET, OldVgic, OldVgicDomain
+    from shm_model.xen.old_vgic.common import LPI_OFFSET, OldVgic, OldVgicDomain
 
     def state(struct, **o):
         plan = plan_struct(struct, NS(**o))

@@ -11,7 +11,7 @@ acknowledges its LPIs (``vcpu_run``). A device raises the host LPIs of its mappe
 runs ``gicv3_do_LPI`` -> ``vgic_vcpu_inject_lpi`` -> ``vgic_vcpu_inject_irq`` in interrupt
 context. The model, its locking order, the Xen functions and versions it follows and what
 it simplifies are in ``shm_model/xen/lpi/`` (one module per design) and
-``shm_model/old_vgic.py`` (the list registers). ``--lpi-vcpu any`` lets the guest map an
+``shm_model/xen/old_vgic/`` (the list registers). ``--lpi-vcpu any`` lets the guest map an
 LPI number again on another vCPU (the proposal's per-vCPU lock argument then fails).
 
     stress run --workload lpi-discard-storm
@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shm_model.old_vgic import LPI_OFFSET
 from shm_model.xen.lpi import CHECKS, DESIGNS, EVENTS, KEY_EVENTS, LpiDomain
 from shm_model.xen.lpi.common import HOST_LPI_BASE, INVALID_LPI, LPI_PROP_ENABLED
+from shm_model.xen.old_vgic.common import LPI_OFFSET
 from stress.workload import Option, Role, Variant, Violation, Workload, WorkloadError, invariant, isr, op
 
 

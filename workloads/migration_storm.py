@@ -9,7 +9,7 @@ registers and the guest acknowledges and EOIs (``vcpu_run``). A device raises ph
 (``inject``, paced) at the pCPU in ``desc->affinity`` unless the GIC holds them pending or
 active: a real signal to that worker, whose handler runs ``do_IRQ`` in interrupt context.
 The model, its locking order, the Xen functions and versions it follows and what it
-simplifies are in ``shm_model/old_vgic.py``.
+simplifies are in ``shm_model/xen/old_vgic/`` (one module per design).
 
     stress run --workload migration-storm
     stress run --workload migration-storm --variant unlocked-target-read --duration 60s
@@ -20,9 +20,9 @@ simplifies are in ``shm_model/old_vgic.py``.
 from __future__ import annotations
 
 
-from shm_model.old_vgic import (_IRQ_DISABLED, _IRQ_INPROGRESS, DESIGNS, GIC_IRQ_GUEST_ENABLED,
-                                GIC_IRQ_GUEST_MIGRATING, LR_INVALID, SPI_BASE, OldVgic, OldVgicDomain, status_text,
-                                test_bit, with_backports)
+from shm_model.xen.old_vgic import DESIGNS, OldVgicDomain, make_vgic, with_backports
+from shm_model.xen.old_vgic.common import (_IRQ_DISABLED, _IRQ_INPROGRESS, GIC_IRQ_GUEST_ENABLED,
+                                           GIC_IRQ_GUEST_MIGRATING, LR_INVALID, SPI_BASE, status_text, test_bit)
 from stress.workload import Option, Role, Variant, Violation, Workload, WorkloadError, invariant, isr, op
 
 THREAD = "xen-devel Dec 2016 'xen/arm: fix rank/vgic locks inversion bug'"
@@ -198,7 +198,7 @@ class MigrationStorm(Workload):
     key_events = ("migrate", "migrate_refused", "migrate_reinject", "migrate_retry", "set_migrating",
                   "irq_set_affinity", "eoi_migrate", "inject", "inject_inflight_elsewhere", "raise_inflight",
                   "hw_inject_dropped", "enable", "disable", "guest_eoi", "lr_set", "lr_eoi")
-    #: inline checks of the model (shm_model/old_vgic.py): a per-vCPU list unlinked without its
+    #: inline checks of the model (shm_model/xen/old_vgic/): a per-vCPU list unlinked without its
     #: lock; gic_raise_inflight_irq updating an LR that does not hold the IRQ; a re-delivered
     #: hardware IRQ dropped with its inflight entry
     checks = ("vgic-list-lock", "raise-inflight-lr", "hw-irq-lost")
@@ -235,7 +235,7 @@ class MigrationStorm(Workload):
         count = "vcpus"
 
         def setup(self, s):
-            self.vgic = OldVgic(s, self.cpu, self.variant, self.trace, backport=self.options.backport)
+            self.vgic = make_vgic(self.variant, s, self.cpu, self.trace, backport=self.options.backport)
             self.handler_ns = self.options.__dict__["eoi-us"] * 1000
             self.wfi_ns = self.options.__dict__["wfi-us"] * 1000
 

@@ -1,5 +1,6 @@
 """LPIs: ``pending_irq`` lifetime under ITS DISCARD and MAPD V=0 (seed 004, PROTOCOLS.md
-section 004, issue 25), on the old VGIC of ``migration-storm`` (``shm_model/old_vgic.py``).
+section 004, issue 25), on the old VGIC of ``migration-storm`` (``shm_model/xen/old_vgic/``,
+RELEASE-4.10.0's).
 
 One module per design, as Xen keeps code apart in files:
 

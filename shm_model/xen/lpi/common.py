@@ -6,8 +6,8 @@ queue), ``gic-v3-lpi.c`` (``gicv3_do_LPI``, ``vgic_vcpu_inject_lpi``, the host L
 ``gic-v3-its.c`` (``gicv3_its_map_guest_device``, ``get_event_pending_irq``,
 ``gicv3_assign_guest_event``, ``gicv3_remove_guest_event``), ``vgic-v3.c``
 (``vgic_v3_lpi_to_pending``, ``vgic_v3_lpi_get_priority``), and for the list registers the
-old VGIC of ``migration-storm``, reused, not forked: :class:`LpiVgic` is an
-:class:`~shm_model.old_vgic.OldVgic` (design ``xen-4.10.0``) whose LPI hooks
+old VGIC of ``migration-storm``, reused, not forked: :class:`LpiVgic` is a
+:class:`~shm_model.xen.old_vgic.xen_4_10_0.Xen4100` (design ``xen-4.10.0``) whose LPI hooks
 (``irq_to_pending`` of an LPI, the list entries' handles, ``gic_find_unused_lr``'s PRISTINE
 scan) are this package's.
 
@@ -55,7 +55,7 @@ The world (what the model simplifies, said once here; the designs say theirs):
   handle and a stale one a KASAN report naming the allocation and the free.
 - The property table (``prop_table``: enabled bit and priority per LPI) is guest memory;
   ``rdists_enabled`` is true from the start. The guest writes it and sends INV.
-- LPIs have no active state: the guest's acknowledge empties the LR (old_vgic.py).
+- LPIs have no active state: the guest's acknowledge empties the LR (old_vgic/common.py).
 - MOVI, MOVALL, INVALL, CLEAR, INT and SYNC are not issued.
 """
 
@@ -65,10 +65,11 @@ from typing import Any
 
 from ...heap import NULL, SLOT_MASK, Heap
 from ...layout import Array, Int, Nested, RwLock, Spinlock, Struct
-from ...old_vgic import (GIC_IRQ_GUEST_ENABLED, GIC_IRQ_GUEST_VISIBLE, INVALID_VCPU, LPI_OFFSET, OldVgic,
-                         OldVgicDomain, test_bit)
 from ...rwlock import read_lock, read_unlock, write_lock, write_unlock
 from ...spinlock import assert_held, spin_lock, spin_lock_irqsave, spin_unlock, spin_unlock_irqrestore
+from ..old_vgic.common import (GIC_IRQ_GUEST_ENABLED, GIC_IRQ_GUEST_VISIBLE, INVALID_VCPU, LPI_OFFSET,
+                               OldVgicDomain, test_bit)
+from ..old_vgic.xen_4_10_0 import Xen4100
 
 INVALID_LPI = 0  # xen/include/asm-arm/irq.h (4.10.0)
 MAX_VIRT_CPUS = 128
@@ -79,8 +80,6 @@ LPI_PROP_PRIO_MASK = 0xfc
 LPI_PROP_DEFAULT = 0xa0 | LPI_PROP_ENABLED  # the guest's boot-time property byte
 HOST_LPI_BASE = 1 << 16  # model: host LPI numbers (physical INTIDs, beside the guest's)
 ENOENT, EINVAL, EBUSY, ENOMEM = 2, 22, 16, 12
-#: the old-VGIC design under the LPI code: Xen 4.10's list-register code (issue 25)
-BASE_DESIGN = "xen-4.10.0"
 
 #: trace events of the model (a: the vLPI unless said)
 EVENTS = {
@@ -110,7 +109,7 @@ EVENTS = {
 KEY_EVENTS = ("cmd_mapd", "cmd_mapti", "cmd_discard", "cmd_inv", "tree_insert", "tree_delete", "pirq_free",
               "pend_irqs_free", "do_lpi", "inject_lpi", "inject_lpi_null", "inject", "lr_set", "lr_eoi", "lr_retire",
               "guest_ack")
-#: inline checks (the model's and old_vgic.py's)
+#: inline checks (the model's and old_vgic's)
 CHECKS = ("freed-unlinked", "lpi-discarded-in-lr", "vgic-list-lock", "raise-inflight-lr")
 
 
@@ -120,7 +119,7 @@ def itt_size(o: Any) -> int:
 
 class LpiPendingIrq(Struct):
     """``struct pending_irq`` of an LPI (xen/include/asm-arm/vgic.h, 4.10.0): the old VGIC's
-    fields (old_vgic.PendingIrq, same names) and the LPI's ``irq``, ``lpi_vcpu_id``,
+    fields (old_vgic.common.PendingIrq, same names) and the LPI's ``irq``, ``lpi_vcpu_id``,
     ``lpi_priority``."""
 
     status = Int()
@@ -194,20 +193,21 @@ def lpi_k(virq: int) -> int:
     return virq - LPI_OFFSET
 
 
-class LpiVgic(OldVgic):
-    """The old VGIC with LPIs and a virtual ITS, as one CPU (worker) runs them. A design
-    subclasses it (:mod:`.lookup_outside_lock`, :mod:`.null_entries_under_vgic_lock`,
-    :mod:`.upstream`) and writes MAPD, MAPTI, DISCARD and ``vgic_vcpu_inject_lpi``."""
+class LpiVgic(Xen4100):
+    """The old VGIC (RELEASE-4.10.0's list-register code: ``Xen4100``, issue 25) with LPIs
+    and a virtual ITS, as one CPU (worker) runs them. A design subclasses it
+    (:mod:`.lookup_outside_lock`, :mod:`.null_entries_under_vgic_lock`, :mod:`.upstream`) and
+    writes MAPD, MAPTI, DISCARD and ``vgic_vcpu_inject_lpi``."""
 
     name = ""
 
     def __init__(self, d: Any, cpu: Any, trace: Any) -> None:
-        super().__init__(d, cpu, BASE_DESIGN, trace)
+        super().__init__(d, cpu, trace)
         self.nr_lpis = len(d.pend_lpi_tree)
         self.nr_devices = len(d.its.dev_table)
         self.nr_events = len(d.its.itte_vlpi) // max(1, self.nr_devices)
 
-    # -- the hooks of old_vgic.OldVgic ------------------------------------------------------------
+    # -- the hooks of old_vgic.common.OldVgic -----------------------------------------------------
     def lpi_to_pending(self, virq: int) -> Any:
         """vgic-v3.c ``vgic_v3_lpi_to_pending`` (4.10.0): ``read_lock(pend_lpi_tree_lock)``,
         ``radix_tree_lookup``, ``read_unlock``: the pointer (a view), None for NULL. Nothing

@@ -29,9 +29,9 @@ thread's race is seen; ``null-entries-as-posted`` shows what it prevents).
 from __future__ import annotations
 
 from ...heap import NULL, SLOT_MASK
-from ...old_vgic import GIC_IRQ_GUEST_PRISTINE_LPI
 from ...rwlock import write_lock, write_unlock
 from ...spinlock import spin_lock, spin_lock_irqsave, spin_unlock, spin_unlock_irqrestore
+from ..old_vgic.common import GIC_IRQ_GUEST_PRISTINE_LPI
 from .common import EINVAL, ENOENT, INVALID_LPI, UNMAPPED_COLLECTION, LpiVgic, lpi_k
 
 

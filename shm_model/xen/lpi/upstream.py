@@ -28,9 +28,9 @@ interrupt context (``vgic_v3_lpi_to_pending``); and ``remove_mapped_guest_device
 from __future__ import annotations
 
 from ...heap import NULL, SLOT_MASK
-from ...old_vgic import GIC_IRQ_GUEST_PRISTINE_LPI
 from ...rwlock import write_lock, write_unlock
 from ...spinlock import spin_lock, spin_unlock, spin_unlock_irqrestore
+from ..old_vgic.common import GIC_IRQ_GUEST_PRISTINE_LPI
 from .common import ENOENT, INVALID_LPI, UNMAPPED_COLLECTION, LpiVgic, lpi_k
 
 

@@ -1,105 +1,24 @@
-"""Xen's old ARM vGIC (xen/arch/arm/vgic.c, vgic-v2.c, gic.c, irq.c, gic-v2.c) as of
-RELEASE-4.8.0, stable-4.8, RELEASE-4.9.0 and RELEASE-4.10.0: ranks, per-vCPU vgic state,
-pending_irq, list registers and physical SPI descriptors, with the operations of the
-"rank/vgic locks inversion" thread (seed 000) in each of its variants.
+"""The old vGIC's state and the operations every design shares (xen/arch/arm/vgic.c,
+vgic-v2.c, gic.c, irq.c, gic-v2.c, RELEASE-4.8.0 .. RELEASE-4.10.0): the constants, the
+objects (ranks, per-vCPU vgic state and list registers, ``pending_irq``, physical SPI
+descriptors, the distributor), the helpers Xen names and the model's bookkeeping, and the
+base class :class:`OldVgic` with every operation whose code is the same in all designs.
 
-Each variant is a *design* (:class:`Design`, table :data:`DESIGNS`): the Xen version or the
-thread's patch it renders, and, per operation that differs between them, which code it
-runs. Every operation's docstring names the Xen function it follows and the version(s).
-(The project's layout rule asks for a module per design, as ``shm_model/xen/vpci/``; this
-model keeps one class whose few differences are the named fields of :class:`Design`, each
-citing the commit that introduced it, so that the versions can be read side by side.)
-
-Locking order (outermost first), as the C takes them:
-
-    rank->lock            vgic_lock_rank(): the MMIO handlers (vgic_v2_distr_mmio_write:
-                          ITARGETSR, ISENABLER, ICENABLER); 4.8.0: vgic_get_target_vcpu();
-                          4.8.0/stable-4.8: vgic_get_virq_priority()
-      desc->lock          vgic_enable_irqs()/vgic_disable_irqs() (all versions, under the
-                          rank lock); do_IRQ() holds it while injecting a guest SPI (IRQ ctx)
-      v->arch.vgic.lock   vgic_migrate_irq(old); vgic_vcpu_inject_irq(); gic_clear_lrs();
-                          gic_restore_pending_irqs(); vgic_enable_irqs(); 4.8/4.9:
-                          gic_remove_from_queues()
-        gicv2.lock        gicv2_irq_set_affinity() (irq_set_affinity), gicv2_irq_enable()/
-                          gicv2_irq_disable() (desc->handler): a leaf
-
-Every lock above is taken with interrupts disabled (``_irqsave``) or in interrupt context.
-Where the C breaks that order, the model breaks it the same way and the run says so:
-
-- RELEASE-4.8.0 (variant ``rank-lock-inversion``): gic_update_one_lr runs with the vgic lock
-  held and calls vgic_get_target_vcpu, which takes the rank lock: vgic -> rank (the thread's
-  bug);
-- RELEASE-4.8.0 and stable-4.8 (every 4.8-based variant): do_IRQ holds desc->lock and the
-  injection takes the rank lock (vgic_get_target_vcpu in 4.8.0, vgic_get_virq_priority in
-  both): desc -> rank, while vgic_enable_irqs/vgic_disable_irqs take desc->lock under the
-  rank lock: rank -> desc;
-- RELEASE-4.8.0 and stable-4.8: vgic_vcpu_inject_irq takes the rank lock through
-  vgic_get_virq_priority before the vgic lock; vgic_migrate_irq's lr_pending branch calls it
-  from vgic_store_itargetsr, which holds that same rank lock: a self-deadlock. Fixed by
-  408f16ddb3 (RELEASE-4.9.0) / 43208a9cb4 (RELEASE-4.10.0), "ARM: vGIC: avoid rank lock when
-  reading priority" ("It seems like this code path has never been exercised before"); never
-  backported to stable-4.8.
-
-Note on ``irq_set_affinity``: PROTOCOLS.md says it writes ``desc->affinity`` under
-``desc->lock``; Xen's GICv2 driver takes the distributor lock ``gicv2.lock`` instead
-(gic-v2.c ``gicv2_irq_set_affinity``, 4.8.0-4.10.0), and callers do not hold desc->lock.
-The model follows the code.
-
-The hardware: a physical SPI routed to a guest is acknowledged by Xen (GICC_IAR: pending ->
-active, one atomic step, here at the top of ``do_IRQ``) and deactivated by the guest's EOI
-through a hardware list register (GICH_LR.HW = 1; Xen runs the GIC in EOImode 1 and
-``gicv2_guest_irq_end`` only drops the priority), so the GIC does not deliver it again until
-the guest EOIs it — not until ``gic_update_one_lr`` notices the EOI. ``desc->active`` is that
-state; ``_IRQ_INPROGRESS`` is Xen's software bit (set in do_IRQ, cleared in
-gic_update_one_lr) and gates nothing, as in Xen (do_IRQ does not test it for guest IRQs).
-
-State is one domain: vCPU ``v`` runs on pCPU ``v`` (the worker with the same id); a pCPU's
-list registers are saved with its vCPU (``gic_save_state``/``gic_restore_state``). SPIs are
-``32 .. 32+spis-1``; ``pending[i]`` and ``descs[i]`` are those of SPI ``32 + i``.
-
-Simplifications kept (issue 23, point 10 and point 6):
-
-- lists are FIFO: Xen orders inflight_irqs and lr_pending by priority
-  (vgic_vcpu_inject_irq, gic_add_to_lr_pending: insert before the first entry of strictly
-  greater priority value); the guest never writes IPRIORITYR here, so every SPI has the same
-  priority and Xen's order *is* FIFO;
-- no LR eviction: gic_restore_pending_irqs evicts only for a strictly higher priority
-  (``if ( p_r->priority == p->priority ) goto out``): never with equal priorities;
-- no virtual SPIs (``p->desc == NULL``): every SPI is a hardware one, so the
-  ``p->desc == NULL`` branches (vgic_migrate_irq's early return, GICH_LR_PENDING re-set in
-  gic_update_one_lr's ACTIVE branch) are not exercised;
-- vCPUs do not move between pCPUs: vCPU v always runs on pCPU v, so ``arch_move_irqs``
-  (called by the scheduler when a vCPU changes pCPU) never runs and ``v->processor == v``.
-  A vCPU does block (WFI: ``vcpu_block``) and is then not ``current`` on its pCPU, so
-  injections to it go to lr_pending and ``vcpu_kick``/``vcpu_unblock`` wake it (see
-  :meth:`OldVgic.vcpu_block`). Moving vCPUs needs two workers to exchange vCPUs (their saved
-  LRs and ``current``) at one scheduling point, which the model has no operation for.
-
-LPIs (the hooks ``lpi-discard-storm`` builds on, ``shm_model/xen/lpi/``): a domain state
-that declares an option ``lpis`` gets per-vCPU list slots for LPIs ``LPI_OFFSET ..
-LPI_OFFSET+lpis-1`` after the SPIs' (:func:`nr_irqs`); every other state (migration-storm)
-has none and runs exactly the code it ran before. For an LPI, ``irq_to_pending`` asks
-:meth:`OldVgic.lpi_to_pending` (the design's ``vgic_v3_lpi_to_pending``: a heap view of the
-``struct pending_irq`` the ``pend_lpi_tree`` holds, or None for NULL), and the functions Xen
-4.10 gave NULL checks (56e1b3ebc9) and PRISTINE handling (bccfbe70a3) take them, as
-:attr:`OldVgic.lpi_pristine` and :attr:`OldVgic.inject_lookup_under_lock` say. The per-vCPU
-lists hold the ``pending_irq``'s handle for an LPI (Xen's list links the object itself: an
-object freed while linked is still reached through the list), and the list helpers take the
-``pending_irq`` the caller holds, as Xen's do (``gic_remove_irq_from_queues(v, p)``); for an
-SPI the handle is 1 and the object ``pending[irq - 32]``, as before. LPIs have no active
-state and no ``irq_desc`` (gic-v3-lpi.c, 4.10.0: "LPIs are edge-triggered only, also have no
-active state"): the guest's acknowledge empties the list register.
+What differs between the versions and the thread's proposals is each design's (its module:
+``xen_4_8_0.py`` and its subclasses, see the package header): the functions are declared
+here, in the section "written by each design", so that the shared code reads whole. The
+locking order, the hardware and the simplifications are in the package header
+(``shm_model/xen/old_vgic/__init__.py``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from .cpu import Cpu
-from .layout import Array, Int, Nested, Spinlock, Struct
-from .spinlock import (assert_held, spin_is_locked, spin_lock, spin_lock_irqsave, spin_unlock,
-                       spin_unlock_irqrestore)
+from ...cpu import Cpu
+from ...layout import Array, Int, Nested, Spinlock, Struct
+from ...spinlock import (assert_held, spin_is_locked, spin_lock, spin_lock_irqsave, spin_unlock,
+                         spin_unlock_irqrestore)
 
 NR_INTERRUPT_PER_RANK = 32
 SPI_BASE = 32
@@ -124,90 +43,6 @@ _IRQ_DISABLED = 1
 LR_INVALID, LR_PENDING, LR_ACTIVE = 0, 1, 2
 
 DEFAULT_PRIORITY = 0xa0  # vgic_rank_init: GIC_PRI_IRQ for every interrupt; never written here
-
-
-@dataclass(frozen=True)
-class Design:
-    """What one variant's code does where the versions differ. Each field names the Xen
-    function, and the commit that changed it."""
-
-    #: where the code comes from
-    base: str
-    #: vgic_get_target_vcpu takes the rank lock (RELEASE-4.8.0 vgic.c); False: ``read_atomic``
-    #: of rank->vcpu without a lock (378384399e, in stable-4.8, 4.9.0, 4.10.0)
-    target_locked: bool = True
-    #: __vgic_get_target_vcpu keeps ASSERT(spin_is_locked(&rank->lock)) (4.8.0)
-    target_assert: bool = True
-    #: vgic_get_virq_priority takes the rank lock and vgic_vcpu_inject_irq calls it before the
-    #: vgic lock (4.8.0, stable-4.8); False: ACCESS_ONCE (408f16ddb3 4.9.0, 43208a9cb4 4.10.0)
-    priority_locked: bool = True
-    #: vgic_migrate_irq's MIGRATING test: "ignore" (4.8.0: unlocked, returns as if done),
-    #: "refuse" (91ef736493: unlocked, returns false), "refuse-locked" (5f66da6590, 4.10.0:
-    #: under the old vCPU's vgic lock, returns false)
-    migrating_test: str = "ignore"
-    #: where rank->vcpu is written: "after" (4.8.0 vgic_store_itargetsr, after
-    #: vgic_migrate_irq), "if-moved" (378384399e: write_atomic only if vgic_migrate_irq
-    #: returned true), "vgic-lock" (the thread's patch and proposal 3: inside vgic_migrate_irq)
-    target_write: str = "after"
-    #: gic_update_one_lr once the IRQ left its LR and MIGRATING is set: "4.8" (test_and_clear,
-    #: vgic_get_target_vcpu, irq_set_affinity), "unlocked-read" (the thread's patch: the target
-    #: read without the rank lock), "old-vcpu" (proposal 3), "deferred" (proposal 1: after the
-    #: vgic lock is dropped), "wmb" (31bc6a93a0: smp_wmb, test_bit, irq_set_affinity, clear_bit)
-    eoi: str = "4.8"
-    #: proposal 3's lock of p->old_vcpu in vgic_migrate_irq: "" (none), "plain" (the unlocked
-    #: 4.8 MIGRATING test, then p->old_vcpu's lock, no re-check), "recheck" (lock p->old_vcpu,
-    #: re-check owner and MIGRATING under it, retry)
-    old_vcpu_lock: str = ""
-    #: gic_raise_inflight_irq returns when the IRQ is disabled (471d9ca43c, XSA-223: stable-4.8,
-    #: 4.9.0, 4.10.0)
-    inflight_checks_enabled: bool = False
-    #: vgic_enable_irqs/vgic_disable_irqs set/clear ENABLED and unlink lr_pending under the
-    #: target's vgic lock (5f66da6590, 4.10.0); False: ENABLED changed without it, and
-    #: gic_remove_from_queues takes the lock itself (4.8.0 .. 4.9.0)
-    enable_locked: bool = False
-
-
-_48 = "RELEASE-4.8.0 (xen/arch/arm/vgic.c, vgic-v2.c, gic.c)"
-DESIGNS: dict[str, Design] = {
-    "rank-lock-inversion": Design(_48),
-    "unlocked-target-read": Design(_48 + " + the thread's patch", target_assert=False, target_write="vgic-lock",
-                                   eoi="unlocked-read"),
-    "unlocked-target-read-assert": Design(_48 + " + the thread's patch, ASSERT kept", target_write="vgic-lock",
-                                          eoi="unlocked-read"),
-    "old-vcpu-lock": Design(_48 + " + proposal 3", target_write="vgic-lock", eoi="old-vcpu", old_vcpu_lock="plain"),
-    "old-vcpu-lock-recheck": Design(_48 + " + proposal 3, re-checked under the lock", target_write="vgic-lock",
-                                    eoi="old-vcpu", old_vcpu_lock="recheck"),
-    "drop-vgic-then-rank": Design(_48 + " + proposal 1", eoi="deferred"),
-    "xen-stable-4.8": Design("stable-4.8 (4.8.0 + c75fe6473b, 9e6b2ddf33, 125e4d4a8d, 670bb9dd9e: the backports "
-                             "of 378384399e, 31bc6a93a0, 91ef736493, 471d9ca43c; not 408f16ddb3)",
-                             target_locked=False, target_assert=False, migrating_test="refuse",
-                             target_write="if-moved", eoi="wmb", inflight_checks_enabled=True),
-    "xen-4.9.0": Design("RELEASE-4.9.0 (378384399e, 31bc6a93a0, 91ef736493, 408f16ddb3, 471d9ca43c)",
-                        target_locked=False, target_assert=False, priority_locked=False, migrating_test="refuse",
-                        target_write="if-moved", eoi="wmb", inflight_checks_enabled=True),
-    "xen-4.10.0": Design("RELEASE-4.10.0 (4.9.0's + 5f66da6590, 43208a9cb4)", target_locked=False,
-                         target_assert=False, priority_locked=False, migrating_test="refuse-locked",
-                         target_write="if-moved", eoi="wmb", inflight_checks_enabled=True, enable_locked=True),
-}
-DESIGNS["upstream"] = DESIGNS["xen-4.10.0"]  # the newest old-vGIC release: an alias
-VARIANTS = tuple(DESIGNS)
-
-#: commits that can be applied on top of a design (``--backport``): what each changes
-BACKPORTS = {"408f16ddb3": "vgic_get_virq_priority reads the priority with ACCESS_ONCE, without the rank lock "
-                           "(RELEASE-4.9.0; 43208a9cb4 in 4.10.0): removes the 4.8 lr_pending self-deadlock and "
-                           "the desc -> rank edge of the priority read, so the thread's own races can be studied "
-                           "on the 4.8-based variants"}
-
-
-def with_backports(design: Design, backport: str) -> Design:
-    """``design`` with the commits named in ``backport`` (comma-separated) applied."""
-    from dataclasses import replace
-    for c in filter(None, (x.strip() for x in backport.split(","))):
-        if c not in BACKPORTS:
-            raise ValueError(f"unknown backport {c!r} (known: {', '.join(BACKPORTS)})")
-        if c == "408f16ddb3":
-            design = replace(design, priority_locked=False)
-    return design
 
 
 def nr_irqs(o: Any) -> int:
@@ -305,21 +140,22 @@ def test_bit(word: int, bit: int) -> bool:
 
 
 class OldVgic:
-    """The operations, as one CPU (worker) runs them. ``variant`` selects the design
-    (:data:`DESIGNS`). ``trace`` is a callable ``(event, a, b, c)`` recording model events."""
+    """The operations, as one CPU (worker) runs them: the code every design shares. A design
+    (a subclass: :data:`~shm_model.xen.old_vgic.DESIGNS`) writes the functions declared under
+    "written by each design". ``trace`` is a callable ``(event, a, b, c)`` recording model
+    events."""
 
-    def __init__(self, d: Any, cpu: Cpu, variant: str, trace: Any, backport: str = "") -> None:
-        if variant not in DESIGNS:
-            raise ValueError(f"unknown old-vGIC variant {variant!r}")
+    #: the variant id (``stress run --variant``) and where the design's code comes from
+    name = ""
+    base = ""
+
+    def __init__(self, d: Any, cpu: Cpu, trace: Any) -> None:
         self.d = d
         self.cpu = cpu
-        self.variant = variant
-        self.design = with_backports(DESIGNS[variant], backport)
         self.trace = trace
         self.nr_vcpus = len(d.vcpus)
         self.nr_spis = len(d.pending)
         self.nr_lrs = len(d.vcpus[0].lr) if d.vcpus else 0
-        self.deferred: list[int] = []  # drop-vgic-then-rank: MIGRATING irqs noted by gic_update_one_lr
 
     #: LPI designs (shm_model/xen/lpi/) set these; an old-VGIC design never sees an LPI.
     #: gic_update_one_lr retires an LR whose LPI is PRISTINE and gic_find_unused_lr looks
@@ -391,38 +227,62 @@ class OldVgic:
         """``v->processor``: vCPUs do not move (header)."""
         return v
 
-    # -- targets and priority ---------------------------------------------------------------------
-    def __vgic_get_target_vcpu(self, virq: int) -> int:
-        """vgic.c ``__vgic_get_target_vcpu`` (RELEASE-4.8.0): requires rank->lock, ASSERTed
-        (the thread's patch drops the ASSERT: variant unlocked-target-read)."""
-        rank = self.vgic_rank_irq(virq)
-        if self.design.target_assert:
-            assert_held(rank.lock)  # ASSERT(spin_is_locked(&rank->lock))
-        return rank.vcpu[self.rank_offset(virq)]
-
+    # -- written by each design (xen_4_8_0.py and its subclasses) ---------------------------------
     def vgic_get_target_vcpu(self, virq: int) -> int:
-        """vgic.c ``vgic_get_target_vcpu``: 4.8.0 takes rank->lock (irqsave, "takes the rank
-        lock"); from 378384399e (stable-4.8, 4.9.0, 4.10.0) ``read_atomic(&rank->vcpu[..])``."""
-        rank = self.vgic_rank_irq(virq)
-        if not self.design.target_locked:
-            return rank.vcpu[self.rank_offset(virq)]  # read_atomic()
-        flags = spin_lock_irqsave(rank.lock)
-        v = self.__vgic_get_target_vcpu(virq)
-        spin_unlock_irqrestore(rank.lock, flags)
-        return v
+        """vgic.c ``vgic_get_target_vcpu``: rank->vcpu of ``virq`` (4.8.0: under the rank lock;
+        378384399e: ``read_atomic``)."""
+        raise NotImplementedError
 
     def vgic_get_virq_priority(self, virq: int) -> int:
-        """vgic.c ``vgic_get_virq_priority``: 4.8.0 and stable-4.8 take rank->lock (irqsave,
-        ``vgic_lock_rank``); 408f16ddb3 (4.9.0) / 43208a9cb4 (4.10.0): ``ACCESS_ONCE``."""
-        if virq >= LPI_OFFSET:
-            return self.lpi_get_priority(virq)  # "LPIs don't have a rank" (4.10.0)
-        rank = self.vgic_rank_irq(virq)
-        if not self.design.priority_locked:
-            return rank.priority[self.rank_offset(virq)]  # ACCESS_ONCE()
-        flags = spin_lock_irqsave(rank.lock)
-        prio = rank.priority[self.rank_offset(virq)]
-        spin_unlock_irqrestore(rank.lock, flags)
-        return prio
+        """vgic.c ``vgic_get_virq_priority`` (4.8.0: under the rank lock; 408f16ddb3:
+        ``ACCESS_ONCE``)."""
+        raise NotImplementedError
+
+    def _priority_before_vgic_lock(self, virq: int) -> int | None:
+        """vgic_vcpu_inject_irq's priority read before the vgic lock (4.8.0, stable-4.8:
+        vgic_get_virq_priority itself), or None: read under it, for an IRQ not yet inflight
+        (408f16ddb3)."""
+        raise NotImplementedError
+
+    def _migrate_lock_old(self, old: int, new: int, virq: int, p: Any) -> tuple[int, int] | bool:
+        """vgic_migrate_irq's MIGRATING test and the old vCPU's vgic lock (irqsave): returns
+        (the vCPU whose vgic lock it took, flags), or the verdict when the migration ends
+        there (nothing locked any more)."""
+        raise NotImplementedError
+
+    def _write_target_after_migrate(self, rank: Any, off: int, virq: int, old: int, new: int,
+                                    moved: bool) -> None:
+        """vgic_store_itargetsr's write of ``rank->vcpu`` once vgic_migrate_irq returned
+        (under the rank lock)."""
+        raise NotImplementedError
+
+    def _write_target_under_vgic_lock(self, virq: int, p: Any, new: int, guard: int) -> None:
+        """vgic_migrate_irq, under the old vCPU's vgic lock, once the migration is done
+        (``guard``: the vCPU whose vgic lock guards ``rank->vcpu`` from here on)."""
+        raise NotImplementedError
+
+    def _target_under_rank_lock(self, virq: int) -> int:
+        """The target vgic_enable_irqs/vgic_disable_irqs read (the MMIO handler holds
+        rank->lock)."""
+        raise NotImplementedError
+
+    def _enable_and_raise(self, t: int, virq: int, p: Any) -> None:
+        """vgic_enable_irqs: set ENABLED and raise the IRQ if inflight and not VISIBLE (under
+        the target's vgic lock)."""
+        raise NotImplementedError
+
+    def _disable_and_unqueue(self, t: int, virq: int, p: Any) -> None:
+        """vgic_disable_irqs: clear ENABLED and unlink the IRQ from the target's lr_pending."""
+        raise NotImplementedError
+
+    def _skip_disabled(self, p: Any) -> bool:
+        """gic_raise_inflight_irq: whether it returns for a disabled IRQ."""
+        raise NotImplementedError
+
+    def _migrating_on_eoi(self, v: int, virq: int, p: Any) -> None:
+        """gic_update_one_lr's MIGRATING tail (v's vgic lock held): once the EOIed IRQ left
+        its LR and was unlinked from inflight, finish a migration."""
+        raise NotImplementedError
 
     # -- physical affinity and enable ---------------------------------------------------------------
     def irq_set_affinity(self, virq: int, pcpu: int) -> None:
@@ -452,11 +312,11 @@ class OldVgic:
     # -- the guest's distributor writes --------------------------------------------------------------
     def vgic_store_itargetsr(self, virq: int, new_target: int) -> None:
         """vgic-v2.c ``vgic_v2_distr_mmio_write`` (GICD_ITARGETSR: ``vgic_lock_rank``) ->
-        ``vgic_store_itargetsr``. Takes: rank->lock (irqsave), then in vgic_migrate_irq a vgic
-        lock. rank->vcpu is written after vgic_migrate_irq under the rank lock (4.8.0,
-        proposal 1), only if it was not refused (378384399e: stable-4.8, 4.9.0, 4.10.0,
-        ``write_atomic``), or inside vgic_migrate_irq under a vgic lock (the thread's patch,
-        proposal 3)."""
+        ``vgic_store_itargetsr`` (4.8.0-4.10.0). Takes: rank->lock (irqsave), then in
+        vgic_migrate_irq a vgic lock. rank->vcpu is written after vgic_migrate_irq under the
+        rank lock (4.8.0, proposal 1), only if it was not refused (378384399e: stable-4.8,
+        4.9.0, 4.10.0, ``write_atomic``), or inside vgic_migrate_irq under a vgic lock (the
+        thread's patch, proposal 3): the design's :meth:`_write_target_after_migrate`."""
         rank = self.vgic_rank_irq(virq)
         off = self.rank_offset(virq)
         flags = spin_lock_irqsave(rank.lock)
@@ -464,14 +324,7 @@ class OldVgic:
         if new_target != old_target:
             self.trace("migrate", virq, old_target, new_target)
             moved = self.vgic_migrate_irq(old_target, new_target, virq)
-            if self.design.target_write == "if-moved":
-                if moved:
-                    rank.vcpu[off] = new_target  # write_atomic(), after vgic_migrate_irq returned
-                else:
-                    self.d.refused_migrations += 1  # "migration failed: requested while in progress"
-                    self.trace("migrate_refused", virq, old_target, new_target)
-            elif self.design.target_write == "after":
-                rank.vcpu[off] = new_target
+            self._write_target_after_migrate(rank, off, virq, old_target, new_target, moved)
         spin_unlock_irqrestore(rank.lock, flags)
 
     def _write_target(self, virq: int, new: int) -> None:
@@ -479,54 +332,35 @@ class OldVgic:
         self.vgic_rank_irq(virq).vcpu[self.rank_offset(virq)] = new
 
     def vgic_migrate_irq(self, old: int, new: int, virq: int) -> bool:
-        """vgic.c ``vgic_migrate_irq`` (4.8.0: void; 91ef736493: bool). Requires: rank->lock
-        (vgic_store_itargetsr). Takes: old's vgic lock (irqsave); proposal 3 takes
-        ``p->old_vcpu``'s. The MIGRATING test is unlocked and ignored (4.8.0), unlocked and
-        refused (stable-4.8, 4.9.0), or under the vgic lock and refused (4.10.0, 5f66da6590).
-        The lr_pending branch calls vgic_vcpu_inject_irq(new) after dropping the vgic lock,
-        still under the rank lock."""
+        """vgic.c ``vgic_migrate_irq`` (4.8.0: void; 91ef736493: bool, whether
+        vgic_store_itargetsr may write the new target). Requires: rank->lock
+        (vgic_store_itargetsr). The MIGRATING test and old's vgic lock (irqsave) are the
+        design's (:meth:`_migrate_lock_old`): unlocked and ignored (4.8.0), unlocked and
+        refused (stable-4.8, 4.9.0), under the vgic lock and refused (4.10.0, 5f66da6590);
+        proposal 3 takes ``p->old_vcpu``'s. Then, under that lock: not inflight,
+        irq_set_affinity; lr_pending ("If the IRQ is still lr_pending, re-inject it to the new
+        vcpu"): unlink it, irq_set_affinity, drop the vgic lock and vgic_vcpu_inject_irq(new),
+        still under the rank lock; in an LR ("set GIC_IRQ_GUEST_MIGRATING and wait for the
+        EOI"): set MIGRATING. The design's :meth:`_write_target_under_vgic_lock` runs in each
+        branch before the vgic lock is dropped."""
         p = self.irq_to_pending(virq)
-        dz = self.design
         assert_held(self.vgic_rank_irq(virq).lock)
-        locked_write = dz.target_write == "vgic-lock"
-        if dz.old_vcpu_lock == "recheck":
-            vold, flags, old = self._lock_old_vcpu_recheck(virq, old)
-            if test_bit(p.status, GIC_IRQ_GUEST_MIGRATING):
-                self._write_target(virq, new)  # the EOI on p->old_vcpu will read it
-                spin_unlock_irqrestore(vold.lock, flags)
-                return True
-        else:
-            if dz.migrating_test != "refuse-locked" and test_bit(p.status, GIC_IRQ_GUEST_MIGRATING):
-                if dz.migrating_test == "refuse":
-                    return False  # gprintk "irq %u migration failed: requested while in progress"
-                # 4.8.0: "migration already in progress, no need to do anything" (unlocked test)
-                if locked_write:
-                    owner = p.old_vcpu if dz.old_vcpu_lock == "plain" and p.old_vcpu >= 0 else old
-                    ol = self.d.vcpus[owner].lock
-                    flags = spin_lock_irqsave(ol)
-                    self._write_target(virq, new)
-                    spin_unlock_irqrestore(ol, flags)
-                return True
-            vold = self.d.vcpus[old]
-            flags = spin_lock_irqsave(vold.lock)
-            if dz.migrating_test == "refuse-locked" and test_bit(p.status, GIC_IRQ_GUEST_MIGRATING):
-                spin_unlock_irqrestore(vold.lock, flags)
-                return False  # 5f66da6590: the test under the old vCPU's vgic lock
+        locked = self._migrate_lock_old(old, new, virq, p)
+        if isinstance(locked, bool):
+            return locked
+        old, flags = locked
+        vold = self.d.vcpus[old]
         self.d.migrations += 1
         if p.inflight == INVALID_VCPU:  # list_empty(&p->inflight)
             self.irq_set_affinity(virq, self.processor(new))
-            if locked_write:
-                self._write_target(virq, new)
-                p.old_vcpu = new
+            self._write_target_under_vgic_lock(virq, p, new, new)
             spin_unlock_irqrestore(vold.lock, flags)
             return True
         if p.lr_queue != INVALID_VCPU:  # "If the IRQ is still lr_pending, re-inject it to the new vcpu"
             # 4.8.0/4.9.0 open-code it; 4.10.0 calls gic_remove_irq_from_queues(old, p): the same
             self.gic_remove_irq_from_queues(old, virq)
             self.irq_set_affinity(virq, self.processor(new))
-            if locked_write:
-                self._write_target(virq, new)
-                p.old_vcpu = new
+            self._write_target_under_vgic_lock(virq, p, new, new)
             spin_unlock_irqrestore(vold.lock, flags)
             self.trace("migrate_reinject", virq, old, new)
             self.vgic_vcpu_inject_irq(new, virq)  # 4.8.0/stable-4.8: takes the rank lock we hold
@@ -534,50 +368,27 @@ class OldVgic:
         # "if the IRQ is in a GICH_LR register, set GIC_IRQ_GUEST_MIGRATING and wait for the EOI"
         p.status |= 1 << GIC_IRQ_GUEST_MIGRATING
         self.d.migrating_set += 1
-        if locked_write:
-            self._write_target(virq, new)
-            p.old_vcpu = old  # proposal 3: the vCPU whose LR holds it guards the target now
+        self._write_target_under_vgic_lock(virq, p, new, old)  # proposal 3: the vCPU whose LR holds it
         self.trace("set_migrating", virq, old, new)
         spin_unlock_irqrestore(vold.lock, flags)
         return True
 
-    def _lock_old_vcpu_recheck(self, virq: int, old: int) -> tuple[Any, int, int]:
-        """Proposal 3 as the thread left it to write (variant old-vcpu-lock-recheck): read
-        ``p->old_vcpu``, take its vgic lock, re-check that it is still the owner, else drop
-        it and retry. Returns (the locked vCPU's state, flags, its id)."""
-        p = self.irq_to_pending(virq)
-        while True:
-            owner = p.old_vcpu if p.old_vcpu >= 0 else old
-            vo = self.d.vcpus[owner]
-            flags = spin_lock_irqsave(vo.lock)
-            if (p.old_vcpu if p.old_vcpu >= 0 else old) == owner:
-                return vo, flags, owner
-            spin_unlock_irqrestore(vo.lock, flags)
-            self.trace("migrate_retry", virq, owner, p.old_vcpu)
-
     def vgic_enable_irqs(self, virq: int) -> None:
         """vgic-v2.c ``vgic_v2_distr_mmio_write`` (GICD_ISENABLER: vgic_lock_rank, set
-        rank->ienable) -> vgic.c ``vgic_enable_irqs`` for one SPI. Requires: rank->lock.
-        Takes: the target's vgic lock (irqsave), gicv2.lock (irq_set_affinity), desc->lock
-        (irqsave) and in it gicv2.lock (gicv2_irq_enable). The target: __vgic_get_target_vcpu
-        under the caller's rank lock (4.8.0) or vgic_get_target_vcpu (read_atomic: stable-4.8,
-        4.9.0, 4.10.0). ENABLED is set before the vgic lock (4.8.0-4.9.0) or under it (4.10.0,
-        5f66da6590)."""
+        rank->ienable) -> vgic.c ``vgic_enable_irqs`` for one SPI (4.8.0-4.10.0). Requires:
+        rank->lock. Takes: the target's vgic lock (irqsave), gicv2.lock (irq_set_affinity),
+        desc->lock (irqsave) and in it gicv2.lock (gicv2_irq_enable). The target
+        (:meth:`_target_under_rank_lock`): __vgic_get_target_vcpu under the caller's rank lock
+        (4.8.0) or vgic_get_target_vcpu (read_atomic: stable-4.8, 4.9.0, 4.10.0). ENABLED is
+        set before the vgic lock (4.8.0-4.9.0) or under it (4.10.0, 5f66da6590):
+        :meth:`_enable_and_raise`."""
         rank = self.vgic_rank_irq(virq)
         assert_held(rank.lock)
-        t = self.__vgic_get_target_vcpu(virq) if self.design.target_locked else self.vgic_get_target_vcpu(virq)
+        t = self._target_under_rank_lock(virq)
         p = self.irq_to_pending(virq)
-        vt = self.d.vcpus[t]
         self.d.enables += 1
         self.trace("enable", virq, t)
-        if not self.design.enable_locked:
-            p.status |= 1 << GIC_IRQ_GUEST_ENABLED
-        flags = spin_lock_irqsave(vt.lock)
-        if self.design.enable_locked:
-            p.status |= 1 << GIC_IRQ_GUEST_ENABLED
-        if p.inflight != INVALID_VCPU and not test_bit(p.status, GIC_IRQ_GUEST_VISIBLE):
-            self.gic_raise_guest_irq(t, virq)
-        spin_unlock_irqrestore(vt.lock, flags)
+        self._enable_and_raise(t, virq, p)
         self.irq_set_affinity(virq, self.processor(t))  # the affinity lag heals here too
         desc = self.irq_to_desc(virq)
         flags = spin_lock_irqsave(desc.lock)
@@ -586,28 +397,21 @@ class OldVgic:
 
     def vgic_disable_irqs(self, virq: int) -> None:
         """vgic-v2.c ``vgic_v2_distr_mmio_write`` (GICD_ICENABLER: vgic_lock_rank, clear
-        rank->ienable) -> vgic.c ``vgic_disable_irqs`` for one SPI. Requires: rank->lock.
-        Takes: the target's vgic lock (irqsave; in gic.c ``gic_remove_from_queues`` 4.8.0-4.9.0,
-        in vgic_disable_irqs itself 4.10.0), then desc->lock (irqsave) and in it gicv2.lock
-        (gicv2_irq_disable). Clears ENABLED without the vgic lock (4.8.0-4.9.0) or under it
-        (4.10.0). An IRQ already inflight stays inflight (only lr_pending is unlinked): if it is
-        in an LR, its EOI unlinks it; if it was lr_pending, no LR holds it, and a migration
-        sets MIGRATING that no EOI will clear until the guest enables it again."""
+        rank->ienable) -> vgic.c ``vgic_disable_irqs`` for one SPI (4.8.0-4.10.0). Requires:
+        rank->lock. Takes: the target's vgic lock (irqsave; in gic.c ``gic_remove_from_queues``
+        4.8.0-4.9.0, in vgic_disable_irqs itself 4.10.0: :meth:`_disable_and_unqueue`), then
+        desc->lock (irqsave) and in it gicv2.lock (gicv2_irq_disable). Clears ENABLED without
+        the vgic lock (4.8.0-4.9.0) or under it (4.10.0). An IRQ already inflight stays
+        inflight (only lr_pending is unlinked): if it is in an LR, its EOI unlinks it; if it was
+        lr_pending, no LR holds it, and a migration sets MIGRATING that no EOI will clear until
+        the guest enables it again."""
         rank = self.vgic_rank_irq(virq)
         assert_held(rank.lock)
-        t = self.__vgic_get_target_vcpu(virq) if self.design.target_locked else self.vgic_get_target_vcpu(virq)
+        t = self._target_under_rank_lock(virq)
         p = self.irq_to_pending(virq)
         self.d.disables += 1
         self.trace("disable", virq, t)
-        if self.design.enable_locked:
-            vt = self.d.vcpus[t]
-            flags = spin_lock_irqsave(vt.lock)
-            p.status &= ~(1 << GIC_IRQ_GUEST_ENABLED)
-            self.gic_remove_from_lr_pending(t, virq)
-            spin_unlock_irqrestore(vt.lock, flags)
-        else:
-            p.status &= ~(1 << GIC_IRQ_GUEST_ENABLED)
-            self.gic_remove_from_queues(t, virq)
+        self._disable_and_unqueue(t, virq, p)
         desc = self.irq_to_desc(virq)
         flags = spin_lock_irqsave(desc.lock)
         self.gicv2_irq_enable(virq, False)
@@ -665,15 +469,15 @@ class OldVgic:
         event-check SGI (``vcpu_kick`` in effect). The pending_irq is looked up before the lock
         (4.8.0-4.9.0; the v7 LPI series, which returns on NULL there) or under it, returning on
         NULL: "If an LPI has been removed, there is nothing to inject here" (56e1b3ebc9,
-        4.10.0; :attr:`inject_lookup_under_lock`)."""
+        4.10.0; :attr:`inject_lookup_under_lock`). The priority: the design's
+        :meth:`_priority_before_vgic_lock`."""
         vv = self.d.vcpus[v]
         p = None
         if not self.inject_lookup_under_lock:
             p = self.irq_to_pending(virq)
             if p is None:
                 return  # an unmapped LPI (v7: the NULL check before the lock)
-        if self.design.priority_locked:
-            priority = self.vgic_get_virq_priority(virq)  # 4.8.0/stable-4.8: rank lock, before the vgic lock
+        priority = self._priority_before_vgic_lock(virq)  # 4.8.0/stable-4.8: rank lock, before the vgic lock
         flags = spin_lock_irqsave(vv.lock)
         if p is None:
             p = self.irq_to_pending(virq)
@@ -687,7 +491,7 @@ class OldVgic:
                 self.trace("inject_inflight_elsewhere", virq, v, p.inflight)
             self.gic_raise_inflight_irq(v, virq)
         else:
-            if not self.design.priority_locked:
+            if priority is None:
                 priority = self.vgic_get_virq_priority(virq)
             p.priority = priority
             if test_bit(p.status, GIC_IRQ_GUEST_ENABLED):
@@ -696,6 +500,7 @@ class OldVgic:
             self.trace("inject", virq, v)
         spin_unlock_irqrestore(vv.lock, flags)
         self.vcpu_unblock(v)
+
 
     def vcpu_unblock(self, v: int) -> None:
         """common/schedule.c ``vcpu_unblock`` (``vcpu_kick`` on ARM, from
@@ -755,7 +560,8 @@ class OldVgic:
     def gic_raise_inflight_irq(self, v: int, virq: int) -> None:
         """gic.c ``gic_raise_inflight_irq`` (4.8.0-4.10.0): requires v's vgic lock. If the IRQ
         is not lr_pending and ``v == current``: ``gic_update_one_lr(v, n->lr)``. 471d9ca43c
-        (XSA-223; stable-4.8, 4.9.0, 4.10.0) first returns if the IRQ is disabled. ``n->lr`` is
+        (XSA-223; stable-4.8, 4.9.0, 4.10.0) first returns if the IRQ is disabled
+        (:meth:`_skip_disabled`). ``n->lr`` is
         the LR the IRQ had on the vCPU whose list it is on: with a stale owner (inflight on
         another vCPU) that is another vCPU's LR index, read here on this pCPU; for an inflight
         IRQ in no LR it is GIC_INVALID_LR (or 0, never set): XSA-223."""
@@ -764,7 +570,7 @@ class OldVgic:
         if p is None:
             return  # 56e1b3ebc9: "If an LPI has been removed meanwhile, there is nothing left to raise."
         assert_held(vv.lock)
-        if self.design.inflight_checks_enabled and not test_bit(p.status, GIC_IRQ_GUEST_ENABLED):
+        if self._skip_disabled(p):  # 471d9ca43c: "Don't try to update the LR if the interrupt is disabled"
             return
         if p.lr_queue != INVALID_VCPU or v != self.current:
             return
@@ -784,6 +590,7 @@ class OldVgic:
             if not 0 <= i < self.nr_lrs or not vv.lr_mask[i]:
                 return  # not modelled further: Xen reads an unused LR or past the LRs
         self.gic_update_one_lr(v, i)
+
 
     def gic_raise_guest_irq(self, v: int, virq: int) -> None:
         """gic.c ``gic_raise_guest_irq`` (4.8.0-4.10.0): requires v's vgic lock. Puts ``virq``
@@ -849,19 +656,6 @@ class OldVgic:
                 vq.lr_pending_p[j - self.nr_spis] = 0
             p.lr_queue = INVALID_VCPU
 
-    def gic_remove_from_queues(self, v: int, virq: int) -> None:
-        """gic.c ``gic_remove_from_queues(v, irq)`` (4.8.0, stable-4.8, 4.9.0; called by
-        vgic_disable_irqs): takes v's vgic lock (irqsave) and unlinks lr_queue only."""
-        vv = self.d.vcpus[v]
-        flags = spin_lock_irqsave(vv.lock)
-        self._lr_queue_del(virq)
-        spin_unlock_irqrestore(vv.lock, flags)
-
-    def gic_remove_from_lr_pending(self, v: int, virq: int, p: Any = None) -> None:
-        """gic.c ``gic_remove_from_lr_pending(v, p)`` (4.10.0): requires v's vgic lock."""
-        assert_held(self.d.vcpus[v].lock)
-        self._lr_queue_del(virq, p)
-
     def gic_remove_irq_from_queues(self, v: int, virq: int, p: Any = None) -> None:
         """vgic_migrate_irq's lr_pending branch: ``clear_bit(QUEUED); list_del_init(&p->lr_queue);
         list_del_init(&p->inflight)`` (4.8.0, 4.9.0, open-coded) = gic.c
@@ -893,8 +687,8 @@ class OldVgic:
     # -- return to guest --------------------------------------------------------------------------
     def gic_clear_lrs(self, v: int) -> None:
         """gic.c ``gic_clear_lrs`` (4.8.0-4.10.0), on the way back to the guest: takes v's vgic
-        lock (irqsave), gic_update_one_lr for every used LR; proposal 1 then takes rank->lock
-        per noted MIGRATING IRQ, after dropping the vgic lock."""
+        lock (irqsave), gic_update_one_lr for every used LR (proposal 1 adds a tail: see
+        proposal1.py)."""
         vv = self.d.vcpus[v]
         flags = spin_lock_irqsave(vv.lock)
         for i in range(self.nr_lrs):
@@ -902,19 +696,18 @@ class OldVgic:
                 self.gic_update_one_lr(v, i)
         self.lrs_cleared(v)
         spin_unlock_irqrestore(vv.lock, flags)
-        if self.deferred:
-            self._migrate_deferred()
+
 
     def gic_update_one_lr(self, v: int, i: int) -> None:
         """gic.c ``gic_update_one_lr`` (4.8.0-4.10.0): requires v's vgic lock, interrupts
         disabled. ACTIVE: set ACTIVE; if ENABLED, test_and_clear(QUEUED) and, for a hardware
         IRQ, drop the injection ("unable to inject hw irq ... already active in LR"). PENDING:
         test_and_clear(QUEUED). Invalid (EOIed): free the LR, clear _IRQ_INPROGRESS, re-raise if
-        ENABLED && QUEUED && !MIGRATING, else unlink inflight and finish a migration (per
-        design: takes rank->lock in 4.8.0 — the inversion — and gicv2.lock). An LPI whose
-        pending_irq is NULL ("An LPI might have been unmapped, in which case we just clean up
-        here", 56e1b3ebc9) or PRISTINE ("the information in the LR is bogus", bccfbe70a3:
-        test_and_clear) has its LR cleared and nothing else."""
+        ENABLED && QUEUED && !MIGRATING, else unlink inflight and finish a migration (the
+        design's :meth:`_migrating_on_eoi`: takes rank->lock in 4.8.0 — the inversion — and
+        gicv2.lock). An LPI whose pending_irq is NULL ("An LPI might have been unmapped, in
+        which case we just clean up here", 56e1b3ebc9) or PRISTINE ("the information in the LR
+        is bogus", bccfbe70a3: test_and_clear) has its LR cleared and nothing else."""
         vv = self.d.vcpus[v]
         assert_held(vv.lock)
         virq = vv.lr[i]
@@ -980,50 +773,6 @@ class OldVgic:
             return False
         p.status = st & ~(1 << GIC_IRQ_GUEST_PRISTINE_LPI)
         return True
-
-    def _migrating_on_eoi(self, v: int, virq: int, p: Any = None) -> None:
-        """gic_update_one_lr's MIGRATING tail, per design (vgic lock held)."""
-        if p is None:
-            p = self.irq_to_pending(virq)
-        eoi = self.design.eoi
-        if eoi == "deferred":
-            if test_bit(p.status, GIC_IRQ_GUEST_MIGRATING):
-                self.deferred.append(virq)  # handled after the vgic lock is dropped
-            return
-        if eoi == "wmb":
-            # 31bc6a93a0 (stable-4.8, 4.9.0, 4.10.0): list_del_init(&p->inflight); smp_wmb();
-            if test_bit(p.status, GIC_IRQ_GUEST_MIGRATING):
-                t = self.vgic_get_target_vcpu(virq)
-                self.trace("eoi_migrate", virq, v, t)
-                self.irq_set_affinity(virq, self.processor(t))
-                p.status &= ~(1 << GIC_IRQ_GUEST_MIGRATING)
-            return
-        if test_bit(p.status, GIC_IRQ_GUEST_MIGRATING):  # test_and_clear_bit (4.8.0)
-            p.status &= ~(1 << GIC_IRQ_GUEST_MIGRATING)
-            if eoi == "4.8":
-                t = self.vgic_get_target_vcpu(virq)  # takes rank->lock under the vgic lock
-            elif eoi == "old-vcpu":
-                t = self.vgic_rank_irq(virq).vcpu[self.rank_offset(virq)]  # guarded by our vgic lock
-                p.old_vcpu = t
-            else:  # unlocked-read: the thread's patch
-                t = self.__vgic_get_target_vcpu(virq)
-            self.trace("eoi_migrate", virq, v, t)
-            self.irq_set_affinity(virq, self.processor(t))
-
-    def _migrate_deferred(self) -> None:
-        """Proposal 1 (drop-vgic-then-rank): after gic_clear_lrs dropped the vgic lock, for
-        each noted IRQ: rank->lock, test_and_clear MIGRATING, read target, set affinity."""
-        todo, self.deferred = self.deferred, []
-        for virq in todo:
-            p = self.irq_to_pending(virq)
-            rank = self.vgic_rank_irq(virq)
-            flags = spin_lock_irqsave(rank.lock)
-            if test_bit(p.status, GIC_IRQ_GUEST_MIGRATING):
-                p.status &= ~(1 << GIC_IRQ_GUEST_MIGRATING)
-                t = self.__vgic_get_target_vcpu(virq)
-                self.trace("eoi_migrate", virq, self.cpu.wid, t)
-                self.irq_set_affinity(virq, self.processor(t))
-            spin_unlock_irqrestore(rank.lock, flags)
 
     def gic_restore_pending_irqs(self, v: int) -> None:
         """gic.c ``gic_restore_pending_irqs`` (4.8.0-4.10.0, via gic_inject and

@@ -188,3 +188,30 @@ def test_lpi_hooks_leave_the_spi_state_alone():
     from shm_model.xen.lpi import LpiDomain
     d = state(LpiDomain, vcpus=2, spis=1, lrs=4, devices=2, events=4, lpis=8)
     assert len(d.vcpus[0].inflight) == 9 and len(d.vcpus[0].lr_pending_p) == 8
+
+
+@pytest.mark.timeout(180)
+def test_moving_vcpus_take_gicv2_lock_with_interrupts_on(runs_dir):
+    """--move-rate: vCPUs move between pCPUs (vcpu_migrate, idle pCPUs stealing) and
+    arch_move_irqs re-routes their SPIs after each move, with interrupts on (schedule() and
+    context_saved run it after enabling them); gicv2.lock is HARDIRQ-safe (taken under the
+    vgic lock, and in interrupt context through gic_raise_inflight_irq -> gic_update_one_lr ->
+    irq_set_affinity), so lockdep's report names it. The same seed with pinned vCPUs takes
+    gicv2.lock with interrupts off only."""
+    moving = run_cli(WL + ["--variant", "xen-4.10.0", "--seed", "1", "--duration", "60s", "--steps", "20000",
+                           "--move-rate", "2000"] + PCT, runs_dir)
+    assert moving.code == 1, moving.out[-3000:]
+    model = moving.summary["model"]
+    assert model["vCPU moves (vcpu_migrate)"] > 0 and model["idle pCPU steals"] > 0, model
+    assert model["arch_move_irqs affinity writes"] > 0, model
+    assert "irq-lock-inversion" in moving.outcomes and "recursive-locking" not in moving.outcomes, moving.outcomes
+    text = moving.out[moving.out.index("WARNING: HARDIRQ-safe -> HARDIRQ-unsafe lock order detected"):]
+    text = text[:text.index("\n====")]
+    assert "(&gicv2.lock) is HARDIRQ-unsafe: taken with interrupts enabled at OldVgic.irq_set_affinity()" in text
+    assert "arch_move_irqs(vcpu" in text  # the trace: arch_move_irqs ran just before
+    assert moving.summary["verdict"]["status"] == "fail"  # xen-4.10.0 expects clean: not with moving vCPUs
+
+    pinned = run_cli(WL + ["--variant", "xen-4.10.0", "--seed", "1", "--duration", "60s", "--steps", "20000"] + PCT,
+                     runs_dir)
+    assert pinned.code == 0 and not {"irq-lock-inversion", "inconsistent-lock-state"} & pinned.outcomes, pinned.outcomes
+    assert "vCPU moves (vcpu_migrate)" not in pinned.summary["model"]

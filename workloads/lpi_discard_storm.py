@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from shm_model.xen.lpi import CHECKS, DESIGNS, EVENTS, KEY_EVENTS, LpiDomain
 from shm_model.xen.lpi.common import HOST_LPI_BASE, INVALID_LPI, LPI_PROP_ENABLED
 from shm_model.xen.old_vgic.common import LPI_OFFSET
+from shm_model.xen.schedule import init_pinned
 from stress.workload import Option, Role, Variant, Violation, Workload, WorkloadError, invariant, isr, op
 
 
@@ -148,7 +149,9 @@ class LpiDiscardStorm(Workload):
     checks = CHECKS
 
     def setup(self, s):
-        """MAPC: collection c on vCPU c; every LPI enabled in the property table."""
+        """MAPC: collection c on vCPU c; every LPI enabled in the property table; vCPU v
+        pinned to pCPU v."""
+        init_pinned(s.sched)
         for c in range(len(s.its.coll_table)):
             s.its.coll_table[c] = c
 
@@ -182,7 +185,7 @@ class LpiDiscardStorm(Workload):
         @op(weight=1)
         def vcpu_run(self, s):
             """Exit to Xen: gic_clear_lrs, gic_restore_pending_irqs; the guest acknowledges."""
-            self.vgic.vcpu_run(self.index, self.cpu.clock_ns(), 0)
+            self.vgic.vcpu_run(self.cpu.clock_ns(), 0)
 
         @op(rate=1000)
         def its_cmd(self, s):

@@ -1,7 +1,8 @@
 """migration-storm: the old vGIC's rank/vgic lock inversion (Xen-devel, Dec 2016, "xen/arm:
 fix rank/vgic locks inversion bug"), the thread's proposals, and what Xen shipped.
 
-vCPU workers (one per pCPU, vCPU i pinned on pCPU i) run the guest: ITARGETSR writes that
+vCPU workers (one per pCPU; vCPU i starts on pCPU i and stays there unless ``--move-rate``
+lets the scheduler move vCPUs, each move followed by ``arch_move_irqs``) run the guest: ITARGETSR writes that
 migrate SPIs between vCPUs (``migrate``, paced), ISENABLER/ICENABLER writes that enable and
 disable SPIs (``isenabler``, ``icenabler``), WFI (``wfi``: the vCPU blocks, its pCPU idles
 until an injection or its timer wakes it), and exits where the hypervisor updates the list
@@ -15,12 +16,14 @@ simplifies are in ``shm_model/xen/old_vgic/`` (one module per design).
     stress run --workload migration-storm --variant unlocked-target-read --duration 60s
     stress run --workload migration-storm --variant xen-4.10.0 --rate inject=20000,migrate=4000 --vcpus 4
     stress run --workload migration-storm --variant xen-4.9.0 --schedule pct --pct-depth 3 --pct-steps 64
+    stress run --workload migration-storm --variant xen-4.10.0 --move-rate 2000
 """
 
 from __future__ import annotations
 
 
 from shm_model.xen.old_vgic import DESIGNS, OldVgicDomain, make_vgic, with_backports
+from shm_model.xen.schedule import IDLE, init_pinned
 from shm_model.xen.old_vgic.common import (_IRQ_DISABLED, _IRQ_INPROGRESS, GIC_IRQ_GUEST_ENABLED,
                                            GIC_IRQ_GUEST_MIGRATING, LR_INVALID, SPI_BASE, status_text, test_bit)
 from stress.workload import Option, Role, Variant, Violation, Workload, WorkloadError, invariant, isr, op
@@ -68,7 +71,10 @@ AFFINITY_LAG = {"invariant:affinity-follows-target":
                 "vgic_store_itargetsr's write_atomic(rank->vcpu); a gic_update_one_lr that takes that lock in between "
                 "reads the old target, so desc->affinity lags rank->vcpu (injection still reaches the target vCPU, "
                 "from the wrong pCPU). It heals at the IRQ's next migration, at an ISENABLER write "
-                "(vgic_enable_irqs -> irq_set_affinity) or when the target vCPU moves pCPU (arch_move_irqs)"}
+                "(vgic_enable_irqs -> irq_set_affinity) or when the target vCPU moves pCPU (arch_move_irqs). "
+                "With vCPUs that move (--move-rate) arch_move_irqs is a second source: it reads the target "
+                "(read_atomic) and v->processor without a lock and writes the affinity later, so an ITARGETSR "
+                "write or an EOI's irq_set_affinity in between is overwritten"}
 #: the 4.8 code every thread variant is built on: what it shows besides the thread's bug
 BASE_48 = ("RELEASE-4.8.0 underneath: vgic_vcpu_inject_irq takes the rank lock in vgic_get_virq_priority, so "
            "vgic_migrate_irq's lr_pending branch self-deadlocks under vgic_store_itargetsr's rank lock "
@@ -105,6 +111,9 @@ class MigrationStorm(Workload):
         "ienable": Option(1, "1: the guest writes ISENABLER/ICENABLER (enables and disables SPIs); 0: it never "
                              "does (with --backport 408f16ddb3: the 4.8 variants without 4.8's other lock bugs)",
                           min=0, max=1),
+        "move-rate": Option(0, "vCPU moves between pCPUs, per second and pCPU: the scheduler moves the running vCPU "
+                               "to another pCPU (vcpu_migrate) and idle pCPUs steal waiting ones, each move followed "
+                               "by arch_move_irqs; 0: every vCPU pinned to its pCPU", min=0, max=10**6),
         "wfi-us": Option(300, "longest time a vCPU stays blocked in WFI before its timer wakes it, microseconds",
                          min=0, max=10**6),
     }
@@ -193,23 +202,29 @@ class MigrationStorm(Workload):
         "lr_eoi": "irq {a}: LR{c} of vcpu{b} EOIed, freed",
         "block": "vcpu{a}: WFI, blocked",
         "kick": "vcpu{a}: vcpu_unblock",
+        "vcpu_migrate": "vcpu{a}: vcpu_migrate pcpu{b} -> pcpu{c}",
+        "vcpu_steal": "vcpu{a}: stolen from pcpu{b} by idle pcpu{c}",
+        "vcpu_switch": "vcpu{a} -> vcpu{b} on pcpu{c}",
+        "move_irq": "irq {a}: arch_move_irqs(vcpu{b}): irq_set_affinity -> pcpu{c}",
     }
 
     key_events = ("migrate", "migrate_refused", "migrate_reinject", "migrate_retry", "set_migrating",
                   "irq_set_affinity", "eoi_migrate", "inject", "inject_inflight_elsewhere", "raise_inflight",
-                  "hw_inject_dropped", "enable", "disable", "guest_eoi", "lr_set", "lr_eoi")
+                  "hw_inject_dropped", "enable", "disable", "guest_eoi", "lr_set", "lr_eoi", "move_irq",
+                  "vcpu_migrate", "vcpu_steal")
     #: inline checks of the model (shm_model/xen/old_vgic/): a per-vCPU list unlinked without its
     #: lock; gic_raise_inflight_irq updating an LR that does not hold the IRQ; a re-delivered
     #: hardware IRQ dropped with its inflight entry
     checks = ("vgic-list-lock", "raise-inflight-lr", "hw-irq-lost")
 
     def setup(self, s):
-        """Every SPI enabled (GICD_ISENABLER), routed to vCPU i % vcpus and its physical
-        affinity to match."""
+        """vCPU v on pCPU v; every SPI enabled (GICD_ISENABLER), routed to vCPU i % vcpus and
+        its physical affinity to match."""
         try:
             with_backports(DESIGNS[self.variant], self.opts.backport)
         except ValueError as e:
             raise WorkloadError(f"--backport: {e}") from None
+        init_pinned(s.sched)
         n = len(s.vcpus)
         for i, p in enumerate(s.pending):
             t = i % n
@@ -225,27 +240,33 @@ class MigrationStorm(Workload):
                 "affinity writes": s.affinity_writes, "injections": s.injections, "EOIs": s.eois,
                 "ICENABLER": s.disables, "ISENABLER": s.enables, "gic_raise_inflight_irq updates": s.inflight_raises,
                 "hw injections dropped (ACTIVE LR)": s.dropped_hw,
-                "hw IRQs lost (hw-irq-lost)": s.lost_hw, "WFI blocks": s.blocks}
+                "hw IRQs lost (hw-irq-lost)": s.lost_hw, "WFI blocks": s.sched.blocks,
+                **({"vCPU moves (vcpu_migrate)": s.sched.migrations, "idle pCPU steals": s.sched.steals,
+                    "context switches": s.sched.switches, "arch_move_irqs affinity writes": s.moved_irqs}
+                   if self.opts.__dict__["move-rate"] else {})}
 
     class vcpu(Role):
-        """A pCPU running its vCPU: guest ITARGETSR/ISENABLER/ICENABLER writes and WFI, exits
-        with LR work, do_IRQ. While its vCPU is blocked the pCPU is idle: no guest operation
-        runs, interrupts are still taken."""
+        """A pCPU (one per vCPU) running the vCPU its scheduler picks: guest ITARGETSR/
+        ISENABLER/ICENABLER writes and WFI, exits with LR work, do_IRQ. While it has no vCPU to
+        run (blocked, or moved away) the pCPU is idle: no guest operation runs, interrupts are
+        still taken."""
 
         count = "vcpus"
 
         def setup(self, s):
-            self.vgic = make_vgic(self.variant, s, self.cpu, self.trace, backport=self.options.backport)
+            rate = self.options.__dict__["move-rate"]
+            self.vgic = make_vgic(self.variant, s, self.cpu, self.trace, backport=self.options.backport,
+                                  pcpu=self.index, move_ns=int(1e9 / rate) if rate else 0, rand=self.random.random)
             self.handler_ns = self.options.__dict__["eoi-us"] * 1000
             self.wfi_ns = self.options.__dict__["wfi-us"] * 1000
 
         def _running(self, s):
-            return not s.vcpus[self.index].blocked
+            return self.vgic.current != IDLE
 
         @op(weight=1)
         def vcpu_run(self, s):
             """Exit to Xen, gic_clear_lrs, gic_restore_pending_irqs, guest acks and EOIs."""
-            self.vgic.vcpu_run(self.index, self.cpu.clock_ns(), int(self.random.random() * self.handler_ns))
+            self.vgic.vcpu_run(self.cpu.clock_ns(), int(self.random.random() * self.handler_ns))
 
         @op(rate=2000, name="migrate")
         def write_itargetsr(self, s):
@@ -277,9 +298,10 @@ class MigrationStorm(Workload):
         @op(rate=300)
         def wfi(self, s):
             """The guest idles (WFI -> vcpu_block) until an injection or its timer wakes it."""
-            if not self._running(s) or len(s.vcpus) < 2:
+            v = self.vgic.current
+            if v == IDLE or len(s.vcpus) < 2:
                 return
-            self.vgic.vcpu_block(self.index, self.cpu.clock_ns() + int(self.random.random() * self.wfi_ns))
+            self.vgic.vcpu_block(v, self.cpu.clock_ns() + int(self.random.random() * self.wfi_ns))
 
         @isr
         def irq(self, s, virq):
@@ -315,10 +337,11 @@ class MigrationStorm(Workload):
             quiet = (p.inflight < 0 and p.lr_queue < 0 and not test_bit(p.status, GIC_IRQ_GUEST_MIGRATING)
                      and not d.status & (1 << _IRQ_INPROGRESS) and not d.active and not d.hw_pending)
             target = s.ranks[i // 32].vcpu[i % 32]
-            if quiet and d.affinity != target:
+            pcpu = s.sched.vcpus[target].processor
+            if quiet and d.affinity != pcpu:
                 subject = virq if subject is None else subject
-                bad.append(f"irq {virq}: rank->vcpu = vcpu{target} but desc->affinity = pcpu{d.affinity} "
-                           f"(status {status_text(p.status)}, not inflight)")
+                bad.append(f"irq {virq}: rank->vcpu = vcpu{target}, on pcpu{pcpu}, but desc->affinity = "
+                           f"pcpu{d.affinity} (status {status_text(p.status)}, not inflight)")
         return Violation("; ".join(bad), subject) if bad else None
 
     @invariant("inflight-on-one-vcpu")

@@ -40,9 +40,19 @@ Locking order (outermost first), as the C takes them:
                           gic_remove_from_queues()
         gicv2.lock        gicv2_irq_set_affinity() (irq_set_affinity), gicv2_irq_enable()/
                           gicv2_irq_disable() (desc->handler): a leaf
+          sd->schedule_lock  vcpu_unblock() -> vcpu_wake() (vgic_vcpu_inject_irq's tail, after
+                          the vgic lock is dropped; shm_model/xen/schedule.py): a leaf
 
-Every lock above is taken with interrupts disabled (``_irqsave``) or in interrupt context.
-Where the C breaks that order, the model breaks it the same way and the run says so:
+Every lock above is taken with interrupts disabled (``_irqsave``) or in interrupt context,
+but one: ``arch_move_irqs`` (vCPUs that move, ``--move-rate``) calls ``irq_set_affinity``
+-> gicv2.lock with interrupts *on* — schedule() drops its lock with ``spin_unlock_irq``
+before ``sched_move_irqs(next)``, and ARM's ``schedule_tail`` enables them before
+``context_saved`` -> ``vcpu_migrate`` — while gicv2.lock is taken under the vgic lock
+(vgic_migrate_irq) and in interrupt context (do_IRQ -> vgic_vcpu_inject_irq ->
+gic_raise_inflight_irq -> gic_update_one_lr -> irq_set_affinity for an EOIed MIGRATING IRQ).
+``gicv2_irq_set_affinity`` takes it with ``spin_lock``, not irqsave (gic-v2.c,
+4.8.0-4.10.0). Where the C breaks that order, the model breaks it the same way and the run
+says so:
 
 - RELEASE-4.8.0 (variant ``rank-lock-inversion``): gic_update_one_lr runs with the vgic lock
   held and calls vgic_get_target_vcpu, which takes the rank lock: vgic -> rank (the thread's
@@ -56,7 +66,10 @@ Where the C breaks that order, the model breaks it the same way and the run says
   from vgic_store_itargetsr, which holds that same rank lock: a self-deadlock. Fixed by
   408f16ddb3 (RELEASE-4.9.0) / 43208a9cb4 (RELEASE-4.10.0), "ARM: vGIC: avoid rank lock when
   reading priority" ("It seems like this code path has never been exercised before"); never
-  backported to stable-4.8.
+  backported to stable-4.8;
+- every version, with vCPUs that move: gicv2.lock with interrupts on in arch_move_irqs,
+  HARDIRQ-safe elsewhere (above): lockdep's "HARDIRQ-safe -> HARDIRQ-unsafe" and
+  "inconsistent lock state", and the deadlocks they warn of.
 
 Note on ``irq_set_affinity``: PROTOCOLS.md says it writes ``desc->affinity`` under
 ``desc->lock``; Xen's GICv2 driver takes the distributor lock ``gicv2.lock`` instead
@@ -71,11 +84,14 @@ the guest EOIs it — not until ``gic_update_one_lr`` notices the EOI. ``desc->a
 state; ``_IRQ_INPROGRESS`` is Xen's software bit (set in do_IRQ, cleared in
 gic_update_one_lr) and gates nothing, as in Xen (do_IRQ does not test it for guest IRQs).
 
-State is one domain: vCPU ``v`` runs on pCPU ``v`` (the worker with the same id); a pCPU's
-list registers are saved with its vCPU (``gic_save_state``/``gic_restore_state``). SPIs are
-``32 .. 32+spis-1``; ``pending[i]`` and ``descs[i]`` are those of SPI ``32 + i``.
+State is one domain with as many pCPUs (workers) as vCPUs. vCPU ``v`` starts on pCPU ``v``;
+with ``--move-rate`` the scheduler (shm_model/xen/schedule.py: ``vcpu_migrate``, credit's
+steal, ``sched_move_irqs`` -> :meth:`OldVgic.arch_move_irqs`) moves vCPUs between pCPUs, and
+``current``/``v->processor`` are its. A vCPU's list registers are saved with it
+(``gic_save_state``/``gic_restore_state``). SPIs are ``32 .. 32+spis-1``; ``pending[i]`` and
+``descs[i]`` are those of SPI ``32 + i``.
 
-Simplifications kept (issue 23, point 10 and point 6):
+Simplifications kept (issue 23, point 10):
 
 - lists are FIFO: Xen orders inflight_irqs and lr_pending by priority
   (vgic_vcpu_inject_irq, gic_add_to_lr_pending: insert before the first entry of strictly
@@ -86,12 +102,11 @@ Simplifications kept (issue 23, point 10 and point 6):
 - no virtual SPIs (``p->desc == NULL``): every SPI is a hardware one, so the
   ``p->desc == NULL`` branches (vgic_migrate_irq's early return, GICH_LR_PENDING re-set in
   gic_update_one_lr's ACTIVE branch) are not exercised;
-- vCPUs do not move between pCPUs: vCPU v always runs on pCPU v, so ``arch_move_irqs``
-  (called by the scheduler when a vCPU changes pCPU) never runs and ``v->processor == v``.
-  A vCPU does block (WFI: ``vcpu_block``) and is then not ``current`` on its pCPU, so
-  injections to it go to lr_pending and ``vcpu_kick``/``vcpu_unblock`` wake it (see
-  :meth:`OldVgic.vcpu_block`). Moving vCPUs needs two workers to exchange vCPUs (their saved
-  LRs and ``current``) at one scheduling point, which the model has no operation for.
+- vCPUs are pinned unless ``--move-rate`` is given (the default keeps the measured tables'
+  interleavings; the scheduler's header says what it simplifies). A vCPU blocks (WFI:
+  ``vcpu_block``) and is then not ``current`` on its pCPU, so injections to it go to
+  lr_pending and ``vcpu_kick``/``vcpu_unblock`` wake it; with moves a vCPU also waits,
+  runnable, on a pCPU that runs another (not ``current`` either).
 
 LPIs (the hooks ``lpi-discard-storm`` builds on, ``shm_model/xen/lpi/``): a domain state
 that declares an option ``lpis`` gets per-vCPU list slots for LPIs ``LPI_OFFSET ..
@@ -153,12 +168,14 @@ def with_backports(cls: type[OldVgic], backport: str) -> type[OldVgic]:
     return cls
 
 
-def make_vgic(variant: str, d: Any, cpu: Cpu, trace: Any, backport: str = "") -> OldVgic:
+def make_vgic(variant: str, d: Any, cpu: Cpu, trace: Any, backport: str = "", **sched: Any) -> OldVgic:
     """The design ``variant`` (:data:`DESIGNS`) with the commits of ``backport`` applied, as
-    CPU ``cpu`` runs it on domain ``d``. ``trace`` is a callable ``(event, a, b, c)``."""
+    CPU ``cpu`` runs it on domain ``d``. ``trace`` is a callable ``(event, a, b, c)``;
+    ``sched``: the scheduler's arguments of :class:`~.common.OldVgic` (``pcpu``,
+    ``move_ns``, ``rand``)."""
     if variant not in DESIGNS:
         raise ValueError(f"unknown old-vGIC variant {variant!r}")
-    return with_backports(DESIGNS[variant], backport)(d, cpu, trace)
+    return with_backports(DESIGNS[variant], backport)(d, cpu, trace, **sched)
 
 
 __all__ = ["BACKPORTS", "DESIGNS", "VARIANTS", "OldVgic", "OldVgicDomain", "make_vgic", "with_backports"]

@@ -17,6 +17,7 @@ from typing import Any
 
 from ...cpu import Cpu
 from ...layout import Array, Int, Nested, Spinlock, Struct
+from ..schedule import IDLE, CreditScheduler, PinnedScheduler, SchedDomain
 from ...spinlock import (assert_held, spin_is_locked, spin_lock, spin_lock_irqsave, spin_unlock,
                          spin_unlock_irqrestore)
 
@@ -90,9 +91,6 @@ class VgicVcpu(Struct):
     lr_eoi_at = Array(Int, "lrs")  # guest model: when (CLOCK_MONOTONIC ns) the guest EOIs
     exits = Int()  # guest exits (vcpu_run cycles)
     queue_seq = Int()
-    blocked = Int()  # _VPF_blocked: in WFI, not current on its pCPU (the idle vCPU is)
-    wake_at = Int()  # the guest's virtual timer deadline while blocked (CLOCK_MONOTONIC ns)
-    kicks = Int()
 
 
 class IrqDesc(Struct):
@@ -132,7 +130,9 @@ class OldVgicDomain(Struct):
     inflight_raises = Int()  # gic_raise_inflight_irq -> gic_update_one_lr
     dropped_hw = Int()  # "unable to inject hw irq": QUEUED dropped while ACTIVE in an LR
     lost_hw = Int()  # hw-irq-lost: injections dropped with the inflight entry (deactivated by the model)
-    blocks = Int()
+    moved_irqs = Int()  # arch_move_irqs -> irq_set_affinity
+    #: the pCPUs and the scheduler's view of the vCPUs (shm_model/xen/schedule.py)
+    sched = Nested(SchedDomain)
 
 
 def test_bit(word: int, bit: int) -> bool:
@@ -149,13 +149,21 @@ class OldVgic:
     name = ""
     base = ""
 
-    def __init__(self, d: Any, cpu: Cpu, trace: Any) -> None:
+    def __init__(self, d: Any, cpu: Cpu, trace: Any, pcpu: int | None = None, move_ns: int = 0,
+                 rand: Any = None) -> None:
+        """``pcpu``: the pCPU this CPU is (default: the worker id); ``move_ns`` > 0 lets
+        vCPUs move between pCPUs, one move of the running vCPU per ``move_ns`` on average
+        (``rand``: the uniform draws), with :meth:`arch_move_irqs` after each; 0: every vCPU
+        pinned to the pCPU of its number (shm_model/xen/schedule.py)."""
         self.d = d
         self.cpu = cpu
         self.trace = trace
         self.nr_vcpus = len(d.vcpus)
         self.nr_spis = len(d.pending)
         self.nr_lrs = len(d.vcpus[0].lr) if d.vcpus else 0
+        pcpu = cpu.wid if pcpu is None else pcpu
+        self.sched = (CreditScheduler(d.sched, pcpu, trace, move_ns, rand, self.arch_move_irqs) if move_ns
+                      else PinnedScheduler(d.sched, pcpu, trace))
 
     #: LPI designs (shm_model/xen/lpi/) set these; an old-VGIC design never sees an LPI.
     #: gic_update_one_lr retires an LR whose LPI is PRISTINE and gic_find_unused_lr looks
@@ -218,14 +226,13 @@ class OldVgic:
 
     @property
     def current(self) -> int:
-        """``current`` on this pCPU: its vCPU, or none (the idle vCPU) while it is blocked."""
-        v = self.cpu.wid
-        return INVALID_VCPU if self.d.vcpus[v].blocked else v
+        """``current`` on this pCPU: the vCPU it runs, or none (IDLE, the idle vCPU) while
+        that vCPU is blocked or the pCPU has none to run."""
+        return self.sched.current
 
-    @staticmethod
-    def processor(v: int) -> int:
-        """``v->processor``: vCPUs do not move (header)."""
-        return v
+    def processor(self, v: int) -> int:
+        """``v->processor``: the pCPU vCPU ``v`` runs on, or is queued or blocked on."""
+        return self.sched.processor(v)
 
     # -- written by each design (xen_4_8_0.py and its subclasses) ---------------------------------
     def vgic_get_target_vcpu(self, virq: int) -> int:
@@ -504,13 +511,10 @@ class OldVgic:
 
     def vcpu_unblock(self, v: int) -> None:
         """common/schedule.c ``vcpu_unblock`` (``vcpu_kick`` on ARM, from
-        vgic_vcpu_inject_irq's tail, 4.8.0-4.10.0): clear _VPF_blocked and wake the vCPU; its
-        pCPU runs it again (gic_restore_state -> gic_restore_pending_irqs) at its next cycle."""
-        vv = self.d.vcpus[v]
-        if vv.blocked:
-            vv.blocked = 0
-            vv.kicks += 1
-            self.trace("kick", v)
+        vgic_vcpu_inject_irq's tail, 4.8.0-4.10.0): clear _VPF_blocked and wake the vCPU
+        (``vcpu_wake``, shm_model/xen/schedule.py); its pCPU runs it again
+        (gic_restore_state -> gic_restore_pending_irqs) at its next cycle."""
+        self.sched.vcpu_unblock(v)
 
     def _list_add_inflight(self, v: int, virq: int, p: Any = None) -> None:
         """``list_add_tail(&n->inflight, ...)`` in vgic_vcpu_inject_irq (4.8.0-4.10.0): onto v's
@@ -835,16 +839,16 @@ class OldVgic:
                 self.irq_to_desc(vv.lr[i]).active = 0  # HW=1: the physical IRQ is deactivated
                 self.trace("guest_eoi", vv.lr[i], v)
 
-    def vcpu_run(self, v: int, now_ns: int, handler_ns: int) -> None:
-        """One exit/entry cycle of vCPU ``v`` on its pCPU (traps.c ``leave_hypervisor_tail``,
-        4.8.0-4.10.0: ``gic_clear_lrs`` (vgic_sync_from_lrs) then ``gic_inject`` ->
-        gic_restore_pending_irqs), then the guest runs. A blocked vCPU does not run: its pCPU
-        is idle until vcpu_unblock, or its virtual timer (``wake_at``) fires."""
-        vv = self.d.vcpus[v]
-        if vv.blocked:
-            if now_ns < vv.wake_at:
-                return
-            self.vcpu_unblock(v)  # virt_timer_expired -> vgic_vcpu_inject_irq(PPI) -> vcpu_unblock
+    def vcpu_run(self, now_ns: int, handler_ns: int) -> None:
+        """One cycle of this pCPU: ``schedule()`` picks the vCPU it runs (a blocked one is
+        woken when its virtual timer is due: ``virt_timer_expired`` -> ``vcpu_unblock``; with
+        moving vCPUs also a move, a steal or a switch: shm_model/xen/schedule.py), then that
+        vCPU's exit/entry (traps.c ``leave_hypervisor_tail``, 4.8.0-4.10.0: ``gic_clear_lrs``
+        (vgic_sync_from_lrs) then ``gic_inject`` -> gic_restore_pending_irqs), then the guest
+        runs. With nothing to run the pCPU idles."""
+        v = self.sched.schedule(now_ns)
+        if v == IDLE:
+            return
         self.gic_clear_lrs(v)
         self.gic_restore_pending_irqs(v)
         self.guest_run(v, now_ns, handler_ns)
@@ -857,16 +861,27 @@ class OldVgic:
         lr_pending, and vcpu_unblock (vgic_vcpu_inject_irq's tail) or its timer wakes it.
         Returns whether it blocked."""
         vv = self.d.vcpus[v]
-        if vv.blocked:
-            return False
-        vv.wake_at = wake_at_ns
-        vv.blocked = 1  # set_bit(_VPF_blocked); smp_mb__after_atomic()
-        if any(vv.lr_pending) or any(s == LR_PENDING for s in vv.lr_state):
-            vv.blocked = 0  # local_events_need_delivery(): do not block
-            return False
-        self.d.blocks += 1
-        self.trace("block", v)
-        return True
+        return self.sched.vcpu_block(v, wake_at_ns, lambda: any(vv.lr_pending)
+                                     or any(s == LR_PENDING for s in vv.lr_state))
+
+    def arch_move_irqs(self, v: int) -> None:
+        """vgic.c ``arch_move_irqs`` (4.8.0-4.10.0), called by schedule.c ``sched_move_irqs``
+        after ``v->processor`` changed, with no lock held: ``cpu_mask =
+        cpumask_of(v->processor)`` read once; then for every SPI ``vgic_get_target_vcpu`` (the
+        design's: under the rank lock in 4.8.0, ``read_atomic`` from 378384399e) and, if that
+        is ``v`` and the IRQ is not MIGRATING, ``irq_set_affinity(p->desc, cpu_mask)``.
+        Nothing orders it against a concurrent ITARGETSR write or EOI: the target it read may
+        be stale when it writes the affinity. (4.10.0 adds ``ASSERT(!is_lpi(vgic_num_irqs(d)
+        - 1))``: LPIs are not moved; no LPI workload moves vCPUs.)"""
+        pcpu = self.processor(v)  # const cpumask_t *cpu_mask = cpumask_of(v->processor)
+        for i in range(self.nr_spis):
+            virq = SPI_BASE + i
+            t = self.vgic_get_target_vcpu(virq)
+            p = self.irq_to_pending(virq)
+            if t == v and not test_bit(p.status, GIC_IRQ_GUEST_MIGRATING):
+                self.d.moved_irqs += 1
+                self.trace("move_irq", virq, v, pcpu)
+                self.irq_set_affinity(virq, pcpu)
 
     # -- invariants (read with every worker parked) -----------------------------------------------
     def quiescent(self, virq: int) -> bool:

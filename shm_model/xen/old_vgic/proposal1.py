@@ -24,8 +24,8 @@ class DropVgicThenRank(Xen480):
     name = "drop-vgic-then-rank"
     base = Xen480.base + " + proposal 1"
 
-    def __init__(self, d: Any, cpu: Cpu, trace: Any) -> None:
-        super().__init__(d, cpu, trace)
+    def __init__(self, d: Any, cpu: Cpu, trace: Any, **sched: Any) -> None:
+        super().__init__(d, cpu, trace, **sched)
         self.deferred: list[int] = []  # MIGRATING irqs noted by gic_update_one_lr
 
     def gic_clear_lrs(self, v: int) -> None:

@@ -2,11 +2,11 @@
 fix rank/vgic locks inversion bug"), the thread's proposals, and what Xen shipped.
 
 vCPU workers (one per pCPU; vCPU i starts on pCPU i and stays there unless ``--move-rate``
-lets the scheduler move vCPUs, each move followed by ``arch_move_irqs``) run the guest: ITARGETSR writes that
-migrate SPIs between vCPUs (``migrate``, paced), ISENABLER/ICENABLER writes that enable and
-disable SPIs (``isenabler``, ``icenabler``), WFI (``wfi``: the vCPU blocks, its pCPU idles
-until an injection or its timer wakes it), and exits where the hypervisor updates the list
-registers and the guest acknowledges and EOIs (``vcpu_run``). A device raises physical SPIs
+lets the scheduler move vCPUs, each move followed by ``arch_move_irqs``) run the guest:
+ITARGETSR writes that migrate SPIs between vCPUs (``migrate``, paced), ISENABLER/ICENABLER
+writes that enable and disable SPIs (``isenabler``, ``icenabler``), WFI (``wfi``: the vCPU
+blocks, its pCPU idles until an injection or its timer wakes it), and exits where the
+hypervisor updates the list registers and the guest acknowledges and EOIs (``vcpu_run``). A device raises physical SPIs
 (``inject``, paced) at the pCPU in ``desc->affinity`` unless the GIC holds them pending or
 active: a real signal to that worker, whose handler runs ``do_IRQ`` in interrupt context.
 The model, its locking order, the Xen functions and versions it follows and what it

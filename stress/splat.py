@@ -222,6 +222,39 @@ def _member_lines(roster: Roster, m: dict) -> list[str]:
     return out
 
 
+def _cycle_scenario(members: list[dict], roster: Roster) -> tuple[list[str], list[tuple[int, str]]]:
+    """The scenario of a wait cycle: one column per worker; each member first takes the lock
+    another member waits for, then waits. An interrupt handler is drawn in the column of
+    the task it interrupted, as lockdep draws it (``<Interrupt>``, then its lock indented);
+    a member that holds none of the cycle's locks (an interrupted task) takes nothing."""
+    col: dict[int, int] = {}  # worker -> its column, named after its task context
+    cols: list[str] = []
+    for m in members:
+        if m["worker"] not in col:
+            col[m["worker"]] = len(cols)
+            cols.append(_short(roster, 2 * m["worker"]))
+    at = {m["owner"]: col[m["worker"]] for m in members}
+    steps: list[tuple[int, str]] = []
+    entered: set[int] = set()  # interrupt contexts already drawn as entered
+
+    def take(m: dict, cls: str) -> None:
+        c, irq = at[m["owner"]], m["ctx"] == "irq"
+        if irq and m["owner"] not in entered:
+            entered.add(m["owner"])
+            steps.append((c, "<Interrupt>"))
+        steps.append((c, f"{'  ' if irq else ''}lock({cls});"))
+
+    for m in members:
+        want = [x for x in members if m["owner"] in x.get("waiting", {}).get(
+            "owners", [x.get("waiting", {}).get("owner")])]
+        if want:
+            take(m, want[0]["waiting"]["cls"])
+    for m in members:
+        if "waiting" in m:
+            take(m, m["waiting"]["cls"])
+    return cols, steps
+
+
 def render_deadlock(f: Finding, roster: Roster) -> list[str]:
     members = f.details["members"]
     lines = _banner(f.title)
@@ -236,17 +269,7 @@ def render_deadlock(f: Finding, roster: Roster) -> list[str]:
         lines += _scenario([_short(roster, task["owner"])],
                            [(0, f"lock({wanted});"), (0, "<Interrupt>"), (0, f"  lock({wanted});")])
     else:
-        cols = [_short(roster, m["owner"]) for m in members]
-        steps = []
-        for i, m in enumerate(members):
-            want = [x for x in members if m["owner"] in x.get("waiting", {}).get(
-                "owners", [x.get("waiting", {}).get("owner")])]
-            held = want[0]["waiting"]["cls"] if want else "?"
-            steps.append((i, f"lock({held});"))
-        for i, m in enumerate(members):
-            if "waiting" in m:
-                steps.append((i, f"lock({m['waiting']['cls']});"))
-        lines += _scenario(cols, steps)
+        lines += _scenario(*_cycle_scenario(members, roster))
     lines += ["", " *** DEADLOCK ***", ""]
     for m in members:
         if m["ctx"] == "irq" and not m["holds"]:

@@ -311,3 +311,24 @@ def test_cycle_through_an_isr_and_another_worker():
     assert f.title == "BUG: deadlock: circular wait among 3 contexts"
     assert {(m["worker"], m["ctx"]) for m in f.details["members"]} == {(0, "task"), (0, "irq"), (1, "task")}
     assert f.signature == "deadlock:0.0,0.1,1.0"
+
+
+def test_cycle_through_an_interrupted_holder_draws_the_interrupt_in_its_tasks_column():
+    """A wait cycle whose holder is an interrupted task (migration-storm with moving vCPUs:
+    worker 1's task holds gicv2.lock, its interrupt handler waits for worker 0's vgic lock,
+    worker 0 waits for gicv2.lock): the scenario is drawn as lockdep draws an interrupt, in
+    the column of the CPU it hit, and the interrupted task takes nothing but its own lock."""
+    from stress.splat import _cycle_scenario, _scenario
+
+    roster = {0: "worker 0 (vcpu, pid 11)", 1: "worker 1 (vcpu, pid 12)"}
+    members = [{"worker": 0, "ctx": "task", "owner": 0, "waiting": {"cls": "&gicv2.lock", "owner": 2}},
+               {"worker": 1, "ctx": "task", "owner": 2},
+               {"worker": 1, "ctx": "irq", "owner": 3, "waiting": {"cls": "&v->arch.vgic.lock", "owner": 0}}]
+    text = "\n".join(_scenario(*_cycle_scenario(members, roster)))
+    assert "?" not in text and text.count("----") == 2, text
+    rows = [r for r in text.splitlines()[5:] if r.strip()]
+    assert [r.strip() for r in rows] == ["lock(&v->arch.vgic.lock);", "lock(&gicv2.lock);", "lock(&gicv2.lock);",
+                                         "<Interrupt>", "lock(&v->arch.vgic.lock);"], text
+    assert rows[0].startswith("  lock") and rows[2].startswith("  lock")  # worker 0's column
+    assert all(r.startswith(" " * 30) for r in (rows[1], rows[3], rows[4]))  # worker 1's, the handler indented
+    assert rows[4].index("lock") == rows[3].index("<Interrupt>") + 2

@@ -105,7 +105,12 @@ C_REPORTED = 6
 # a recursive read in an ISR and another with interrupts on cannot deadlock; either against a write can
 C_IN_IRQ_R, C_IRQ_ON_R = 8, 11  # each followed by its site and worker
 C_ORIGIN = 7  # a subclass made by spin_lock_nested: base class * 8 + subclass + 1 (0: declared)
-CSLOT = 14
+# the callers of each usage's first site (innermost first, 0: none), as lockdep keeps a
+# usage's stack trace: USAGE_CALLERS words per usage, in the order of USAGES
+USAGES = (C_IN_IRQ, C_IRQ_ON, C_IN_IRQ_R, C_IRQ_ON_R)
+USAGE_CALLERS = 3
+C_CALLERS = 14
+CSLOT = C_CALLERS + len(USAGES) * USAGE_CALLERS
 
 # ---- class graph edge records (one per ordered class pair) --------------------------------
 # E_GUARD: how many lock *instances* were held outside the edge's first lock on every

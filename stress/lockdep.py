@@ -38,7 +38,7 @@ from typing import Any, Callable
 import posix_ipc
 
 from shm_model import sites
-from shm_model.arena import (acquire_retrying, C_IN_IRQ, C_IN_IRQ_SITE, C_IN_IRQ_WORKER, C_IRQ_ON, C_IRQ_ON_SITE,
+from shm_model.arena import (C_CALLERS, USAGE_CALLERS, USAGES, acquire_retrying, C_IN_IRQ, C_IN_IRQ_SITE, C_IN_IRQ_WORKER, C_IRQ_ON, C_IRQ_ON_SITE,
                              C_IRQ_ON_WORKER, C_ORIGIN, C_REPORTED, C_IN_IRQ_R, C_IRQ_ON_R, DEP_EN, DEP_ER, DEP_SN, DEP_SR, E_FROM_SITE,
                              E_G0, E_GUARD, E_SEQ, E_TO_SITE, E_TYPES,
                              E_WORKER, GUARD_SLOTS, H_CAP_CLASSES, L_CLASS, H_CAP_EDGES, H_EDGE_SEQ, H_EDGES, H_NCLASSES,
@@ -185,7 +185,7 @@ class Lockdep:
                 read = _is_read(h, hk)
                 bit = C_IRQ_ON_R if read and h.recursive_read else C_IRQ_ON
                 hsite = self.mv[self.geo.rhslot(h.index, cpu.oid[0]) + 1] if read else self.mv[h.o_site]
-                if self._mark(hc, bit, hsite, cpu):
+                if self._mark(hc, bit, hsite, cpu, stack=False):  # the site is the held lock's, not here
                     self._usage_changed(cpu, hc, bit, h, hsite, findings)
             finally:
                 self.sem.release()
@@ -309,13 +309,19 @@ class Lockdep:
         return prev
 
     # -- usage ----------------------------------------------------------------------------------
-    def _mark(self, c: int, bit: int, site: int, cpu: Cpu) -> bool:
+    def _mark(self, c: int, bit: int, site: int, cpu: Cpu, stack: bool = True) -> bool:
+        """Record usage ``bit`` of class ``c`` if it is new: its site, its context and, with
+        ``stack``, the callers of this acquisition (the usage's stack trace, lockdep's)."""
         mv = self.mv
         s = self.geo.cslot(c)
         if mv[s + bit]:
             return False
         mv[s + bit + 1] = site
         mv[s + bit + 2] = cpu.oid[cpu.ctx]
+        callers = sites.capture_stack(1, 1 + USAGE_CALLERS)[1:] if stack else ()
+        base = s + C_CALLERS + USAGES.index(bit) * USAGE_CALLERS
+        for i in range(USAGE_CALLERS):
+            mv[base + i] = callers[i] if i < len(callers) else 0
         mv[s + bit] = 1
         return True
 
@@ -422,7 +428,9 @@ class Lockdep:
 
     def _usage(self, c: int, bit: int) -> dict:
         s = self.geo.cslot(c)
-        return {"site": self.mv[s + bit + 1], "owner": self.mv[s + bit + 2]}
+        base = s + C_CALLERS + USAGES.index(bit) * USAGE_CALLERS
+        return {"site": self.mv[s + bit + 1], "owner": self.mv[s + bit + 2],
+                "callers_site": [self.mv[base + i] for i in range(USAGE_CALLERS)]}
 
     def _inconsistent(self, cpu: Cpu, c: int, bit: int, lock: Any, site: int) -> Finding:
         s = self.geo.cslot(c)

@@ -166,6 +166,7 @@ def render_inconsistent(f: Finding, roster: Roster) -> list[str]:
               f"{{{d['usage_old']}}} state was registered at:"]
     old = d["in_irq"] if d["usage_old"].startswith("IN-HARDIRQ") else d["irq_on"]
     lines.append(f"  {old['site']} ({_who(roster, old['owner'])})")
+    lines += [f"      called from {c}" for c in old.get("callers", [])]
     lines += ["", "other info that might help us debug this:"]
     # lockdep's scenario: the task's use, then the interrupt's (rlock for a read usage)
     on, inn = (d["usage_new"], d["usage_old"]) if d["usage_new"].startswith("HARDIRQ-ON") else (
@@ -183,10 +184,12 @@ def render_irq_order(f: Finding, roster: Roster) -> list[str]:
     lines += [f"{_who(roster, d['owner'])} is trying to acquire:",
               f"  {_lock(d['acquiring'])}, at: {d['acquiring']['site']}", "",
               f"({d['safe']}) is HARDIRQ-safe: taken in interrupt context at {d['in_irq']['site']}"
-              f" ({_who(roster, d['in_irq']['owner'])})",
-              f"({d['unsafe']}) is HARDIRQ-unsafe: taken with interrupts enabled at {d['irq_on']['site']}"
-              f" ({_who(roster, d['irq_on']['owner'])})", "",
-              "and the chain between them is:"]
+              f" ({_who(roster, d['in_irq']['owner'])})"]
+    lines += [f"      called from {c}" for c in d["in_irq"].get("callers", [])]
+    lines += [f"({d['unsafe']}) is HARDIRQ-unsafe: taken with interrupts enabled at {d['irq_on']['site']}"
+              f" ({_who(roster, d['irq_on']['owner'])})"]
+    lines += [f"      called from {c}" for c in d["irq_on"].get("callers", [])]
+    lines += ["", "and the chain between them is:"]
     for e in d["chain"]:
         lines.append(f"  ({e['from']}) --> ({e['to']}) at {e['to_site']} (first seen in {_who(roster, e['owner'])})")
     lines += _scenario(["CPU0", "CPU1"], [

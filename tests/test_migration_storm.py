@@ -207,7 +207,11 @@ def test_moving_vcpus_take_gicv2_lock_with_interrupts_on(runs_dir):
     assert "irq-lock-inversion" in moving.outcomes and "recursive-locking" not in moving.outcomes, moving.outcomes
     text = moving.out[moving.out.index("WARNING: HARDIRQ-safe -> HARDIRQ-unsafe lock order detected"):]
     text = text[:text.index("\n====")]
-    assert "(&gicv2.lock) is HARDIRQ-unsafe: taken with interrupts enabled at OldVgic.irq_set_affinity()" in text
+    unsafe = text[text.index("(&gicv2.lock) is HARDIRQ-unsafe: taken with interrupts enabled at "
+                             "OldVgic.irq_set_affinity()"):]
+    # the usage's stack: the scheduler's sched_move_irqs -> arch_move_irqs, as lockdep prints it
+    assert unsafe.splitlines()[1].strip().startswith("called from OldVgic.arch_move_irqs()"), unsafe[:600]
+    assert "called from CreditScheduler." in unsafe.split("\n\n")[0], unsafe[:600]
     assert "arch_move_irqs(vcpu" in text  # the trace: arch_move_irqs ran just before
     assert moving.summary["verdict"]["status"] == "fail"  # xen-4.10.0 expects clean: not with moving vCPUs
 

@@ -67,8 +67,8 @@ from ...heap import NULL, SLOT_MASK, Heap
 from ...layout import Array, Int, Nested, RwLock, Spinlock, Struct
 from ...rwlock import read_lock, read_unlock, write_lock, write_unlock
 from ...spinlock import assert_held, spin_lock, spin_lock_irqsave, spin_unlock, spin_unlock_irqrestore
-from ..old_vgic.common import (GIC_IRQ_GUEST_ENABLED, GIC_IRQ_GUEST_VISIBLE, INVALID_VCPU, LPI_OFFSET,
-                               OldVgicDomain, test_bit)
+from ..old_vgic.common import (GIC_IRQ_GUEST_ENABLED, GIC_IRQ_GUEST_PRISTINE_LPI, GIC_IRQ_GUEST_VISIBLE,
+                               INVALID_VCPU, LPI_OFFSET, OldVgicDomain, test_bit)
 from ..old_vgic.xen_4_10_0 import Xen4100
 
 INVALID_LPI = 0  # xen/include/asm-arm/irq.h (4.10.0)
@@ -454,6 +454,40 @@ class LpiVgic(Xen4100):
 
     def its_handle_mapti(self, devid: int, evid: int, vlpi: int, coll: int) -> int:
         raise NotImplementedError
+
+    def mapti_write_itte(self, devid: int, evid: int, vlpi: int, coll: int) -> int:
+        """The start of every design's ``its_handle_mapti`` (vgic-v3-its.c, 5e8d02560a,
+        4.10.0), under its_lock: refuse an event mapped already, check the collection and the
+        LPI, ``write_itte``. Returns the collection's vCPU, or -1 (its_lock dropped either way)."""
+        its = self.d.its
+        spin_lock(its.its_lock)
+        vcpu = -1
+        r = self.read_itte(devid, evid)
+        if (r is None or r[1] == INVALID_LPI) and coll < len(its.coll_table) and self.lpi_in_range(vlpi):
+            vcpu = its.coll_table[coll]
+            if not self.write_itte(devid, evid, coll, vlpi):
+                vcpu = -1
+        spin_unlock(its.its_lock)
+        return vcpu
+
+    def mapti_init_pending_irq(self, p: Any, h: int, vlpi: int, vcpu: int) -> None:
+        """``its_handle_mapti`` once it has the event's pending_irq ``p`` (handle ``h``):
+        ``vgic_init_pending_irq``, ``update_lpi_property`` ("We don't need the VGIC VCPU lock
+        here"), ``p->lpi_vcpu_id``, and PRISTINE where the design has it (bccfbe70a3)."""
+        self.vgic_init_pending_irq(p, vlpi)
+        self.update_lpi_property(p)
+        p.lpi_vcpu_id = vcpu
+        if self.lpi_pristine:
+            p.status |= 1 << GIC_IRQ_GUEST_PRISTINE_LPI  # set_bit(GIC_IRQ_GUEST_PRISTINE_LPI)
+        self.new_mapping(h)
+
+    def mapti_failed_unmap(self, devid: int, evid: int) -> None:
+        """``its_handle_mapti``'s ``out_remove_mapping``: the ITTE back to unmapped, under
+        its_lock."""
+        self.d.mapti_failed += 1
+        spin_lock(self.d.its.its_lock)
+        self.write_itte(devid, evid, UNMAPPED_COLLECTION, INVALID_LPI)
+        spin_unlock(self.d.its.its_lock)
 
     def its_discard_event(self, devid: int, evid: int) -> int:
         raise NotImplementedError

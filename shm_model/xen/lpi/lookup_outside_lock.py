@@ -31,8 +31,7 @@ from __future__ import annotations
 from ...heap import NULL, SLOT_MASK
 from ...rwlock import write_lock, write_unlock
 from ...spinlock import spin_lock, spin_lock_irqsave, spin_unlock, spin_unlock_irqrestore
-from ..old_vgic.common import GIC_IRQ_GUEST_PRISTINE_LPI
-from .common import EINVAL, ENOENT, INVALID_LPI, UNMAPPED_COLLECTION, LpiVgic, lpi_k
+from .common import EINVAL, ENOENT, INVALID_LPI, LpiVgic, lpi_k
 
 
 class LookupOutsideLock(LpiVgic):
@@ -102,40 +101,21 @@ class LookupOutsideLock(LpiVgic):
         ``lpi_vcpu_id``; the insert into the tree under the vCPU's vgic lock (the proposal's
         rule for every tree change) and the tree's write lock; errors undo it all."""
         d = self.d
-        its = d.its
-        spin_lock(its.its_lock)
-        r = self.read_itte(devid, evid)
-        if r is not None and r[1] != INVALID_LPI:
-            spin_unlock(its.its_lock)
+        vcpu = self.mapti_write_itte(devid, evid, vlpi, coll)
+        if vcpu < 0:
             return -1
-        if coll >= len(its.coll_table) or not self.lpi_in_range(vlpi):
-            spin_unlock(its.its_lock)
-            return -1
-        vcpu = its.coll_table[coll]
-        if not self.write_itte(devid, evid, coll, vlpi):
-            spin_unlock(its.its_lock)
-            return -1
-        spin_unlock(its.its_lock)
         ret = -1
         h = self.gicv3_assign_guest_event(devid, evid, vlpi, vcpu)
         if h != NULL:
             p = d.pirqs[h]
-            self.vgic_init_pending_irq(p, vlpi)
-            self.update_lpi_property(p)
-            p.lpi_vcpu_id = vcpu
-            if self.lpi_pristine:
-                p.status |= 1 << GIC_IRQ_GUEST_PRISTINE_LPI  # set_bit(GIC_IRQ_GUEST_PRISTINE_LPI), bccfbe70a3
-            self.new_mapping(h)
+            self.mapti_init_pending_irq(p, h, vlpi, vcpu)
             if self._tree_insert(vlpi, h, vcpu):
                 d.maptis += 1
                 self.trace("cmd_mapti", vlpi, devid, evid)
                 return 0
             self.gicv3_remove_guest_event(devid, evid)
             self._release_event(devid, evid, h)
-        d.mapti_failed += 1
-        spin_lock(its.its_lock)
-        self.write_itte(devid, evid, UNMAPPED_COLLECTION, INVALID_LPI)
-        spin_unlock(its.its_lock)
+        self.mapti_failed_unmap(devid, evid)
         return ret
 
     def _tree_insert(self, vlpi: int, h: int, vcpu: int) -> bool:

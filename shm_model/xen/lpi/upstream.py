@@ -30,8 +30,7 @@ from __future__ import annotations
 from ...heap import NULL, SLOT_MASK
 from ...rwlock import write_lock, write_unlock
 from ...spinlock import spin_lock, spin_unlock, spin_unlock_irqrestore
-from ..old_vgic.common import GIC_IRQ_GUEST_PRISTINE_LPI
-from .common import ENOENT, INVALID_LPI, UNMAPPED_COLLECTION, LpiVgic, lpi_k
+from .common import ENOENT, INVALID_LPI, LpiVgic, lpi_k
 
 
 class Upstream(LpiVgic):
@@ -75,30 +74,15 @@ class Upstream(LpiVgic):
     def its_handle_mapti(self, devid: int, evid: int, vlpi: int, coll: int) -> int:
         """vgic-v3-its.c ``its_handle_mapti`` (5e8d02560a, bccfbe70a3; 4.10.0)."""
         d = self.d
-        its = d.its
-        spin_lock(its.its_lock)
-        r = self.read_itte(devid, evid)
-        if r is not None and r[1] != INVALID_LPI:
-            spin_unlock(its.its_lock)
+        vcpu = self.mapti_write_itte(devid, evid, vlpi, coll)
+        if vcpu < 0:
             return -1
-        if coll >= len(its.coll_table) or not self.lpi_in_range(vlpi):
-            spin_unlock(its.its_lock)
-            return -1
-        vcpu = its.coll_table[coll]
-        if not self.write_itte(devid, evid, coll, vlpi):
-            spin_unlock(its.its_lock)
-            return -1
-        spin_unlock(its.its_lock)
         # gicv3_assign_guest_event: the still unused pending_irq, host entry = vLPI
         h, host = self.get_event_pending_irq(devid, evid)
         if h != NULL:
             self.gicv3_lpi_update_host_entry(host, vlpi)
             p = d.pirqs[h]
-            self.vgic_init_pending_irq(p, vlpi)
-            self.update_lpi_property(p)  # "We don't need the VGIC VCPU lock here"
-            p.lpi_vcpu_id = vcpu
-            p.status |= 1 << GIC_IRQ_GUEST_PRISTINE_LPI  # set_bit(GIC_IRQ_GUEST_PRISTINE_LPI)
-            self.new_mapping(h)
+            self.mapti_init_pending_irq(p, h, vlpi, vcpu)
             write_lock(d.pend_lpi_tree_lock)  # interrupts enabled
             k = lpi_k(vlpi)
             ok = d.pend_lpi_tree[k] == NULL
@@ -111,10 +95,7 @@ class Upstream(LpiVgic):
                 self.trace("cmd_mapti", vlpi, devid, evid)
                 return 0
             self.gicv3_remove_guest_event(devid, evid)  # out_remove_host_entry
-        d.mapti_failed += 1
-        spin_lock(its.its_lock)  # out_remove_mapping
-        self.write_itte(devid, evid, UNMAPPED_COLLECTION, INVALID_LPI)
-        spin_unlock(its.its_lock)
+        self.mapti_failed_unmap(devid, evid)  # out_remove_mapping
         return -1
 
     # -- DISCARD -------------------------------------------------------------------------------------------

@@ -69,8 +69,8 @@ from rich.text import Text
 from .cli import UsageError
 from .loader import Found
 from .soak import (CHILD_GRACE_S, PASSING, STOP_WAIT_S, Iteration, Plan, PlanDriver, _fmt, _junit, _pdeathsig_setup, _rate,
-                   _tail, check_plan, child_command, console, decisive_in, drop_traces, expects_bug, find_run_dir,
-                   keeps_traces, print_summary, record_outcome, recorded_command, schedule_tag, soak_command)
+                   _tail, check_plan, child_command, decisive_in, drop_traces, expects_bug, find_run_dir,
+                   keeps_traces, open_to_resume, record_outcome, recorded_command, schedule_tag, soak_command)
 from .store import HARNESS_STATUSES, RunRow, Store, StoreError, host_stats, run_status
 
 RESOURCE = "stress_host"
@@ -888,23 +888,11 @@ def start(store: Store, plan: Plan, found: dict[str, Found], cluster: str | None
 
 
 def resume(store: Store, ident: str, cluster: str | None, junit_xml: str | None = None) -> int:
-    try:
-        s = store.soak(ident)
-    except StoreError as e:
-        raise UsageError(str(e).replace("(see: stress runs)", "(see: stress runs --soak ID)")) from None
-    if s.get("kind") != "campaign":
-        raise UsageError(f"{s['id']} is a soak, not a campaign: resume it with stress soak --resume {s['id']}")
+    s, done = open_to_resume(store, ident, "campaign", "(see: stress runs --soak ID)", junit_xml)
+    if done is not None:
+        return done
     plan = Plan.from_dict(s["plan"])
     retries = int(s["plan"].get("retries", DEFAULT_RETRIES))
-    if s["status"] == "done":
-        con = console()
-        con.print(f"campaign {s['id']} already finished; its summary:")
-        code = print_summary(store, s["id"], con)
-        _junit(store, s["id"], junit_xml)
-        return code
-    if s["status"] == "running" and s.get("pid") and s["pid"] != os.getpid() and \
-            s.get("host") == socket.gethostname() and _is_campaign(int(s["pid"])):
-        raise UsageError(f"campaign {s['id']} is still running (pid {s['pid']}); stop it first")
     found = check_plan(plan)
     ray, where = connect(cluster)
     try:
@@ -915,11 +903,3 @@ def resume(store: Store, ident: str, cluster: str | None, junit_xml: str | None 
         _shutdown(ray)
     _junit(store, s["id"], junit_xml)
     return code
-
-
-def _is_campaign(pid: int) -> bool:
-    try:
-        import psutil
-        return "campaign" in psutil.Process(pid).cmdline()
-    except Exception:
-        return False

@@ -1002,23 +1002,35 @@ def _junit(store: Store, soak_id: str, path: str | None) -> None:
         sys.stderr.write(f"stress: warning: no JUnit XML written to {path}: {e.strerror or e}\n")
 
 
-def resume(store: Store, ident: str, junit_xml: str | None = None) -> int:
+def open_to_resume(store: Store, ident: str, kind: str, hint: str, junit_xml: str | None) -> tuple[dict, int | None]:
+    """The record of the ``kind`` ("soak" or "campaign") ``ident`` that ``--resume`` names,
+    and None; or, when it had finished, its summary printed, its JUnit file written and the
+    exit code. A usage error when it is the other kind, or still running in another process
+    on this host. ``hint`` replaces the store's "(see: stress runs)" in a not-found error."""
     try:
         s = store.soak(ident)
     except StoreError as e:
-        raise UsageError(str(e).replace("(see: stress runs)", "(see: stress runs; soaks: stress runs --soak ID)")) from None
-    if s.get("kind") == "campaign":
-        raise UsageError(f"{s['id']} is a campaign: resume it with stress campaign --resume {s['id']}")
-    plan = Plan.from_dict(s["plan"])
+        raise UsageError(str(e).replace("(see: stress runs)", hint)) from None
+    other = "campaign" if kind == "soak" else "soak"
+    if (s.get("kind") or "soak") != kind:
+        raise UsageError(f"{s['id']} is a {other}: resume it with stress {other} --resume {s['id']}")
     if s["status"] == "done":
         con = console()
-        con.print(f"soak {s['id']} already finished; its summary:")
+        con.print(f"{kind} {s['id']} already finished; its summary:")
         code = print_summary(store, s["id"], con)
         _junit(store, s["id"], junit_xml)
-        return code
+        return s, code
     if s["status"] == "running" and s.get("pid") and s["pid"] != os.getpid() and \
-            s.get("host") == socket.gethostname() and _is_soak(int(s["pid"])):
-        raise UsageError(f"soak {s['id']} is still running (pid {s['pid']}); stop it first")
+            s.get("host") == socket.gethostname() and _runs_as(int(s["pid"]), kind):
+        raise UsageError(f"{kind} {s['id']} is still running (pid {s['pid']}); stop it first")
+    return s, None
+
+
+def resume(store: Store, ident: str, junit_xml: str | None = None) -> int:
+    s, done = open_to_resume(store, ident, "soak", "(see: stress runs; soaks: stress runs --soak ID)", junit_xml)
+    if done is not None:
+        return done
+    plan = Plan.from_dict(s["plan"])
     found = check_plan(plan)
     store.mark_soak(s["id"], "running")
     store.claim_soak(s["id"], os.getpid(), socket.gethostname(), resumed=True)
@@ -1027,9 +1039,10 @@ def resume(store: Store, ident: str, junit_xml: str | None = None) -> int:
     return code
 
 
-def _is_soak(pid: int) -> bool:
+def _runs_as(pid: int, command: str) -> bool:
+    """Whether process ``pid`` runs ``stress <command>`` (its command line names it)."""
     try:
         import psutil
-        return "soak" in psutil.Process(pid).cmdline()
+        return command in psutil.Process(pid).cmdline()
     except Exception:
         return False

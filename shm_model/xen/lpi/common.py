@@ -452,6 +452,18 @@ class LpiVgic(Xen4100):
     def remove_mapped_guest_device(self, devid: int) -> int:
         raise NotImplementedError
 
+    def its_device_erase(self, devid: int) -> int:
+        """gic-v3-its.c ``gicv3_its_map_guest_device(.., valid = false)`` (4.10.0): the
+        device's ``rb_erase`` under its_devices_lock, dropped again. Its handle, or NULL when
+        none was mapped."""
+        d = self.d
+        spin_lock(d.its_devices_lock)
+        dh = d.its_devices[devid]
+        if dh != NULL:
+            d.its_devices[devid] = NULL  # rb_erase
+        spin_unlock(d.its_devices_lock)
+        return dh
+
     def its_handle_mapti(self, devid: int, evid: int, vlpi: int, coll: int) -> int:
         raise NotImplementedError
 

@@ -46,13 +46,9 @@ class LookupOutsideLock(LpiVgic):
         entries invalid, ``xfree(dev)`` (every event's pending_irq was freed by its DISCARD;
         one left, a DISCARD that failed, is freed here)."""
         d = self.d
-        spin_lock(d.its_devices_lock)
-        dh = d.its_devices[devid]
+        dh = self.its_device_erase(devid)
         if dh == NULL:
-            spin_unlock(d.its_devices_lock)
             return -ENOENT
-        d.its_devices[devid] = NULL
-        spin_unlock(d.its_devices_lock)
         d.hw_mapped[devid] = 0
         for e in range(self.nr_events):
             self.gicv3_lpi_update_host_entry(devid * self.nr_events + e, INVALID_LPI)

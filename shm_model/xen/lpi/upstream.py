@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from ...heap import NULL, SLOT_MASK
 from ...rwlock import write_lock, write_unlock
-from ...spinlock import spin_lock, spin_unlock, spin_unlock_irqrestore
+from ...spinlock import spin_unlock_irqrestore
 from .common import ENOENT, INVALID_LPI, LpiVgic, lpi_k
 
 
@@ -47,13 +47,9 @@ class Upstream(LpiVgic):
         ``xfree(dev)`` — no lock held, nothing waits for a CPU still using a pointer into
         ``pend_irqs``."""
         d = self.d
-        spin_lock(d.its_devices_lock)
-        dh = d.its_devices[devid]
+        dh = self.its_device_erase(devid)
         if dh == NULL:
-            spin_unlock(d.its_devices_lock)
             return -ENOENT
-        d.its_devices[devid] = NULL  # rb_erase
-        spin_unlock(d.its_devices_lock)
         d.hw_mapped[devid] = 0  # its_send_cmd_mapd(.., false): the host ITS discards the events
         for e in range(self.nr_events):
             self.gicv3_lpi_update_host_entry(devid * self.nr_events + e, INVALID_LPI)

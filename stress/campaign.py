@@ -70,7 +70,8 @@ from .cli import UsageError
 from .loader import Found
 from .soak import (CHILD_GRACE_S, PASSING, STOP_WAIT_S, Iteration, Plan, PlanDriver, _fmt, _junit, _pdeathsig_setup, _rate,
                    _tail, check_plan, child_command, decisive_in, drop_traces, expects_bug, find_run_dir,
-                   keeps_traces, open_to_resume, record_outcome, recorded_command, schedule_tag, soak_command)
+                   keeps_traces, open_to_resume, record_outcome, recorded_command, schedule_tag, soak_command,
+                   stop_child)
 from .store import HARNESS_STATUSES, RunRow, Store, StoreError, host_stats, run_status
 
 RESOURCE = "stress_host"
@@ -275,13 +276,8 @@ def run_iteration(spec: dict, hostname: str, node: str, earlier: list, t0: float
                 rec["traces_bytes"] = drop_traces(run_dir)
             rec["files"] = _pack(run_dir, wl_path, it.workload)
     finally:
-        if proc is not None and proc.poll() is None:  # cancelled (KeyboardInterrupt): stop the run, wait
-            proc.terminate()
-            try:
-                proc.wait(STOP_WAIT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:  # cancelled (KeyboardInterrupt): stop the run, wait
+            stop_child(proc)
         shutil.rmtree(tmp, ignore_errors=True)
         if spec.get("tracker"):
             spec["tracker"].finished.remote(index)

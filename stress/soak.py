@@ -649,14 +649,8 @@ class Soak(PlanDriver):
     def _stop_child(self) -> None:
         """A child still running when the soak leaves (an error in the soak): stop it, wait."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(STOP_WAIT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_child(proc)
 
     def _where(self) -> str:
         parts = ["--out", self.plan.out]
@@ -1000,6 +994,19 @@ def _junit(store: Store, soak_id: str, path: str | None) -> None:
         write_soak(store, soak_id, path)
     except OSError as e:
         sys.stderr.write(f"stress: warning: no JUnit XML written to {path}: {e.strerror or e}\n")
+
+
+def stop_child(proc: subprocess.Popen) -> None:
+    """Stop a ``stress run`` child that is still running: SIGTERM, then SIGKILL after
+    STOP_WAIT_S; wait for it."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(STOP_WAIT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def open_to_resume(store: Store, ident: str, kind: str, hint: str, junit_xml: str | None) -> tuple[dict, int | None]:
